@@ -1,0 +1,56 @@
+"""`q7x2-deploy`: validate, plan, build, start, watch and stop a pretraining job.
+
+Each command lives in its own module exposing `register(subparsers)`; this file wires them
+together and turns UserError into one line on stderr with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from q7x2_runtime.errors import UserError
+
+_COMMAND_MODULES = (
+    "q7x2_deploy.commands.validate",
+    "q7x2_deploy.commands.plan",
+    "q7x2_deploy.commands.build_image",
+    "q7x2_deploy.commands.check",
+    "q7x2_deploy.commands.up",
+    "q7x2_deploy.commands.logs",
+    "q7x2_deploy.commands.status",
+    "q7x2_deploy.commands.down",
+    "q7x2_deploy.sandbox.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="q7x2-deploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("q7x2_deploy"):
+                continue  # a command not built into this install
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"q7x2-deploy {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"q7x2-deploy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per q7x2-deploy command."""

@@ -1,0 +1,78 @@
+"""Host key verification against the inventory's known_hosts file.
+
+The rules OpenSSH users expect: a known key must match exactly (a changed key is always
+refused, whatever the flags); an unknown host is refused unless the operator asked to accept
+new keys, in which case its key is appended to known_hosts so the next run verifies it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import paramiko
+
+from q7x2_deploy.errors import DeployError
+
+# Several hosts may be accepted at once from parallel threads: appends must not interleave.
+_APPEND_LOCK = threading.Lock()
+
+
+class HostKeyRefused(DeployError):
+    """The host's key is unknown (and not accepted) or differs from known_hosts."""
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """The name OpenSSH files a host under: bare address on port 22, `[address]:port` otherwise."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def load_known_hosts(path: Path) -> paramiko.HostKeys:
+    keys = paramiko.HostKeys()
+    if path.exists():
+        try:
+            keys.load(str(path))
+        except (OSError, paramiko.SSHException) as e:
+            raise DeployError(f"cannot read known_hosts {path}: {e}") from e
+    return keys
+
+
+def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
+    line = f"{name} {key.get_name()} {key.get_base64()}\n"
+    with _APPEND_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="ascii") as f:
+            f.write(line)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """What `ssh` prints for a key: type and SHA256 fingerprint."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class VerifyingPolicy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko only when known_hosts has no key of the offered type for the host."""
+
+    def __init__(self, host: str, known_hosts: Path, accept_new: bool) -> None:
+        self.host = host
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        other_types = client.get_host_keys().lookup(hostname)
+        if other_types:
+            # Known under another key type that the server no longer offers: treat as changed.
+            raise HostKeyRefused(
+                f"{self.host}: host key for {hostname} CHANGED (known as "
+                f"{', '.join(other_types.keys())}, now offers {fingerprint(key)}); refusing. "
+                f"If the host was reinstalled, remove its entry from {self.known_hosts}"
+            )
+        if not self.accept_new:
+            raise HostKeyRefused(
+                f"{self.host}: unknown host key for {hostname} ({fingerprint(key)}), not in "
+                f"{self.known_hosts}; verify it and add it, or rerun with --accept-new-host-keys"
+            )
+        append_known_host(self.known_hosts, hostname, key)
+        client.get_host_keys().add(hostname, key.get_name(), key)

@@ -1,0 +1,277 @@
+"""The SSH transport (paramiko): verified host keys, keepalives, timeouts, reconnects."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.transport.base import (
+    CommandResult,
+    HostUnreachable,
+    RemoteProcess,
+    Transport,
+    TransportError,
+    quote_argv,
+)
+from q7x2_deploy.transport.hostkeys import (
+    HostKeyRefused,
+    VerifyingPolicy,
+    fingerprint,
+    known_hosts_name,
+    load_known_hosts,
+)
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    host: str  # the inventory's name, used in every message
+    address: str
+    port: int = 22
+    user: str = "root"
+    identity: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    accept_new_host_keys: bool = False
+    connect_timeout: float = 15.0
+    # A keepalive every few seconds keeps NAT/firewall state alive during long quiet phases
+    # (conversion can print nothing for minutes); liveness itself is checked with `ping`.
+    keepalive_interval: int = 5
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return Path(self.known_hosts).expanduser()
+
+
+class _SSHProcess(RemoteProcess):
+    def __init__(self, host: str, channel: paramiko.Channel) -> None:
+        self._host = host
+        self._chan = channel
+
+    def lines(self) -> Iterator[str]:
+        buf = b""
+        while True:
+            try:
+                data = self._chan.recv(_CHUNK)
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                break
+            buf += data
+            *complete, buf = buf.split(b"\n")
+            for raw in complete:
+                yield raw.rstrip(b"\r").decode("utf-8", "replace")
+        if buf:
+            yield buf.rstrip(b"\r").decode("utf-8", "replace")
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise HostUnreachable(f"{self._host}: connection lost while sending data: {e}") from e
+
+    def close_stdin(self) -> None:
+        try:
+            self._chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._chan.status_event.wait(timeout):
+            raise TransportError(f"{self._host}: command did not finish within {timeout:.0f}s")
+        status = self._chan.recv_exit_status()
+        if status == -1:  # paramiko's value when the channel closed without a status
+            raise HostUnreachable(f"{self._host}: connection lost before the command finished")
+        return status
+
+    def close(self) -> None:
+        try:
+            self._chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+
+class SSHTransport(Transport):
+    """Thread-safe: one SSH connection per host, one channel per command."""
+
+    def __init__(self, config: SSHConfig) -> None:
+        self.config = config
+        self.host = config.host
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------
+
+    def connect(self) -> paramiko.Transport:
+        """The live connection, (re)connecting if needed. Raises a one-line DeployError."""
+        with self._lock:
+            if self._client is not None:
+                t = self._client.get_transport()
+                if t is not None and t.is_active():
+                    return t
+                self._client.close()
+                self._client = None
+            self._client = self._open()
+            t = self._client.get_transport()
+            assert t is not None
+            return t
+
+    def _open(self) -> paramiko.SSHClient:
+        c = self.config
+        client = paramiko.SSHClient()
+        known = load_known_hosts(c.known_hosts_path)
+        # paramiko consults the client's own host key table; copy the verified entries in.
+        for name in known.keys():
+            for keytype, key in known[name].items():
+                client.get_host_keys().add(name, keytype, key)
+        client.set_missing_host_key_policy(
+            VerifyingPolicy(c.host, c.known_hosts_path, c.accept_new_host_keys)
+        )
+        where = f"{c.user}@{c.address}:{c.port}"
+        try:
+            client.connect(
+                hostname=c.address,
+                port=c.port,
+                username=c.user,
+                key_filename=str(Path(c.identity).expanduser()) if c.identity else None,
+                timeout=c.connect_timeout,
+                banner_timeout=c.connect_timeout,
+                auth_timeout=c.connect_timeout,
+                channel_timeout=c.connect_timeout,
+                allow_agent=False,
+                look_for_keys=c.identity is None,
+            )
+        except HostKeyRefused:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise HostKeyRefused(
+                f"{c.host}: host key for {known_hosts_name(c.address, c.port)} CHANGED "
+                f"(offers {fingerprint(e.key)}, {c.known_hosts_path} expects "
+                f"{fingerprint(e.expected_key)}); refusing to connect"
+            ) from e
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise DeployError(
+                f"{c.host}: SSH login to {where} refused (identity {c.identity or 'default keys'}): {e}"
+            ) from e
+        except FileNotFoundError as e:
+            client.close()
+            raise DeployError(f"{c.host}: SSH identity file not found: {e.filename}") from e
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
+            client.close()
+            raise HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}") from e
+        t = client.get_transport()
+        assert t is not None
+        t.set_keepalive(c.keepalive_interval)
+        return client
+
+    def _channel(self, argv: Sequence[str], merge_stderr: bool) -> paramiko.Channel:
+        command = quote_argv(argv)
+        t = self.connect()
+        try:
+            chan = t.open_session(timeout=self.config.connect_timeout)
+            chan.set_combine_stderr(merge_stderr)
+            chan.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise HostUnreachable(f"{self.host}: could not start a command over SSH: {e}") from e
+        return chan
+
+    # -- Transport --------------------------------------------------------------------
+
+    def start(self, argv: Sequence[str], *, merge_stderr: bool = True) -> RemoteProcess:
+        return _SSHProcess(self.host, self._channel(argv, merge_stderr))
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | Iterable[bytes] | None = None,
+        timeout: float | None = 60.0,
+    ) -> CommandResult:
+        chan = self._channel(argv, merge_stderr=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        feed_error: list[BaseException] = []
+
+        def _feed() -> None:
+            try:
+                if stdin is not None:
+                    for chunk in [stdin] if isinstance(stdin, bytes) else stdin:
+                        if chunk:
+                            chan.sendall(chunk)
+                chan.shutdown_write()
+            except BaseException as e:  # reported after the command finishes
+                feed_error.append(e)
+
+        err_parts: list[bytes] = []
+
+        def _drain_stderr() -> None:
+            try:
+                while data := chan.recv_stderr(_CHUNK):
+                    err_parts.append(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+
+        feeder = threading.Thread(target=_feed, daemon=True)
+        drainer = threading.Thread(target=_drain_stderr, daemon=True)
+        feeder.start()
+        drainer.start()
+        out_parts: list[bytes] = []
+        try:
+            while True:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout()
+                    chan.settimeout(remaining)
+                data = chan.recv(_CHUNK)
+                if not data:
+                    break
+                out_parts.append(data)
+            remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
+            if not chan.status_event.wait(remaining):
+                raise socket.timeout()
+        except socket.timeout:
+            chan.close()
+            raise TransportError(
+                f"{self.host}: `{quote_argv(argv)}` did not finish within {timeout:.0f}s"
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            chan.close()
+            raise HostUnreachable(f"{self.host}: connection lost running `{argv[0]}`: {e}") from e
+        drainer.join(timeout=5)
+        feeder.join(timeout=5)
+        status = chan.recv_exit_status()
+        chan.close()
+        if status == -1:
+            raise HostUnreachable(f"{self.host}: connection lost before `{argv[0]}` finished")
+        if feed_error and status == 0:
+            raise TransportError(f"{self.host}: sending input to `{argv[0]}` failed: {feed_error[0]}")
+        return CommandResult(
+            argv=tuple(argv),
+            exit_status=status,
+            stdout=b"".join(out_parts).decode("utf-8", "replace"),
+            stderr=b"".join(err_parts).decode("utf-8", "replace"),
+        )
+
+    def ping(self, timeout: float = 10.0) -> None:
+        try:
+            self.run(["true"], timeout=timeout)
+        except HostKeyRefused:
+            raise
+        except DeployError as e:
+            raise HostUnreachable(f"{self.host}: stopped answering ({e})") from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

@@ -1,0 +1,107 @@
+"""The SSH transport against a real sshd: quoting, streaming, stdin, files, host keys."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.transport import HostUnreachable, SSHConfig, SSHTransport, quote_argv
+from q7x2_deploy.transport.hostkeys import HostKeyRefused
+
+
+def test_argv_reaches_the_remote_process_verbatim(ssh: SSHTransport) -> None:
+    nasty = ["it's", "$(touch /tmp/q7x2-pwned)", "a b", "`id`", ";", "|", "*", "\n", ""]
+    result = ssh.check(["python3", "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *nasty])
+    import json
+
+    assert json.loads(result.stdout) == nasty
+    assert not Path("/tmp/q7x2-pwned").exists()
+
+
+def test_quote_argv_refuses_strings() -> None:
+    with pytest.raises(TypeError):
+        quote_argv("ls -l")  # type: ignore[arg-type]
+
+
+def test_exit_status_and_stderr_are_kept_apart(ssh: SSHTransport) -> None:
+    r = ssh.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.exit_status, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(DeployError, match="local: .* exited 3"):
+        ssh.check(["sh", "-c", "exit 3"])
+
+
+def test_stream_yields_lines_as_they_come(ssh: SSHTransport) -> None:
+    lines: list[str] = []
+    status = ssh.stream(["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.1; done; exit 4"],
+                        lines.append)
+    assert lines == ["line 1", "line 2", "line 3"] and status == 4
+
+
+def test_stream_can_be_stopped(ssh: SSHTransport) -> None:
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        stop.set()
+
+    assert ssh.stream(["sh", "-c", "while true; do echo tick; sleep 0.2; done"], on_line, stop=stop) == -1
+    assert seen[0] == "tick"
+
+
+def test_stdin_stream_and_write_file(ssh: SSHTransport, tmp_path: Path) -> None:
+    chunks = [b"x" * 100_000 for _ in range(30)]
+    r = ssh.check(["wc", "-c"], stdin=iter(chunks))
+    assert int(r.stdout.strip()) == 3_000_000
+    target = tmp_path / "sub dir" / "job.json"
+    ssh.write_file(str(target), b'{"a": 1}\n', mode=0o640)
+    assert target.read_bytes() == b'{"a": 1}\n'
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+
+
+def test_run_timeout(ssh: SSHTransport) -> None:
+    with pytest.raises(DeployError, match="did not finish within"):
+        ssh.run(["sleep", "5"], timeout=0.5)
+
+
+def test_unknown_host_key_is_refused_then_accepted_on_request(ssh_config: SSHConfig) -> None:
+    known = Path(ssh_config.known_hosts)
+    known.write_text("")
+    with pytest.raises(HostKeyRefused, match="unknown host key .*--accept-new-host-keys"):
+        SSHTransport(ssh_config).ping()
+    accepting = SSHConfig(**{**ssh_config.__dict__, "accept_new_host_keys": True})
+    t = SSHTransport(accepting)
+    t.ping()
+    t.close()
+    assert f"[127.0.0.1]:{ssh_config.port} ssh-ed25519 " in known.read_text()
+    t = SSHTransport(ssh_config)  # now known: no flag needed
+    t.ping()
+    t.close()
+
+
+def test_changed_host_key_is_always_refused(ssh_config: SSHConfig, tmp_path: Path) -> None:
+    import subprocess
+
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    Path(ssh_config.known_hosts).write_text(f"[127.0.0.1]:{ssh_config.port} {kind} {b64}\n")
+    for accept in (False, True):
+        cfg = SSHConfig(**{**ssh_config.__dict__, "accept_new_host_keys": accept})
+        with pytest.raises(HostKeyRefused, match="CHANGED"):
+            SSHTransport(cfg).ping()
+
+
+def test_unreachable_host_is_one_line_error(ssh_config: SSHConfig) -> None:
+    cfg = SSHConfig(**{**ssh_config.__dict__, "port": 1, "connect_timeout": 2})
+    with pytest.raises(HostUnreachable, match="local: cannot reach root@127.0.0.1:1"):
+        SSHTransport(cfg).ping()
+
+
+def test_reconnects_after_the_connection_drops(ssh: SSHTransport) -> None:
+    ssh.ping()
+    ssh.connect().close()  # simulate a dropped connection
+    ssh.ping()

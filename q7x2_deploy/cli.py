@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"q7x2-deploy {args.command}: error: {e}", file=sys.stderr)
+        # An inventory with several violations reports each on its own line.
+        for line in getattr(e, "lines", None) or [f"q7x2-deploy {args.command}: error: {e}"]:
+            print(line, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"q7x2-deploy {args.command}: interrupted", file=sys.stderr)

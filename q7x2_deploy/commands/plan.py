@@ -1,0 +1,62 @@
+"""`q7x2-deploy plan INVENTORY [--json] [--scripts DIR]`: what `up` would do, touching no host."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.plan import Plan, build_plan, shell_line
+from q7x2_deploy.render import render_host_script
+from q7x2_runtime.errors import UserError
+
+
+def _print_human(plan: Plan, console: Console) -> None:
+    console.print(
+        f"[bold]job[/] {plan.job_name}  [bold]image[/] {plan.image_ref} ({plan.flavor}, via {plan.distribution})  "
+        f"[bold]nodes[/] {plan.nnodes}  [bold]world size[/] {plan.world_size}  "
+        f"[bold]master[/] {plan.master_addr}:{plan.master_port}  [bold]storage[/] {plan.storage}"
+    )
+    for host in plan.hosts:
+        body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}", ""]
+        body += [f"{k}={v}" for k, v in host.env.items()]
+        for step in host.steps:
+            body += ["", f"# {step.phase}: {step.name}", shell_line(step.docker_run)]
+        console.print(Panel("\n".join(body), title=f"{host.name} (node rank {host.node_rank})", expand=True))
+
+
+def _write_scripts(plan: Plan, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for host in plan.hosts:
+        target = directory / f"{host.node_rank:02d}-{host.name}.sh"
+        tmp = target.with_suffix(".sh.tmp")
+        tmp.write_text(render_host_script(plan, host), encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        tmp.replace(target)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan = build_plan(load_inventory(Path(args.inventory)))
+    if args.scripts is not None:
+        try:
+            _write_scripts(plan, Path(args.scripts))
+        except OSError as e:
+            raise UserError(f"cannot write scripts to {args.scripts}: {e.strerror}") from None
+    if args.json:
+        sys.stdout.write(plan.to_json() + "\n")
+    else:
+        _print_human(plan, Console(soft_wrap=True))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="print per host everything `up` would do, touching no host")
+    p.add_argument("inventory", help="inventory YAML file")
+    p.add_argument("--json", action="store_true", help="the plan as JSON (format: docs/plan-format.md)")
+    p.add_argument("--scripts", metavar="DIR", help="also write one readable shell script per host into DIR")
+    p.set_defaults(func=_plan)

@@ -1,0 +1,85 @@
+"""Render the files in templates/ (Dockerfiles, per-host run scripts) with jinja2.
+
+StrictUndefined: a missing value is a bug in the caller, never an empty string in a
+Dockerfile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jinja2
+
+from q7x2_deploy import __version__
+from q7x2_deploy.plan import HostPlan, Plan, shell_line
+from q7x2_deploy.resources import templates_dir
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(templates_dir()),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+@dataclass(frozen=True)
+class AscendStack:
+    """The software stack of the seed (reference §6), pinned together."""
+
+    torch_version: str = "2.1.0"
+    torch_npu_version: str = "2.1.0.post12"
+    apex_requirement: str = "apex"
+    mindspeed_ref: str = "2.0.0_core_r0.8.0"
+    mindspeed_llm_ref: str = "2.0.0"
+    megatron_ref: str = "core_r0.8.0"
+
+
+CPU_TORCH_VERSION = "2.13.0"
+
+
+def render_dockerfile(
+    flavor: str,
+    *,
+    base_image: str,
+    vendor: bool = True,
+    source_repos: dict[str, str] | None = None,
+    stack: AscendStack = AscendStack(),
+) -> str:
+    """The Dockerfile of a flavor. For ascend, sources come from vendor/ in the build context
+    unless `vendor` is false, then they are cloned from `source_repos` (mindspeed, mindspeed_llm,
+    megatron: the URLs of the operator's source mirrors)."""
+    if flavor == "cpu":
+        return _ENV.get_template("Dockerfile.cpu.j2").render(
+            base_image=base_image, torch_version=CPU_TORCH_VERSION, project_version=__version__
+        )
+    if flavor != "ascend":
+        raise ValueError(f"unknown flavor {flavor!r}")
+    repos = source_repos or {}
+    if not vendor:
+        missing = [k for k in ("mindspeed", "mindspeed_llm", "megatron") if k not in repos]
+        if missing:
+            raise ValueError(f"cloning sources needs repository URLs for {', '.join(missing)}")
+    return _ENV.get_template("Dockerfile.ascend.j2").render(
+        base_image=base_image,
+        vendor=vendor,
+        mindspeed_repo=repos.get("mindspeed", ""),
+        mindspeed_llm_repo=repos.get("mindspeed_llm", ""),
+        megatron_repo=repos.get("megatron", ""),
+        project_version=__version__,
+        **stack.__dict__,
+    )
+
+
+def render_host_script(plan: Plan, host: HostPlan) -> str:
+    """A shell script that does by hand what `up` does on one host (for reading and audits)."""
+    return _ENV.get_template("host-run.sh.j2").render(
+        plan=plan,
+        host=host,
+        steps=[(s, shell_line(s.docker_run)) for s in host.steps],
+        job_file_dir=host.job_file.rsplit("/", 1)[0],
+        job_file=host.job_file,
+        job_spec_json=plan.job_spec.to_json(),
+        q=shell_line,
+    )

@@ -1,0 +1,214 @@
+"""`q7x2-deploy validate`: every rule the whole job must satisfy, each violation one line.
+
+A violation names the YAML path, its line where known, and the rule. Rules that relate several
+values (tp vs the model, world size vs batch sizes, ranks across hosts) live here rather than in
+the pydantic models so that all of them are reported at once, not only the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pydantic import ValidationError
+
+from q7x2_deploy.inventory import Inventory, is_loopback, parse_inventory
+from q7x2_deploy.yaml_source import KeyPath, YamlDocument, YamlSyntaxError, parse_yaml, read_yaml_file
+
+# Set by the deployer for every container; an inventory may not override them.
+RESERVED_ENV = frozenset(
+    {"NODE_RANK", "NNODES", "NPUS_PER_NODE", "GPUS_PER_NODE", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"}
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: KeyPath
+    message: str
+    line: int | None = None
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in self.path).replace(".[", "[") or "(top level)"
+
+    def format(self, filename: str) -> str:
+        where = f"{filename}:{self.line}" if self.line else filename
+        return f"{where}: {self.dotted}: {self.message}"
+
+
+def _pydantic_violations(err: ValidationError) -> list[Violation]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "int", "constrained"))))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see inventory.example.yaml)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append(Violation(loc, msg))
+    # A union (e.g. devices: count or list) reports one error per branch; keep one per path.
+    seen: set[KeyPath] = set()
+    unique = []
+    for v in out:
+        if v.path not in seen:
+            seen.add(v.path)
+            unique.append(v)
+    return unique
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _check_parallelism(inv: Inventory) -> list[Violation]:
+    job = inv.job
+    p, t, d = job.parallelism, job.training, job.model.d
+    out: list[Violation] = []
+    par = ("job", "parallelism")
+    if d.num_query_groups % p.tp:
+        out.append(Violation(par + ("tp",), f"tp {p.tp} does not divide the model's {d.num_query_groups} query groups (choose tp in {_divisors(d.num_query_groups)})"))
+    if d.num_attention_heads % p.tp:
+        out.append(Violation(par + ("tp",), f"tp {p.tp} does not divide the model's {d.num_attention_heads} attention heads"))
+    if p.num_layer_list is not None:
+        if len(p.num_layer_list) != p.pp:
+            out.append(Violation(par + ("num_layer_list",), f"has {len(p.num_layer_list)} entries but pp is {p.pp}: give one entry per pipeline stage"))
+        if sum(p.num_layer_list) != d.num_layers:
+            out.append(Violation(par + ("num_layer_list",), f"sums to {sum(p.num_layer_list)} but the model has {d.num_layers} layers"))
+    elif d.num_layers % p.pp:
+        out.append(Violation(par + ("pp",), f"pp {p.pp} does not divide the model's {d.num_layers} layers (choose pp in {_divisors(d.num_layers)} or give num_layer_list)"))
+    world = len(inv.hosts) * p.npus_per_node
+    if world % (p.tp * p.pp):
+        out.append(Violation(par, f"world size {world} ({len(inv.hosts)} hosts x {p.npus_per_node} npus_per_node) is not divisible by tp x pp = {p.tp * p.pp}"))
+    else:
+        dp = world // (p.tp * p.pp)
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            out.append(Violation(("job", "training", "global_batch_size"), f"{t.global_batch_size} is not divisible by micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}"))
+    if t.min_lr > t.lr:
+        out.append(Violation(("job", "training", "min_lr"), f"min_lr {t.min_lr} is larger than lr {t.lr}"))
+    if t.seq_length > d.max_position_embeddings:
+        out.append(Violation(("job", "training", "seq_length"), f"{t.seq_length} exceeds the model's max_position_embeddings {d.max_position_embeddings}"))
+    return out
+
+
+def _check_hosts(inv: Inventory) -> list[Violation]:
+    out: list[Violation] = []
+    n = len(inv.hosts)
+    for field in ("name", "address"):
+        seen: dict[str, int] = {}
+        for i, h in enumerate(inv.hosts):
+            value = getattr(h, field)
+            key = value.lower()
+            if key in seen:
+                out.append(Violation(("hosts", i, field), f"{value!r} is also used by hosts[{seen[key]}]; each host needs its own {field}"))
+            else:
+                seen[key] = i
+    explicit = [(i, h.node_rank) for i, h in enumerate(inv.hosts) if h.node_rank is not None]
+    if explicit:
+        ranks = [h.node_rank if h.node_rank is not None else i for i, h in enumerate(inv.hosts)]
+        seen_rank: dict[int, int] = {}
+        for i, r in enumerate(ranks):
+            if r in seen_rank:
+                out.append(Violation(("hosts", i, "node_rank"), f"node_rank {r} is also hosts[{seen_rank[r]}]'s (a host without node_rank takes its position)"))
+            else:
+                seen_rank[r] = i
+            if r >= n:
+                out.append(Violation(("hosts", i, "node_rank"), f"node_rank {r} is out of range: ranks must be exactly 0..{n - 1}"))
+    if n > 1:
+        for i, h in enumerate(inv.hosts):
+            if is_loopback(h.address):
+                out.append(Violation(("hosts", i, "address"), f"{h.address!r} is a loopback address: with {n} hosts every node must reach each host at a routable address"))
+    if inv.master.host is not None and inv.master.host not in {h.name for h in inv.hosts}:
+        out.append(Violation(("master", "host"), f"{inv.master.host!r} is not one of the hosts ({', '.join(h.name for h in inv.hosts)})"))
+    return out
+
+
+def _check_devices(inv: Inventory) -> list[Violation]:
+    if inv.image.flavor != "ascend":
+        return []
+    out: list[Violation] = []
+    need = inv.job.parallelism.npus_per_node
+    for i, h in enumerate(inv.hosts):
+        have = inv.host_devices(h)
+        if need > len(have):
+            path = ("hosts", i, "devices") if h.devices is not None else ("job", "parallelism", "npus_per_node")
+            out.append(Violation(path, f"npus_per_node {need} exceeds the {len(have)} NPU devices given to host {h.name!r}"))
+        if len(set(have)) != len(have):
+            out.append(Violation(("hosts", i, "devices"), f"host {h.name!r} lists an NPU more than once"))
+    return out
+
+
+def _check_env(inv: Inventory) -> list[Violation]:
+    out: list[Violation] = []
+    places: list[tuple[KeyPath, dict[str, str]]] = [(("job", "env"), inv.job.env)]
+    places += [(("hosts", i, "env"), h.env) for i, h in enumerate(inv.hosts)]
+    for path, env in places:
+        for key in env:
+            if key in RESERVED_ENV:
+                out.append(Violation(path + (key,), f"{key} is computed by q7x2-deploy for every host and cannot be set here"))
+    return out
+
+
+def _check_paths(inv: Inventory) -> list[Violation]:
+    volumes = [PurePosixPath(v) for v in inv.container.volumes]
+    out: list[Violation] = []
+    for name, value in inv.job.paths.all().items():
+        p = PurePosixPath(value)
+        if not any(p == v or v in p.parents for v in volumes):
+            key = name if getattr(inv.job.paths, name, None) is not None else "hf_weights"
+            out.append(Violation(("job", "paths", key), f"{value} is not under any container volume ({', '.join(inv.container.volumes)}); add its directory to container.volumes"))
+    return out
+
+
+def _check_tools(inv: Inventory) -> list[Violation]:
+    out = []
+    if inv.image.flavor == "cpu":
+        for step in ("convert", "preprocess"):
+            if getattr(inv.job.tools, step) == "mindspeed":
+                out.append(Violation(("job", "tools", step), "mindspeed needs the ascend image flavor; the cpu image has only q7x2"))
+    return out
+
+
+RULES = (_check_parallelism, _check_hosts, _check_devices, _check_env, _check_paths, _check_tools)
+
+
+def validate_data(data: object) -> tuple[Inventory | None, list[Violation]]:
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        return None, [Violation((), f"the inventory must be a YAML mapping with hosts, image, job, ...; got {kind}")]
+    try:
+        inv = parse_inventory(data)
+    except ValidationError as e:
+        return None, _pydantic_violations(e)
+    violations: list[Violation] = []
+    for rule in RULES:
+        violations.extend(rule(inv))
+    return inv, violations
+
+
+def _with_lines(doc: YamlDocument, violations: list[Violation]) -> list[Violation]:
+    return [Violation(v.path, v.message, v.line or doc.line_of(v.path)) for v in violations]
+
+
+def validate_document(doc: YamlDocument) -> tuple[Inventory | None, list[Violation]]:
+    dupes = [Violation(path, "duplicate key: YAML would silently keep only the last one", line) for path, line in doc.duplicate_keys]
+    inv, violations = validate_data(doc.data)
+    violations = dupes + _with_lines(doc, violations)
+    return (inv if not violations else None), violations
+
+
+def validate_text(text: str) -> tuple[Inventory | None, list[Violation]]:
+    try:
+        doc = parse_yaml(text)
+    except YamlSyntaxError as e:
+        return None, [Violation((), str(e), e.line)]
+    return validate_document(doc)
+
+
+def validate_file(path: Path) -> tuple[Inventory | None, list[Violation]]:
+    try:
+        doc = read_yaml_file(path)
+    except YamlSyntaxError as e:
+        return None, [Violation((), str(e), e.line)]
+    return validate_document(doc)

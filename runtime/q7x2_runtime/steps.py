@@ -1,0 +1,200 @@
+"""The command of each job step, as argv lists built from the job spec.
+
+One place for every argument: the deployer's plan shows these exact lists, and the runtime
+executes the same ones, so conversion, preprocessing and training cannot drift apart (the seed's
+guide converted at one tp/pp and trained at another). Nothing here touches a shell; quoting, if
+ever needed for display, happens once in `shlex.join`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from q7x2_runtime.jobspec import Engine, Job, JobSpec
+
+# Where the ascend image puts MindSpeed-LLM (templates/Dockerfile.ascend.j2 clones it there).
+MINDSPEED_LLM_DIR = os.environ.get("MINDSPEED_LLM_DIR", "/opt/MindSpeed-LLM")
+# Where every container finds the job spec (the deployer mounts the host's job dir here).
+JOB_FILE_IN_CONTAINER = "/etc/q7x2/job.json"
+
+
+def step_tool(job: Job, step: str, flavor: str) -> Engine:
+    """Which implementation runs a prepare step: the job's choice, else MindSpeed on ascend."""
+    chosen = getattr(job.tools, step)
+    if chosen is not None:
+        return chosen
+    return "mindspeed" if flavor == "ascend" else "q7x2"
+
+
+def num(x: float) -> str:
+    """Numbers as Megatron's argparse takes them: integers bare (--rotary-base is type=int),
+    others in the shortest form with a plain exponent (1.25e-6, not 1.25e-06)."""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    mantissa, e, exp = f"{x:g}".partition("e")
+    return f"{mantissa}e{int(exp)}" if e else mantissa
+
+
+def _num_layer_list(job: Job) -> list[str]:
+    nll = job.parallelism.num_layer_list
+    return ["--num-layer-list", ",".join(str(n) for n in nll)] if nll else []
+
+
+def _logged(job: Job, log_name: str, argv: list[str]) -> list[str]:
+    """Run a MindSpeed-LLM script from its directory with the CANN env, teeing to a log file."""
+    log = f"{job.paths.logs.rstrip('/')}/{log_name}"
+    return ["q7x2-runtime", "run", "--cann-env", "--cwd", MINDSPEED_LLM_DIR, "--log", log, "--", *argv]
+
+
+def convert_argv(job: Job, flavor: str) -> list[str]:
+    p, paths = job.parallelism, job.paths
+    common = [
+        "--load-model-type", "hf",
+        "--save-model-type", "mg",
+        "--target-tensor-parallel-size", str(p.tp),
+        "--target-pipeline-parallel-size", str(p.pp),
+        *_num_layer_list(job),
+        "--load-dir", paths.hf_weights,
+        "--save-dir", paths.mcore_weights,
+        "--params-dtype", job.training.params_dtype,
+    ]  # fmt: skip
+    if step_tool(job, "convert", flavor) == "q7x2":
+        return ["q7x2-runtime", "convert", *common]
+    return _logged(
+        job,
+        f"convert_{job.name}.log",
+        [
+            "python", "convert_ckpt.py",
+            "--use-mcore-models", "--model-type", "GPT", "--model-type-hf", "llama2",
+            "--add-qkv-bias",
+            "--tokenizer-model", f"{paths.tokenizer_path.rstrip('/')}/tokenizer.json",
+            *common,
+        ],
+    )  # fmt: skip
+
+
+def preprocess_argv(job: Job, flavor: str) -> list[str]:
+    paths, pre = job.paths, job.preprocess
+    args = [
+        "--input", paths.raw_dataset,
+        "--tokenizer-name-or-path", paths.tokenizer_path,
+        "--tokenizer-type", "PretrainedFromHF",
+        "--output-prefix", paths.dataset_prefix,
+        "--workers", str(pre.workers),
+        "--log-interval", str(pre.log_interval),
+    ]  # fmt: skip
+    if pre.json_keys != ["text"]:
+        args += ["--json-keys", *pre.json_keys]
+    if pre.append_eod:
+        args.append("--append-eod")
+    if step_tool(job, "preprocess", flavor) == "q7x2":
+        return ["q7x2-runtime", "preprocess", *args]
+    return _logged(job, f"preprocess_{job.name}.log", ["python", "preprocess_data.py", *args])
+
+
+def pretrain_gpt_args(spec: JobSpec) -> list[str]:
+    """MindSpeed-LLM's pretrain_gpt.py arguments: the reference set (§2c) with the job's values."""
+    job = spec.job
+    d, p, t, paths = job.model.d, job.parallelism, job.training, job.paths
+    args = [
+        "--use-mcore-models",
+        "--tensor-model-parallel-size", str(p.tp),
+        "--pipeline-model-parallel-size", str(p.pp),
+        *_num_layer_list(job),
+    ]  # fmt: skip
+    if p.tp > 1:
+        args.append("--sequence-parallel")
+    args += [
+        "--num-layers", str(d.num_layers),
+        "--hidden-size", str(d.hidden_size),
+        "--ffn-hidden-size", str(d.ffn_hidden_size),
+        "--num-attention-heads", str(d.num_attention_heads),
+        "--max-position-embeddings", str(t.seq_length),
+        "--seq-length", str(t.seq_length),
+        "--disable-bias-linear",
+    ]  # fmt: skip
+    if d.qkv_bias:
+        args.append("--add-qkv-bias")
+    if d.num_query_groups != d.num_attention_heads:
+        args += ["--group-query-attention", "--num-query-groups", str(d.num_query_groups)]
+    args += [
+        "--use-flash-attn",
+        "--swiglu", "--use-fused-swiglu",
+        "--normalization", "RMSNorm", "--norm-epsilon", num(d.norm_epsilon),
+        "--use-fused-rmsnorm",
+        "--position-embedding-type", "rope", "--rotary-base", num(d.rotary_base),
+        "--use-fused-rotary-pos-emb",
+    ]  # fmt: skip
+    if d.untie_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    args += [
+        "--micro-batch-size", str(t.micro_batch_size),
+        "--global-batch-size", str(t.global_batch_size),
+        "--make-vocab-size-divisible-by", "1",
+        "--padded-vocab-size", str(d.vocab_size),
+        "--tokenizer-type", "PretrainedFromHF",
+        "--tokenizer-name-or-path", paths.tokenizer_path,
+        "--attention-dropout", "0.0",
+        "--hidden-dropout", "0.0",
+        "--train-iters", str(t.train_iters),
+        "--lr", num(t.lr),
+        "--lr-decay-style", t.lr_decay_style,
+        "--min-lr", num(t.min_lr),
+        "--lr-warmup-fraction", num(t.lr_warmup_fraction),
+        "--init-method-std", num(t.init_method_std),
+        "--weight-decay", num(t.weight_decay),
+        "--clip-grad", num(t.clip_grad),
+        "--adam-beta1", num(t.adam_beta1),
+        "--adam-beta2", num(t.adam_beta2),
+        "--initial-loss-scale", "4096",
+        "--no-gradient-accumulation-fusion",
+        "--no-masked-softmax-fusion",
+        "--attention-softmax-in-fp32",
+    ]  # fmt: skip
+    if t.params_dtype != "fp32":
+        args.append(f"--{t.params_dtype}")
+    args += [
+        "--data-path", paths.data_path,
+        "--split", "100,0,0",
+        "--load", paths.mcore_weights,
+        "--no-load-optim", "--no-load-rng", "--no-save-optim", "--no-save-rng",
+        "--seed", str(t.seed),
+        "--save", paths.save_dir,
+        "--log-interval", str(t.log_interval),
+        "--save-interval", str(t.save_interval),
+        "--eval-interval", str(t.train_iters),
+        "--eval-iters", "0",
+        "--log-throughput",
+    ]  # fmt: skip
+    if job.storage == "per-node":
+        args.append("--no-shared-storage")
+    return args
+
+
+def torchrun_args(spec: JobSpec, node_rank: int) -> list[str]:
+    c = spec.cluster
+    return [
+        "torchrun",
+        "--nproc_per_node", str(spec.job.parallelism.npus_per_node),
+        "--nnodes", str(c.nnodes),
+        "--node_rank", str(node_rank),
+        "--master_addr", c.master_addr,
+        "--master_port", str(c.master_port),
+    ]  # fmt: skip
+
+
+def pretrain_torchrun_argv(spec: JobSpec, node_rank: int) -> list[str]:
+    """The MindSpeed-LLM launch for one node: torchrun ... pretrain_gpt.py <reference args>."""
+    return [*torchrun_args(spec, node_rank), "pretrain_gpt.py", *pretrain_gpt_args(spec), "--distributed-backend", "nccl"]
+
+
+def pretrain_log_name(spec: JobSpec, node_rank: int) -> str:
+    # One file per node: on shared storage every node would otherwise write the same file.
+    return f"pretrain_mcore_{spec.job.name}_node{node_rank}.log"
+
+
+def pretrain_argv(spec: JobSpec, node_rank: int) -> list[str]:
+    """The container command of the pretrain step."""
+    if spec.cluster.flavor == "ascend":
+        return _logged(spec.job, pretrain_log_name(spec, node_rank), pretrain_torchrun_argv(spec, node_rank))
+    return ["q7x2-runtime", "pretrain", "--job", JOB_FILE_IN_CONTAINER]

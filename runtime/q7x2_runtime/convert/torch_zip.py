@@ -1,0 +1,178 @@
+"""Write a torch.save-compatible file one tensor at a time.
+
+torch.save needs every tensor in memory at once; a rank file of a large model does not have
+to be. This writes the same container torch.save does (a stored, uncompressed zip with
+<archive>/data.pkl, byteorder, data/<key> per storage, version), so torch.load of any version
+since 1.6, including 2.1.0 in the training image, reads it. The pickle is produced by Python's
+own pickler with torch's persistent-id scheme, so it is what torch.save would write; tensor
+bytes go out as soon as each tensor is built. Records are 64-byte aligned like torch.save's,
+which torch.load(mmap=True) relies on.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from q7x2_runtime.convert.sink import HashedFile
+
+_ALIGN = 64
+_U32 = 0xFFFFFFFF
+_STORAGE_CLASS = {torch.bfloat16: "BFloat16Storage", torch.float16: "HalfStorage", torch.float32: "FloatStorage"}
+
+
+class _StorageRef:
+    def __init__(self, key: str, dtype: torch.dtype, numel: int) -> None:
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+@dataclass(eq=False)
+class TensorSlot:
+    """Stands in for a tensor in the object being pickled; its bytes are written later."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        numel = 1
+        for n in self.shape:
+            numel *= n
+        stride, acc = [], 1
+        for n in reversed(self.shape):
+            stride.append(acc)
+            acc *= n
+        storage = _StorageRef(self.key, self.dtype, numel)
+        # The same call torch.Tensor.__reduce_ex__ produces for a plain CPU tensor.
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (storage, 0, tuple(self.shape), tuple(reversed(stride)), False, collections.OrderedDict()),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        n = torch.empty((), dtype=self.dtype).element_size()
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _StorageRef):
+            storage_type = getattr(torch, _STORAGE_CLASS[obj.dtype])
+            return ("storage", storage_type, obj.key, "cpu", obj.numel)
+        return None
+
+
+def _dos_time() -> tuple[int, int]:
+    t = time.localtime()
+    return ((t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
+            (((t.tm_year - 1980) & 0x7F) << 9) | (t.tm_mon << 5) | t.tm_mday)
+
+
+class TorchZipWriter:
+    """Usage: slots = [w.slot(shape, dtype) ...]; w.begin(obj); w.write_tensor(slot, t) in slot order; w.finish()."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = HashedFile(path)
+        self._archive = path.stem  # torch.save names the archive after the file, as here
+        self._entries: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
+        self._slots: list[TensorSlot] = []
+        self._next = 0
+        self._time = _dos_time()
+
+    def slot(self, shape: tuple[int, ...], dtype: torch.dtype) -> TensorSlot:
+        s = TensorSlot(str(len(self._slots)), tuple(shape), dtype)
+        self._slots.append(s)
+        return s
+
+    def begin(self, obj: Any) -> None:
+        buf = io.BytesIO()
+        _Pickler(buf, protocol=2).dump(obj)  # torch.save's default protocol
+        self._record("data.pkl", buf.getvalue())
+        self._record("byteorder", sys.byteorder.encode())
+
+    def write_tensor(self, slot: TensorSlot, tensor: torch.Tensor) -> None:
+        if slot is not self._slots[self._next]:
+            raise RuntimeError("tensors must be written in slot order")
+        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+            raise RuntimeError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its slot {slot.shape} {slot.dtype}")
+        self._next += 1
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._record(f"data/{slot.key}", memoryview(data))
+
+    def finish(self) -> str:
+        """Write the trailing records and the zip directory; returns the file's sha256."""
+        if self._next != len(self._slots):
+            raise RuntimeError(f"{len(self._slots) - self._next} tensors were never written")
+        self._record("version", b"3\n")
+        self._record(".data/serialization_id", str(int.from_bytes(os.urandom(16), "big")).zfill(40).encode())
+        self._central_directory()
+        return self._file.close()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+    # -- zip format (PKWARE APPNOTE 6.3), stored entries, zip64 where sizes demand it --
+
+    def _record(self, name: str, data: bytes | memoryview) -> None:
+        fname = f"{self._archive}/{name}".encode()
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        crc = zlib.crc32(data)
+        offset = self._file.offset
+        zip64 = size >= _U32
+        extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        # Pad with an extra field so the data starts on a 64-byte boundary, as torch.save does.
+        base = offset + 30 + len(fname) + len(extra) + 4
+        pad = (-base) % _ALIGN
+        extra += struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+        t, d = self._time
+        header = struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 45 if zip64 else 20, 0, 0, t, d, crc,
+            _U32 if zip64 else size, _U32 if zip64 else size, len(fname), len(extra),
+        )
+        self._file.write(header + fname + extra)
+        self._file.write(data)
+        self._entries.append((fname, crc, size, offset))
+
+    def _central_directory(self) -> None:
+        start = self._file.offset
+        t, d = self._time
+        out = bytearray()
+        for fname, crc, size, offset in self._entries:
+            fields = []
+            if size >= _U32:
+                fields += [size, size]
+            if offset >= _U32:
+                fields.append(offset)
+            extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+            need = 45 if fields else 20
+            out += struct.pack(
+                "<IHHHHHHIIIHHHHHII", 0x02014B50, need, need, 0, 0, t, d, crc,
+                _U32 if size >= _U32 else size, _U32 if size >= _U32 else size,
+                len(fname), len(extra), 0, 0, 0, 0, _U32 if offset >= _U32 else offset,
+            )
+            out += fname + extra
+        self._file.write(bytes(out))
+        end = self._file.offset
+        count, cd_size = len(self._entries), end - start
+        if start >= _U32 or count >= 0xFFFF:
+            out = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, cd_size, start)
+            out += struct.pack("<IIQI", 0x07064B50, 0, end, 1)
+            self._file.write(out)
+        self._file.write(struct.pack(
+            "<IHHHHIIH", 0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
+            min(cd_size, _U32), min(start, _U32), 0,
+        ))

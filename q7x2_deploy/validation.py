@@ -7,6 +7,7 @@ the pydantic models so that all of them are reported at once, not only the first
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +22,9 @@ RESERVED_ENV = frozenset(
 )
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
 @dataclass(frozen=True)
 class Violation:
     path: KeyPath
@@ -29,7 +33,13 @@ class Violation:
 
     @property
     def dotted(self) -> str:
-        return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in self.path).replace(".[", "[") or "(top level)"
+        def part(p: str | int) -> str:
+            if isinstance(p, int):
+                return f"[{p}]"
+            # A hostile key (newline, quote, ...) is shown quoted so the line stays one line.
+            return p if _PLAIN_KEY.match(str(p)) else repr(p)
+
+        return ".".join(part(p) for p in self.path).replace(".[", "[") or "(top level)"
 
     def format(self, filename: str) -> str:
         where = f"{filename}:{self.line}" if self.line else filename

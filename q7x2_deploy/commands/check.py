@@ -1,0 +1,32 @@
+"""`q7x2-deploy check INVENTORY`: parallel preflight of every host, as a table."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.preflight import failure_message, preflight
+from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.executor.table import print_preflight
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("check", help="check every host is ready (SSH, engine, image, devices, disk)")
+    add_inventory_argument(p)
+    add_host_key_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    started = time.monotonic()
+    with cluster_from_args(args) as cluster:
+        reports = preflight(cluster)
+    print_preflight(reports, console)
+    if (msg := failure_message(reports)) is not None:
+        raise DeployError(msg)
+    console.print(f"all {len(reports)} hosts ready ({time.monotonic() - started:.1f}s)")
+    return 0

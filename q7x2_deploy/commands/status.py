@@ -1,0 +1,55 @@
+"""`q7x2-deploy status INVENTORY [--json]`: per host state, phase, iteration, loss, throughput."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.executor.status import HostStatus, job_status
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("status", help="show the job's state and training progress per host")
+    add_inventory_argument(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_host_key_argument(p)
+    p.set_defaults(func=run)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def status_table(job: str, rows: list[HostStatus]) -> Table:
+    table = Table(title=f"job {job}")
+    for col in ("host", "rank", "state", "phase", "step", "steps", "iteration", "loss", "ms/iter", "TFLOP/s/dev"):
+        table.add_column(col, justify="right" if col in ("rank", "iteration", "loss", "ms/iter", "TFLOP/s/dev") else "left")
+    for s in rows:
+        p = s.progress
+        state = s.state if s.exit_code is None else f"{s.state}({s.exit_code})"
+        if not s.reachable:
+            state = f"unreachable: {s.error}"
+        table.add_row(
+            s.host, str(s.rank), state, s.phase, s.step,
+            " ".join(f"{k}={v}" for k, v in s.steps.items()) or "-",
+            f"{p.iteration}/{p.train_iters}" if p else "-",
+            _fmt(p.lm_loss if p else None, ".4f"),
+            _fmt(p.ms_per_iteration if p else None, ".1f"),
+            _fmt(p.tflops_per_device if p else None, ".2f"),
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    with cluster_from_args(args) as cluster:
+        rows = job_status(cluster)
+        job = cluster.plan.job_name
+    if args.json:
+        print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        Console().print(status_table(job, rows))
+    return 0 if all(r.reachable for r in rows) else 1

@@ -1,0 +1,197 @@
+"""Preflight: is every host ready to run its part of the plan? Checked in parallel, per host.
+
+A host fails on the first thing that would make `up` fail later (no SSH, no engine, a device
+or mount missing, unhealthy NPUs, the master port taken, no disk), so the operator learns it
+in seconds instead of after an image transfer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Literal
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.plan import HostPlan
+from q7x2_deploy.transport import Transport
+
+Level = Literal["ok", "warn", "fail", "skip"]
+CHECK_NAMES = ("ssh", "engine", "image", "devices", "npu", "links", "port", "disk")
+MIN_FREE_GIB = 2.0  # below this, image delivery or a checkpoint save will fail
+WARN_FREE_GIB = 20.0
+
+_PROBE_SCRIPT = (
+    'for p in "$@"; do [ -e "$p" ] || echo "missing $p"; done; '
+    "for t in npu-smi hccn_tool; do command -v $t >/dev/null 2>&1 && echo \"tool $t\"; done; true"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    detail: str
+
+
+@dataclass
+class HostReport:
+    host: str
+    rank: int
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, level: Level, detail: str) -> None:
+        self.checks.append(Check(name, level, detail))
+
+    def get(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.level == "fail"]
+
+    @property
+    def image_id(self) -> str | None:
+        c = self.get("image")
+        return c.detail if c is not None and c.level == "ok" else None
+
+
+@dataclass(frozen=True)
+class HostNeeds:
+    """What a host's containers use from the host, read back from the plan's docker run argv."""
+
+    devices: list[str]
+    mounts: list[str]
+    npu_indices: list[int]
+
+
+def host_needs(host: HostPlan) -> HostNeeds:
+    argv = host.docker_run
+    job_dir = str(PurePosixPath(host.job_file).parent)
+    devices: list[str] = []
+    mounts: list[str] = []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--device":
+            devices.append(value.split(":", 1)[0])
+        elif flag in ("-v", "--volume"):
+            src = value.split(":", 1)[0]
+            if src != job_dir and src.startswith("/"):  # the job dir is created by `up`
+                mounts.append(src)
+    npus = [int(d.removeprefix("/dev/davinci")) for d in devices
+            if d.removeprefix("/dev/davinci").isdigit()]
+    return HostNeeds(devices, mounts, npus)
+
+
+def _listening_ports(proc_net_tcp: str) -> set[int]:
+    ports: set[int] = set()
+    for line in proc_net_tcp.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == "0A" and ":" in parts[1]:  # 0A = LISTEN
+            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _df_free_gib(df_output: str) -> dict[str, float]:
+    free: dict[str, float] = {}
+    for line in df_output.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 6 and parts[3].isdigit():
+            free[parts[5]] = int(parts[3]) / (1 << 20)
+    return free
+
+
+def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> HostReport:
+    plan = cluster.plan
+    t: Transport = cluster.transport(host)
+    report = HostReport(host.name, host.node_rank)
+    try:
+        t.ping(timeout=20)
+    except DeployError as e:
+        report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
+        return report
+    report.add("ssh", "ok", f"{host.ssh.get('user', 'root')}@{host.address}")
+
+    info = t.run(["docker", "info", "--format", "{{.ServerVersion}} {{.DockerRootDir}}"], timeout=60)
+    if not info.ok or not info.stdout.strip():
+        report.add("engine", "fail", f"docker engine not reachable: {info.last_lines(1) or 'no answer'}")
+        return report
+    version, _, docker_root = info.stdout.strip().partition(" ")
+    report.add("engine", "ok", f"docker {version}")
+
+    img = t.run(["docker", "image", "inspect", "--format", "{{.Id}}", plan.image_ref], timeout=60)
+    if img.ok:
+        report.add("image", "ok", img.stdout.strip())
+    else:
+        report.add("image", "warn", f"{plan.image_ref} not present; `up` delivers it")
+
+    needs = host_needs(host)
+    probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", *needs.devices, *needs.mounts], timeout=60)
+    missing = [ln.removeprefix("missing ") for ln in probe.stdout.splitlines() if ln.startswith("missing ")]
+    tools = {ln.removeprefix("tool ") for ln in probe.stdout.splitlines() if ln.startswith("tool ")}
+    if missing:
+        report.add("devices", "fail", "missing on host: " + ", ".join(missing))
+    else:
+        report.add("devices", "ok", f"{len(needs.devices)} devices, {len(needs.mounts)} mounts")
+
+    if "npu-smi" in tools:
+        smi = t.run(["npu-smi", "info"], timeout=120)
+        report.add("npu", "ok" if smi.ok else "fail",
+                   "npu-smi info ok" if smi.ok else f"npu-smi info failed: {smi.last_lines(1)}")
+    else:
+        report.add("npu", "warn" if plan.flavor == "ascend" else "skip", "npu-smi not installed")
+
+    if "hccn_tool" in tools and needs.npu_indices:
+        down = []
+        for i in needs.npu_indices:
+            r = t.run(["hccn_tool", "-i", str(i), "-link", "-g"], timeout=60)
+            if not r.ok or "UP" not in r.stdout.upper():
+                down.append(str(i))
+        report.add("links", "fail" if down else "ok",
+                   f"link down on NPU {', '.join(down)}" if down else f"{len(needs.npu_indices)} links up")
+    else:
+        report.add("links", "skip", "hccn_tool not installed" if "hccn_tool" not in tools else "no NPUs")
+
+    if host.name == cluster.master.name and check_port:
+        tcp = t.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=30)
+        if plan.master_port in _listening_ports(tcp.stdout):
+            report.add("port", "fail", f"master port {plan.master_port} already in use")
+        else:
+            report.add("port", "ok", f"{plan.master_port} free")
+    else:
+        report.add("port", "skip", "not the master")
+
+    df_paths = [p for p in needs.mounts if p not in missing] + ([docker_root] if docker_root else [])
+    df = t.run(["df", "-Pk", *df_paths], timeout=60)
+    free = _df_free_gib(df.stdout)
+    if not free:
+        report.add("disk", "warn", f"df gave nothing: {df.last_lines(1)}")
+    else:
+        where, gib = min(free.items(), key=lambda kv: kv[1])
+        level: Level = "fail" if gib < MIN_FREE_GIB else "warn" if gib < WARN_FREE_GIB else "ok"
+        report.add("disk", level, f"{gib:.1f} GiB free on {where}")
+    return report
+
+
+def preflight(cluster: Cluster, *, check_port: bool = True) -> list[HostReport]:
+    outcomes = for_each(cluster.hosts, lambda h: check_host(cluster, h, check_port=check_port),
+                        key=lambda h: h.name)
+    reports = []
+    for host in cluster.hosts:
+        o = outcomes[host.name]
+        if o.value is not None:
+            reports.append(o.value)
+        else:  # a check itself broke (e.g. the host vanished mid-way): report, don't crash
+            r = HostReport(host.name, host.node_rank)
+            r.add("ssh", "fail", str(o.error).removeprefix(f"{host.name}: "))
+            reports.append(r)
+    return reports
+
+
+def failure_message(reports: list[HostReport]) -> str | None:
+    bad = [(r.host, c) for r in reports for c in r.failures]
+    if not bad:
+        return None
+    first = "; ".join(f"{h}: {c.name}: {c.detail}" for h, c in bad[:3])
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    return f"preflight failed on {len({h for h, _ in bad})} host(s): {first}{more}"

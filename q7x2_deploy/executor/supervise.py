@@ -1,0 +1,182 @@
+"""Run a phase's steps as containers and watch them; the first failure stops the job everywhere.
+
+Each watched container has two SSH commands on its host: `docker logs -f` (its lines go to the
+merged output) and `docker wait` (its exit status). A heartbeat per host notices a host that
+stops answering even when no command would ever return an error on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.executor.containers import ContainerState, remove_containers, stop_job
+from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.plan import HostPlan, StepPlan
+from q7x2_deploy.transport import HostUnreachable
+
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_TIMEOUT_S = 10.0
+HEARTBEAT_MISSES = 2  # consecutive misses before a host counts as lost
+
+
+class JobFailed(DeployError):
+    """A step failed or a host was lost; the job has been stopped on every host."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    host: str
+    rank: int
+    step: str
+    reason: str
+
+
+class Supervisor:
+    def __init__(self, cluster: Cluster, sink: LogSink) -> None:
+        self.cluster = cluster
+        self.sink = sink
+        self.stop = threading.Event()
+        self.failure: Failure | None = None
+        self._lock = threading.Lock()
+
+    # -- failure ----------------------------------------------------------------------
+
+    def fail(self, host: HostPlan, step: str, reason: str) -> None:
+        with self._lock:
+            if self.failure is None and not self.stop.is_set():
+                self.failure = Failure(host.name, host.node_rank, step, reason)
+            self.stop.set()
+
+    def stop_everywhere(self) -> dict[str, str]:
+        """Stop the job's running containers on every host that answers; returns errors by host."""
+        job = self.cluster.plan.job_name
+        outcomes = for_each(self.cluster.hosts, lambda h: stop_job(self.cluster.transport(h), job),
+                            key=lambda h: h.name)
+        return {name: str(o.error) for name, o in outcomes.items() if o.error is not None}
+
+    def raise_failure(self) -> None:
+        f = self.failure
+        assert f is not None
+        self.sink.note(f"q7x2-deploy: {f.host} (rank {f.rank}) failed in {f.step}: {f.reason}")
+        tail = self.sink.tail(f.host, 10)
+        if tail:
+            self.sink.note(f"q7x2-deploy: last lines from {f.host}:")
+            for line in tail:
+                self.sink.note(f"  [{f.host} {f.rank}] {line}")
+        unreachable = self.stop_everywhere()
+        stopped = [h.name for h in self.cluster.hosts if h.name not in unreachable]
+        self.sink.note(f"q7x2-deploy: job {self.cluster.plan.job_name} stopped on {', '.join(stopped) or 'no host'}"
+                       + (f"; could not reach {', '.join(unreachable)}" if unreachable else ""))
+        raise JobFailed(f"{f.host} (rank {f.rank}) failed in {f.step}: {f.reason}")
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    def _heartbeat(self, host: HostPlan, done: threading.Event) -> None:
+        t = self.cluster.transport(host)
+        misses = 0
+        while not done.wait(HEARTBEAT_INTERVAL_S) and not self.stop.is_set():
+            try:
+                t.ping(timeout=HEARTBEAT_TIMEOUT_S)
+                misses = 0
+            except DeployError as e:
+                misses += 1
+                if misses >= HEARTBEAT_MISSES:
+                    self.fail(host, "heartbeat", f"host stopped answering ({e})")
+                    return
+
+    # -- one container ----------------------------------------------------------------
+
+    def _watch(self, host: HostPlan, step: StepPlan, *, attached_late: bool) -> None:
+        t = self.cluster.transport(host)
+        name = step.container_name
+
+        def _emit(line: str) -> None:
+            self.sink.line(host.name, host.node_rank, line)
+
+        logs_argv = ["docker", "logs", "-f", *(["--tail", "20"] if attached_late else []), name]
+        follower = threading.Thread(target=self._follow, args=(host, logs_argv, _emit), daemon=True)
+        follower.start()
+        status_lines: list[str] = []
+        try:
+            rc = t.stream(["docker", "wait", name], status_lines.append, stop=self.stop)
+        except HostUnreachable as e:
+            self.fail(host, step.name, f"host stopped answering ({e})")
+            return
+        except DeployError as e:
+            self.fail(host, step.name, str(e))
+            return
+        if rc == -1 and self.stop.is_set():
+            return  # another host failed; we are being stopped
+        follower.join(timeout=10)  # let the last lines arrive before judging
+        code = next((int(s) for s in status_lines if s.strip().lstrip("-").isdigit()), None)
+        if rc != 0 or code is None:
+            self.fail(host, step.name, f"`docker wait {name}` failed: {' '.join(status_lines)[-200:]}")
+        elif code != 0:
+            self.fail(host, step.name, f"container {name} exited with status {code}")
+        else:
+            self.sink.note(f"q7x2-deploy: {host.name}: {step.name} finished")
+
+    def _follow(self, host: HostPlan, argv: list[str], emit: Callable[[str], None]) -> None:
+        try:
+            self.cluster.transport(host).stream(argv, emit, stop=self.stop)
+        except DeployError:
+            pass  # `docker wait` and the heartbeat report a lost host; logs are best effort
+
+    # -- a host's steps in one phase --------------------------------------------------
+
+    def _run_host(self, host: HostPlan, steps: list[StepPlan], existing: dict[str, ContainerState],
+                  watch: bool) -> None:
+        t = self.cluster.transport(host)
+        for step in steps:
+            if self.stop.is_set():
+                return
+            state = existing.get(step.container_name)
+            if state is not None and state.succeeded:
+                self.sink.note(f"q7x2-deploy: {host.name}: {step.name} already done, skipped")
+                continue
+            attached_late = state is not None and state.running
+            if not attached_late:
+                try:
+                    if state is not None:  # a failed or stopped earlier attempt
+                        remove_containers(t, [step.container_name])
+                    t.check(step.docker_run, timeout=300)
+                except DeployError as e:
+                    self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}")
+                    return
+                self.sink.note(f"q7x2-deploy: {host.name}: {step.name} started ({step.container_name})")
+            if watch:
+                self._watch(host, step, attached_late=attached_late)
+
+    def run_phase(self, phase: str, existing: dict[str, dict[str, ContainerState]], *, watch: bool = True) -> None:
+        """Run every host's steps of `phase`; returns when all finished (or, unwatched, started).
+
+        Raises JobFailed after stopping the job everywhere if any host failed.
+        """
+        work = [(h, [s for s in h.steps if s.phase == phase]) for h in self.cluster.hosts]
+        work = [(h, steps) for h, steps in work if steps]
+        if not work:
+            return
+        done = threading.Event()
+        beats = [threading.Thread(target=self._heartbeat, args=(h, done), daemon=True)
+                 for h in self.cluster.hosts]
+        runners = [threading.Thread(target=self._run_host, args=(h, steps, existing.get(h.name, {}), watch),
+                                    daemon=True) for h, steps in work]
+        for th in beats + runners:
+            th.start()
+        try:
+            for th in runners:
+                while th.is_alive():  # short joins keep Ctrl-C deliverable to the main thread
+                    th.join(0.5)
+                    if self.stop.is_set():
+                        break
+                if self.stop.is_set():
+                    break
+        finally:
+            done.set()
+        if self.failure is not None:
+            self.raise_failure()

@@ -1,0 +1,118 @@
+"""`up`: preflight, image, job file, then the phases as barriers: prepare, then train.
+
+Re-running converges instead of repeating: steps whose container already exited 0 are
+skipped, a running job is attached to, failed or stopped containers are replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.executor.containers import ContainerState, list_job_containers
+from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.lock import JobLock
+from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.executor.preflight import HostReport, failure_message, preflight
+from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.executor.supervise import Supervisor
+from q7x2_deploy.image.delivery import deliver_image
+
+PHASES = ("prepare", "train")
+
+
+@dataclass
+class UpHooks:
+    """What `up` shows the operator; the command module renders these with rich."""
+
+    on_preflight: Callable[[list[HostReport]], None] = lambda reports: None
+
+
+def survey(cluster: Cluster) -> dict[str, dict[str, ContainerState]]:
+    job = cluster.plan.job_name
+    outcomes = for_each(cluster.hosts, lambda h: list_job_containers(cluster.transport(h), job),
+                        key=lambda h: h.name)
+    for name, o in outcomes.items():
+        if o.error is not None:
+            raise DeployError(f"{name}: could not list the job's containers: {o.error}")
+    return {name: o.value or {} for name, o in outcomes.items()}
+
+
+def _write_job_files(cluster: Cluster) -> None:
+    spec = cluster.plan.job_spec.to_json().encode()
+    outcomes = for_each(cluster.hosts, lambda h: cluster.transport(h).write_file(h.job_file, spec, 0o644),
+                        key=lambda h: h.name)
+    for name, o in outcomes.items():
+        if o.error is not None:
+            raise DeployError(f"{name}: could not write the job file: {o.error}")
+
+
+def _running_phase(existing: dict[str, dict[str, ContainerState]]) -> str | None:
+    running = {c.phase for host in existing.values() for c in host.values() if c.running}
+    return next((p for p in reversed(PHASES) if p in running), None)
+
+
+def _all_done(cluster: Cluster, existing: dict[str, dict[str, ContainerState]]) -> bool:
+    for h in cluster.hosts:
+        for s in h.steps:
+            c = existing.get(h.name, {}).get(s.container_name)
+            if c is None or not c.succeeded:
+                return False
+    return True
+
+
+def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks | None = None) -> int:
+    hooks = hooks or UpHooks()
+    plan = cluster.plan
+    with JobLock(run_dir(plan.job_name) / "up.lock", plan.job_name):
+        (run_dir(plan.job_name) / "plan.json").write_text(plan.to_json())
+        existing = survey(cluster)
+        current = _running_phase(existing)
+        if current is not None:
+            hosts = sorted(n for n, cs in existing.items() if any(c.running for c in cs.values()))
+            sink.note(f"q7x2-deploy: job {plan.job_name} is already running ({current} phase on "
+                      f"{', '.join(hosts)}); attaching")
+            if detach:
+                return 0
+            phases = PHASES[PHASES.index(current):]
+        else:
+            if _all_done(cluster, existing):
+                sink.note(f"q7x2-deploy: job {plan.job_name} already finished on every host; "
+                          "`q7x2-deploy down` removes its containers to start over")
+                return 0
+            started = time.monotonic()
+            reports = preflight(cluster)
+            hooks.on_preflight(reports)
+            if (msg := failure_message(reports)) is not None:
+                raise DeployError(msg)
+            deliveries = deliver_image(cluster, progress=lambda s: sink.note(f"q7x2-deploy: {s}"),
+                                       known_ids={r.host: r.image_id for r in reports})
+            for d in deliveries:
+                sink.note(f"q7x2-deploy: {d.host}: image {d.action} ({d.image_id.removeprefix('sha256:')[:12]})")
+            _write_job_files(cluster)
+            sink.note(f"q7x2-deploy: preflight, image and job files ready in {time.monotonic() - started:.1f}s")
+            phases = PHASES
+        supervisor = Supervisor(cluster, sink)
+        try:
+            for phase in phases:
+                last = phase == PHASES[-1]
+                sink.note(f"q7x2-deploy: phase {phase}")
+                supervisor.run_phase(phase, existing, watch=not (detach and last))
+        except KeyboardInterrupt:
+            if detach and supervisor.failure is None and phase == PHASES[-1]:
+                raise
+            supervisor.stop.set()
+            sink.note(f"q7x2-deploy: interrupted; stopping job {plan.job_name} on every host")
+            supervisor.stop_everywhere()
+            raise
+        if detach:
+            sink.note(f"q7x2-deploy: job {plan.job_name} started on {len(cluster.hosts)} hosts; "
+                      f"follow it with `q7x2-deploy logs -f`, stop it with `q7x2-deploy down`")
+        else:
+            sink.note(f"q7x2-deploy: job {plan.job_name} finished on every host")
+            (run_dir(plan.job_name) / "result.json").write_text(json.dumps({"status": "finished"}))
+        return 0

@@ -1,0 +1,1 @@
+"""The job image: offline wheelhouse, Dockerfile rendering, build, push, delivery to hosts."""

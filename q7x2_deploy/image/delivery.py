@@ -1,0 +1,169 @@
+"""Getting the image onto every host: `docker pull` from a registry, or, for sites without
+one, the local engine's `docker save` streamed over SSH into each host's `docker load`.
+
+One `docker save` feeds all hosts at once (a tee with a bounded queue per host), so the image
+is read once however many hosts there are. Hosts that already hold the same image ID are
+skipped either way.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.plan import HostPlan
+from q7x2_deploy.transport import Transport
+
+_QUEUE_CHUNKS = 64  # per host: 64 x 1 MiB in flight at most
+_EOF = object()
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    host: str
+    action: str  # skipped | pulled | loaded
+    image_id: str
+
+
+def remote_image_id(t: Transport, ref: str) -> str | None:
+    r = t.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], timeout=60)
+    return r.stdout.strip() if r.ok and r.stdout.strip() else None
+
+
+def local_image_id(ref: str) -> str | None:
+    import docker  # the operator's engine; only needed for ssh distribution and builds
+
+    try:
+        return docker.from_env().images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.DockerException as e:
+        raise DeployError(f"local Docker engine not reachable: {e}") from e
+
+
+def _pull(t: Transport, ref: str) -> None:
+    r = t.run(["docker", "pull", "--quiet", ref], timeout=3600)
+    if not r.ok:
+        raise DeployError(
+            f"{t.host}: `docker pull {ref}` failed: {r.last_lines(1)} "
+            "(is the registry reachable from the host and logged in there?)"
+        )
+
+
+class _Tee:
+    """Hands every chunk of one stream to several consumers, each through its own queue."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.queues: dict[str, queue.Queue[object]] = {n: queue.Queue(_QUEUE_CHUNKS) for n in names}
+        self.dead: set[str] = set()
+
+    def feed(self, chunks: Iterator[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                for name, q in self.queues.items():
+                    if name not in self.dead:
+                        self._put(name, q, chunk)
+        finally:
+            for name, q in self.queues.items():
+                if name not in self.dead:
+                    self._put(name, q, _EOF)
+
+    def _put(self, name: str, q: queue.Queue[object], item: object) -> None:
+        while name not in self.dead:
+            try:
+                q.put(item, timeout=1)
+                return
+            except queue.Full:
+                continue
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        q = self.queues[name]
+        while (item := q.get()) is not _EOF:
+            yield item  # type: ignore[misc]
+
+    def abandon(self, name: str) -> None:
+        self.dead.add(name)
+
+
+def _load_all(cluster: Cluster, hosts: list[HostPlan], ref: str, save: Callable[[], Iterator[bytes]]) -> None:
+    tee = _Tee([h.name for h in hosts])
+
+    def _load(host: HostPlan) -> None:
+        t = cluster.transport(host)
+        try:
+            r = t.run(["docker", "load"], stdin=tee.chunks(host.name), timeout=None)
+        finally:
+            tee.abandon(host.name)
+        if not r.ok:
+            raise DeployError(f"{host.name}: `docker load` failed: {r.last_lines(1)}")
+
+    feeder = threading.Thread(target=tee.feed, args=(save(),), daemon=True)
+    feeder.start()
+    outcomes = for_each(hosts, _load, key=lambda h: h.name)
+    feeder.join(timeout=30)
+    for o in outcomes.values():
+        if o.error is not None:
+            raise o.error
+
+
+def _docker_save(ref: str) -> Iterator[bytes]:
+    import docker
+
+    image = docker.from_env().images.get(ref)
+    return image.save(chunk_size=1 << 20, named=True)
+
+
+def deliver_image(
+    cluster: Cluster,
+    *,
+    progress: Progress = lambda s: None,
+    known_ids: dict[str, str | None] | None = None,
+    save: Callable[[str], Iterator[bytes]] = _docker_save,
+) -> list[Delivery]:
+    """Make `plan.image_ref` present on every host; returns what happened per host."""
+    plan = cluster.plan
+    ref = plan.image_ref
+    want = local_image_id(ref) if plan.distribution == "ssh" else None
+    if plan.distribution == "ssh" and want is None:
+        raise DeployError(f"image {ref} is not in the local Docker engine; run `q7x2-deploy build-image` first")
+    if known_ids is None:
+        got = for_each(cluster.hosts, lambda h: remote_image_id(cluster.transport(h), ref), key=lambda h: h.name)
+        known_ids = {n: o.value if o.ok else None for n, o in got.items()}
+
+    def _needs(h: HostPlan) -> bool:
+        have = known_ids.get(h.name)
+        if plan.distribution == "ssh":
+            return have != want
+        return True  # registry: `docker pull` itself is a cheap no-op when up to date
+
+    todo = [h for h in cluster.hosts if _needs(h)]
+    results = {h.name: Delivery(h.name, "skipped", known_ids.get(h.name) or "") for h in cluster.hosts
+               if h not in todo}
+    if todo:
+        if plan.distribution == "ssh":
+            progress(f"sending {ref} to {', '.join(h.name for h in todo)} over SSH")
+            _load_all(cluster, todo, ref, lambda: save(ref))
+        else:
+            progress(f"pulling {ref} on {', '.join(h.name for h in todo)}")
+            outcomes = for_each(todo, lambda h: _pull(cluster.transport(h), ref), key=lambda h: h.name)
+            for o in outcomes.values():
+                if o.error is not None:
+                    raise o.error
+        after = for_each(todo, lambda h: remote_image_id(cluster.transport(h), ref), key=lambda h: h.name)
+        for h in todo:
+            got_id = after[h.name].value
+            if not got_id:
+                raise DeployError(f"{h.name}: image {ref} still missing after delivery")
+            if want is not None and got_id != want:
+                raise DeployError(f"{h.name}: image {ref} has ID {got_id[:19]} after loading, expected {want[:19]}")
+            before = known_ids.get(h.name)
+            action = "loaded" if plan.distribution == "ssh" else ("pulled" if got_id != before else "skipped")
+            results[h.name] = Delivery(h.name, action, got_id)
+    return [results[h.name] for h in cluster.hosts]

@@ -7,35 +7,28 @@ together and turns UserError into one line on stderr with a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from q7x2_runtime.command_registry import register_commands
 from q7x2_runtime.errors import UserError
 
-_COMMAND_MODULES = (
-    "q7x2_deploy.commands.validate",
-    "q7x2_deploy.commands.plan",
-    "q7x2_deploy.commands.build_image",
-    "q7x2_deploy.commands.check",
-    "q7x2_deploy.commands.up",
-    "q7x2_deploy.commands.logs",
-    "q7x2_deploy.commands.status",
-    "q7x2_deploy.commands.down",
-    "q7x2_deploy.sandbox.cli",
-)
+_COMMAND_MODULES = {
+    "validate": "q7x2_deploy.commands.validate",
+    "plan": "q7x2_deploy.commands.plan",
+    "build-image": "q7x2_deploy.commands.build_image",
+    "check": "q7x2_deploy.commands.check",
+    "up": "q7x2_deploy.commands.up",
+    "logs": "q7x2_deploy.commands.logs",
+    "status": "q7x2_deploy.commands.status",
+    "down": "q7x2_deploy.commands.down",
+    "sandbox": "q7x2_deploy.sandbox.cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q7x2-deploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("q7x2_deploy"):
-                continue  # a command not built into this install
-            raise
-        module.register(sub)
+    register_commands(sub, _COMMAND_MODULES, own_prefix="q7x2_deploy", extra="q7x2-deploy[deploy]")
     return parser
 
 

@@ -7,32 +7,25 @@ wires them together and turns UserError into one line on stderr with a non-zero 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from q7x2_runtime.command_registry import register_commands
 from q7x2_runtime.errors import UserError
 
 # module path -> it registers one or more subcommands
-_COMMAND_MODULES = (
-    "q7x2_runtime.sample.cli",
-    "q7x2_runtime.convert.cli",
-    "q7x2_runtime.preprocess.cli",
-    "q7x2_runtime.pretrain.cli",
-    "q7x2_runtime.run_step",
-)
+_COMMAND_MODULES = {
+    "make-sample": "q7x2_runtime.sample.cli",
+    "convert": "q7x2_runtime.convert.cli",
+    "preprocess": "q7x2_runtime.preprocess.cli",
+    "pretrain": "q7x2_runtime.pretrain.cli",
+    "run": "q7x2_runtime.run_step",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="q7x2-runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("q7x2_runtime"):
-                continue  # a command not built into this install
-            raise
-        module.register(sub)
+    register_commands(sub, _COMMAND_MODULES, own_prefix="q7x2_runtime", extra="q7x2-deploy[runtime]")
     return parser
 
 

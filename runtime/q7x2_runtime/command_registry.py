@@ -1,0 +1,36 @@
+"""Register each CLI command from its own module, tolerating commands this install lacks.
+
+A command whose module needs a package that is not installed (torch inside a deployer-only
+install, paramiko inside the image) still appears in --help and, when run, says which extra
+to install in one line instead of a traceback at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from q7x2_runtime.errors import UserError
+
+
+def register_commands(sub: argparse._SubParsersAction, modules: dict[str, str], own_prefix: str, extra: str) -> None:
+    """`modules` maps each command name to the module that registers it."""
+    for command, name in modules.items():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(own_prefix):
+                continue  # not part of this build at all
+            _register_unavailable(sub, command, e.name or "a dependency", extra)
+            continue
+        module.register(sub)
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing: str, extra: str) -> None:
+    p = sub.add_parser(command, help=f"(unavailable: needs {missing})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def _fail(_args: argparse.Namespace) -> int:
+        raise UserError(f"this install lacks the Python package {missing!r}: pip install '{extra}'")
+
+    p.set_defaults(func=_fail)

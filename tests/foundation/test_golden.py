@@ -152,3 +152,20 @@ def test_step_containers_are_labelled(plan):
     assert step.labels == {"q7x2.job": "qwen25-7b", "q7x2.phase": "train", "q7x2.step": "pretrain", "q7x2.host": "npu-b", "q7x2.rank": "1"}
     assert step.docker_run[:5] == ["docker", "run", "-d", "--name", "q7x2-qwen25-7b-pretrain-1"]
     assert step.docker_run[-len(step.argv):] == step.argv
+
+
+def test_cpu_flavor_runs_the_runtime_commands(tmp_path):
+    text = EXAMPLE.read_text().replace("flavor: ascend ", "flavor: cpu ")
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(text)
+    plan = build_plan(load_inventory(inv_path))
+    host = plan.hosts[0]
+    assert "--device" not in host.docker_run and not any("Ascend" in a for a in host.docker_run)
+    assert host.step("convert").argv == [
+        "q7x2-runtime", "convert", "--load-model-type", "hf", "--save-model-type", "mg",
+        "--target-tensor-parallel-size", "4", "--target-pipeline-parallel-size", "2",
+        "--load-dir", "/apps/models/Qwen2.5-7B", "--save-dir", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2", "--params-dtype", "bf16",
+    ]  # fmt: skip
+    assert host.step("preprocess").argv[:2] == ["q7x2-runtime", "preprocess"]
+    assert host.step("pretrain").argv == ["q7x2-runtime", "pretrain", "--job", "/etc/q7x2/job.json"]
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in host.env

@@ -1,0 +1,1 @@
+"""`q7x2-runtime preprocess`: raw text datasets -> Megatron indexed datasets (.bin/.idx)."""

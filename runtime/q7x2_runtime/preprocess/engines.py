@@ -1,0 +1,198 @@
+"""Tokenizer engines: tiktoken's BPE core when it is provably exact, HF otherwise.
+
+`choose_engine` runs once in the parent process: it loads the tokenizer the way MindSpeed
+does (`AutoTokenizer.from_pretrained`), inspects the pipeline transformers actually built
+(not just the file: transformers may replace components), checks the fast path's
+preconditions, then compares both engines on hostile probe texts. Workers receive the
+resulting `EngineSpec` and build their engine from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from q7x2_runtime.errors import UserError
+from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, NotExact, fast_bpe_spec
+
+FAST = "tiktoken-bpe"
+HF = "hf-tokenizers"
+
+# Texts on which the two engines must agree before the fast one is trusted; the added
+# tokens of the tokenizer are mixed in at load time.
+_PROBES = (
+    "",
+    "Hello, world! It's 2024; we'll see—don't panic. I'M HERE, you'RE there, 'S 'T 'ſ",
+    "  leading and trailing spaces   \n\n\n\t\ttabs\r\nCRLF \u00a0nbsp\u3000ideographic ",
+    "数字 12345 ６７８ ½ ⅷ 中文字符测试，标点。日本語のテキスト 한국어 텍스트 Ελληνικά Русский",
+    "emoji 😀👍🏽👨‍👩‍👧 flags 🇺🇸 zwj\u200d keycap 1\ufe0f\u20e3",
+    "NFD: e\u0301 a\u0308 o\u0302 \u1100\u1161\u11a8 Å Ω ﬁ ẞ",
+    " " * 40 + "x" + "\n" * 7 + " " * 3,
+    "code:\n    def f(x):\n        return x**2  # comment\n\n",
+    "مرحبا بالعالم हिन्दी ภาษาไทย",
+)
+
+
+class Engine(Protocol):
+    name: str
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, exactly as `AutoTokenizer(...)(text)["input_ids"]`."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to run and how to build it; picklable, sent to every worker."""
+
+    name: str
+    tokenizer_dir: str
+    fast: FastBpeSpec | None
+    fallback_reason: str | None
+    eos_token_id: int | None
+    vocab_size: int
+    tokenizer_sha256: str
+
+
+class FastBpeEngine:
+    """Added-token split + NFC + tiktoken's CoreBPE, mirroring HF's pipeline order."""
+
+    name = FAST
+
+    def __init__(self, spec: FastBpeSpec) -> None:
+        import tiktoken
+        from tokenizers import normalizers
+
+        self._encoding = tiktoken.Encoding(
+            "q7x2-fast-bpe", pat_str=spec.pattern, mergeable_ranks=spec.ranks, special_tokens={}
+        )
+        self._encode = self._encoding.encode_ordinary
+        # HF's own NFC, so normalization follows the same Unicode tables as HF.
+        self._nfc = normalizers.NFC().normalize_str if spec.nfc else None
+        self._added = spec.added_tokens
+        # Longest first makes Python's leftmost-first alternation behave like HF's
+        # leftmost-longest added-token matching.
+        ordered = sorted(spec.added_tokens, key=len, reverse=True)
+        self._added_re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def _plain(self, text: str) -> list[int]:
+        if self._nfc is not None and not text.isascii():
+            text = self._nfc(text)
+        return self._encode(text)
+
+    def encode_one(self, text: str) -> list[int]:
+        if self._added_re is None or not self._added_re.search(text):
+            return self._plain(text)
+        ids: list[int] = []
+        pos = 0
+        for m in self._added_re.finditer(text):
+            if m.start() > pos:
+                ids += self._plain(text[pos : m.start()])
+            ids.append(self._added[m.group()])
+            pos = m.end()
+        if pos < len(text):
+            ids += self._plain(text[pos:])
+        return ids
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode_one(t) for t in texts]
+
+
+class HfEngine:
+    """The reference: transformers' tokenizer called exactly as MindSpeed calls it."""
+
+    name = HF
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        self._tok = load_auto_tokenizer(tokenizer_dir)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return list(self._tok(texts)["input_ids"])
+
+
+def build_engine(spec: EngineSpec) -> Engine:
+    if spec.name == FAST and spec.fast is not None:
+        return FastBpeEngine(spec.fast)
+    return HfEngine(spec.tokenizer_dir)
+
+
+def load_auto_tokenizer(tokenizer_dir: str):  # -> transformers.PreTrainedTokenizerBase
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the tokenizer from {tokenizer_dir}: {first}") from None
+
+
+def tokenizer_identity(tokenizer_dir: str) -> str:
+    """sha256 over the tokenizer files that decide the ids (tokenizer.json first)."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        p = Path(tokenizer_dir) / name
+        if p.is_file():
+            h.update(name.encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec:
+    """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts."""
+    if not Path(tokenizer_dir).is_dir():
+        raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
+    tok = load_auto_tokenizer(tokenizer_dir)
+    common = dict(
+        tokenizer_dir=str(tokenizer_dir),
+        eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        tokenizer_sha256=tokenizer_identity(tokenizer_dir),
+    )
+    fast, reason = _fast_spec(tok)
+    if force == HF:
+        fast, reason = None, "HF engine requested"
+    elif force == FAST and fast is None:
+        raise UserError(f"the fast engine cannot reproduce this tokenizer exactly: {reason}")
+    if fast is not None:
+        reason = _probe_mismatch(FastBpeEngine(fast), tok)
+        if reason is not None:
+            if force == FAST:
+                raise UserError(f"the fast engine disagrees with the tokenizer: {reason}")
+            fast = None
+    if fast is None:
+        return EngineSpec(name=HF, fast=None, fallback_reason=reason, **common)
+    return EngineSpec(name=FAST, fast=fast, fallback_reason=None, **common)
+
+
+def _fast_spec(tok) -> tuple[FastBpeSpec | None, str | None]:
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        return None, "not a fast (tokenizers-backed) tokenizer"
+    if getattr(tok, "split_special_tokens", False):
+        return None, "split_special_tokens is set"
+    try:
+        return fast_bpe_spec(json.loads(backend.to_str())), None
+    except NotExact as e:
+        return None, str(e)
+
+
+def _probe_mismatch(engine: FastBpeEngine, tok) -> str | None:
+    added = list(engine._added)
+    probes = list(_PROBES)
+    if added:
+        probes.append("x" + "y ".join(added) + "z")
+        probes.append("".join(added) + " " + "".join(a[:-1] for a in added))
+    for text in probes:
+        want = tok(text)["input_ids"]
+        got = engine.encode_one(text)
+        if list(want) != got:
+            return f"probe text {text[:30]!r} gives different ids"
+    return None

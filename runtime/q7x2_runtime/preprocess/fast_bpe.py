@@ -1,0 +1,196 @@
+"""Decide whether a HF tokenizer can be run exactly by tiktoken's BPE engine.
+
+HF `tokenizers` merges by merge-list priority; tiktoken merges the adjacent pair whose
+concatenation has the lowest rank (= token id). The two produce the same ids when
+
+  1. every vocabulary entry is a single byte or the result of exactly one merge, the merge
+     results' ids increase in merge order (so "lowest rank" and "earliest merge" agree), and
+  2. for every merge (a, b) -> t, tiktoken's merging of t's bytes using only ranks below t
+     ends in exactly [a, b].
+
+(2) rules out "spurious" pairs: inside any text, the tokens covering t's bytes evolve like
+the standalone run on t's bytes (merges never split), whose only two-token state is [a, b];
+so tiktoken never joins a pair HF has no merge for, and on genuine pairs the two orderings
+coincide by (1). Both pick the leftmost pair on ties.
+
+Everything else in the pipeline must be a shape we reproduce exactly (NFC or no normalizer,
+a known split regex + byte-level mapping, added tokens matched verbatim, no post-processor
+that inserts tokens). Anything else returns a reason and the caller falls back to HF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from q7x2_runtime.preprocess.bytelevel import byte_to_char, token_bytes
+
+# Split regexes whose every alternative is understood by both Oniguruma (HF) and
+# fancy-regex (tiktoken) identically, and which leave no unmatched gaps (tiktoken drops
+# gaps, HF's "Isolated" split keeps them).
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CL100K_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+KNOWN_PATTERNS = {QWEN2_PATTERN: "qwen2", CL100K_PATTERN: "cl100k", GPT2_PATTERN: "gpt2"}
+
+
+class NotExact(Exception):
+    """The tokenizer has a feature the fast engine does not reproduce exactly."""
+
+
+@dataclass(frozen=True)
+class FastBpeSpec:
+    """Everything a worker needs to build the fast engine (picklable)."""
+
+    pattern: str
+    pattern_name: str
+    nfc: bool
+    ranks: dict[bytes, int] = field(repr=False)
+    added_tokens: dict[str, int] = field(repr=False)  # split out of raw text, as HF does
+
+
+def fast_bpe_spec(tokenizer_json: dict[str, Any]) -> FastBpeSpec:
+    """The fast-engine spec for an (effective) tokenizer.json, or NotExact(reason)."""
+    nfc = _check_normalizer(tokenizer_json.get("normalizer"))
+    pattern = _check_pre_tokenizer(tokenizer_json.get("pre_tokenizer"))
+    _check_post_processor(tokenizer_json.get("post_processor"))
+    added = _check_added_tokens(tokenizer_json.get("added_tokens") or [])
+    ranks = _check_model(tokenizer_json.get("model") or {})
+    return FastBpeSpec(pattern=pattern, pattern_name=KNOWN_PATTERNS[pattern], nfc=nfc, ranks=ranks, added_tokens=added)
+
+
+def _check_normalizer(norm: dict[str, Any] | None) -> bool:
+    if norm is None:
+        return False
+    if norm.get("type") == "Sequence":
+        inner = norm.get("normalizers") or []
+        if not inner:
+            return False
+        if len(inner) == 1:
+            return _check_normalizer(inner[0])
+        raise NotExact("normalizer sequence with several steps")
+    if norm.get("type") == "NFC":
+        return True
+    raise NotExact(f"normalizer {norm.get('type')} (only NFC or none run on the fast path)")
+
+
+def _check_pre_tokenizer(pre: dict[str, Any] | None) -> str:
+    if pre is None:
+        raise NotExact("no pre-tokenizer")
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if len(steps) == 1 and steps[0].get("type") == "ByteLevel":
+        bl = steps[0]
+        if bl.get("add_prefix_space") or not bl.get("use_regex", True):
+            raise NotExact("ByteLevel pre-tokenizer with add_prefix_space or without its regex")
+        return GPT2_PATTERN
+    if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel":
+        raise NotExact("pre-tokenizer is not Split(regex) followed by ByteLevel")
+    split, bl = steps
+    regex = (split.get("pattern") or {}).get("Regex")
+    if regex not in KNOWN_PATTERNS:
+        raise NotExact("split regex is not a known byte-level BPE pattern")
+    if split.get("behavior") != "Isolated" or split.get("invert"):
+        raise NotExact("split behaviour is not Isolated")
+    if bl.get("add_prefix_space") or bl.get("use_regex"):
+        raise NotExact("ByteLevel step adds a prefix space or splits again")
+    return regex
+
+
+def _check_post_processor(post: dict[str, Any] | None) -> None:
+    if post is None:
+        return
+    steps = post.get("processors") if post.get("type") == "Sequence" else [post]
+    for step in steps:
+        # ByteLevel only adjusts offsets; anything else may insert tokens.
+        if step.get("type") != "ByteLevel":
+            raise NotExact(f"post-processor {step.get('type')} may add tokens")
+
+
+def _check_added_tokens(added: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tok in added:
+        if tok.get("single_word") or tok.get("lstrip") or tok.get("rstrip"):
+            raise NotExact(f"added token {tok.get('content')!r} uses single_word/lstrip/rstrip matching")
+        if tok.get("normalized"):
+            raise NotExact(f"added token {tok.get('content')!r} is matched after normalization")
+        if not tok.get("content"):
+            raise NotExact("empty added token")
+        out[tok["content"]] = int(tok["id"])
+    return out
+
+
+def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
+    if model.get("type") != "BPE":
+        raise NotExact(f"model type {model.get('type')} is not BPE")
+    if model.get("dropout"):
+        raise NotExact("BPE dropout is random")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise NotExact("BPE with subword prefix/suffix markers")
+    vocab: dict[str, int] = model.get("vocab") or {}
+    merges = model.get("merges") or []
+    if len(set(vocab.values())) != len(vocab):
+        raise NotExact("vocabulary ids are not unique")
+
+    ranks: dict[bytes, int] = {}
+    for b, ch in byte_to_char().items():
+        if ch not in vocab:
+            raise NotExact(f"byte {b:#04x} has no vocabulary entry")
+        ranks[bytes([b])] = vocab[ch]
+
+    # (piece bytes, left bytes, right bytes, rank) per merge, in merge order
+    merged: list[tuple[bytes, bytes, bytes, int]] = []
+    last_id = -1
+    for m in merges:
+        left, right = m.split(" ", 1) if isinstance(m, str) else m
+        result = left + right
+        rid = vocab.get(result)
+        if rid is None or left not in vocab or right not in vocab:
+            raise NotExact(f"merge {left!r} {right!r} refers to tokens outside the vocabulary")
+        if rid <= last_id:
+            raise NotExact("merge results' ids do not increase in merge order")
+        last_id = rid
+        lb, rb = token_bytes(left), token_bytes(right)
+        if lb is None or rb is None:
+            raise NotExact("vocabulary is not byte-level spelled")
+        piece = lb + rb
+        if piece in ranks:
+            raise NotExact(f"two merges produce {result!r}")
+        ranks[piece] = rid
+        merged.append((piece, lb, rb, rid))
+
+    extras = len(vocab) - len(ranks)
+    if extras and model.get("ignore_merges"):
+        # HF would return such entries for a whole matching word; tiktoken never does.
+        raise NotExact("ignore_merges with vocabulary entries no merge produces")
+    for piece, lb, rb, rid in merged:
+        if not _merges_to(piece, lb, rb, rid, ranks):
+            raise NotExact(f"token {rid} is not reached by its own merge under rank order")
+    return ranks
+
+
+def _merges_to(piece: bytes, left: bytes, right: bytes, limit: int, ranks: dict[bytes, int]) -> bool:
+    """Does rank-order merging of `piece` with ranks < limit end in exactly [left, right]?"""
+    if len(piece) == 2:
+        return True  # two single bytes: nothing else can happen
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    cut = len(left)
+    while len(parts) > 2:
+        best, at = limit, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best:
+                best, at = r, i
+        if at < 0:
+            return False
+        # A merge spanning the boundary between left and right can never be undone.
+        start = sum(len(p) for p in parts[:at])
+        if start < cut < start + len(parts[at]) + len(parts[at + 1]):
+            return False
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    return parts == [left, right]

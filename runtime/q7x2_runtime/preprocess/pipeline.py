@@ -1,0 +1,185 @@
+"""The preprocess run: sources -> ordered parallel tokenization -> indexed datasets + manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from q7x2_runtime.errors import UserError
+from q7x2_runtime.preprocess import worker
+from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine
+from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
+from q7x2_runtime.preprocess.progress import ProgressReporter
+from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
+
+NO_EOD_WARNING = (
+    "warning: --append-eod not given: documents are written without an end-of-document token, so "
+    "pretraining on packed sequences runs them together with no boundary (MindSpeed's default; pass "
+    "--append-eod, usually with --reset-position-ids at training time, to separate them)"
+)
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    input: str
+    tokenizer: str
+    output_prefix: str
+    json_keys: list[str] = field(default_factory=lambda: ["text"])
+    workers: int = 1
+    append_eod: bool = False
+    log_interval: int = 1000
+    batch_rows: int = 1024
+    engine: str = "auto"  # auto | fast | hf
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    manifest: dict[str, Any]
+    seconds: float
+    outputs: dict[str, str]  # json key -> data path prefix
+
+
+def run(opts: PreprocessOptions) -> PreprocessResult:
+    keys = list(dict.fromkeys(opts.json_keys))
+    if opts.workers < 1:
+        raise UserError("--workers must be at least 1")
+    sources = discover(opts.input, keys)
+    spec = choose_engine(opts.tokenizer, force={"auto": None, "fast": "tiktoken-bpe", "hf": "hf-tokenizers"}[opts.engine])
+    eod = None
+    if opts.append_eod:
+        if spec.eos_token_id is None:
+            raise UserError(f"--append-eod: the tokenizer in {opts.tokenizer} defines no eos token")
+        eod = int(spec.eos_token_id)
+    else:
+        print(NO_EOD_WARNING, file=sys.stderr)
+
+    hashing = _SourceHasher(sources)
+    total_rows = sum(s.rows for s in sources) if all(s.rows is not None for s in sources) else None
+    progress = ProgressReporter(total_rows, opts.log_interval)
+    counts = {k: {"documents": 0, "tokens": 0, "skipped_empty": 0} for k in keys}
+    rows = 0
+    try:
+        with OutputSet(opts.output_prefix, keys) as out:
+            for batch, encoded in _ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod, opts.workers):
+                docs = tokens = 0
+                for key, col in encoded.items():
+                    out.writers[key].add_documents(col.ids, col.lengths)
+                    c = counts[key]
+                    c["documents"] += int(col.lengths.size)
+                    c["tokens"] += int(col.ids.size)
+                    c["skipped_empty"] += col.skipped_empty
+                    docs += int(col.lengths.size)
+                    tokens += int(col.ids.size)
+                rows += len(batch)
+                progress.advance(len(batch), docs, tokens)
+            seconds = progress.close()
+            if all(c["documents"] == 0 for c in counts.values()):
+                raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
+            manifest = _manifest(opts, keys, spec, eod, sources, hashing.result(), counts, rows, seconds)
+            out.commit(manifest)
+    finally:
+        progress.close()
+    return PreprocessResult(
+        manifest=manifest, seconds=seconds, outputs={k: output_prefix(opts.output_prefix, k) for k in keys}
+    )
+
+
+def _all_batches(sources: list[SourceFile], keys: list[str], batch_rows: int) -> Iterator[Batch]:
+    for source in sources:
+        yield from iter_batches(source, keys, batch_rows)
+
+
+def _ordered(batches: Iterator[Batch], spec: EngineSpec, eod: int | None, workers: int):
+    """(batch, encoded) in input order, with at most a few batches in flight (bounded memory)."""
+    if workers == 1:
+        worker.init(spec, eod, pool_worker=False)
+        for batch in batches:
+            yield batch, worker.encode_columns(batch.columns)
+        return
+    # spawn: workers must not inherit the parent's tokenizer thread pools or locks.
+    pool = mp.get_context("spawn").Pool(workers, initializer=worker.init, initargs=(spec, eod))
+    try:
+        window: deque = deque()
+        for batch in batches:
+            window.append((batch, pool.apply_async(worker.encode_columns, (batch.columns,))))
+            if len(window) >= 2 * workers + 2:
+                done, result = window.popleft()
+                yield done, result.get()
+        while window:
+            done, result = window.popleft()
+            yield done, result.get()
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+class _SourceHasher:
+    """sha256 of every input file, computed on a thread while tokenization runs."""
+
+    def __init__(self, sources: list[SourceFile]) -> None:
+        self._sources = sources
+        self._out: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for s in self._sources:
+            h = hashlib.sha256()
+            with open(s.path, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+            self._out.append({"path": str(s.path), "format": s.format, "bytes": s.path.stat().st_size, "sha256": h.hexdigest()})
+
+    def result(self) -> list[dict[str, Any]]:
+        self._thread.join()
+        return self._out
+
+
+def _manifest(
+    opts: PreprocessOptions,
+    keys: list[str],
+    spec: EngineSpec,
+    eod: int | None,
+    sources: list[SourceFile],
+    hashes: list[dict[str, Any]],
+    counts: dict[str, dict[str, int]],
+    rows: int,
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "tool": "q7x2-runtime preprocess",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "handler": "GeneralPretrainHandler",
+        "rows": rows,
+        "append_eod": eod is not None,
+        "eod_token_id": eod,
+        "dtype": "int32",
+        "outputs": {
+            key: {
+                "data_path": str(Path(output_prefix(opts.output_prefix, key))),
+                **counts[key],
+            }
+            for key in keys
+        },
+        "tokenizer": {
+            "path": str(opts.tokenizer),
+            "sha256": spec.tokenizer_sha256,
+            "engine": spec.name,
+            "fallback_reason": spec.fallback_reason,
+            "fast_pattern": spec.fast.pattern_name if spec.fast else None,
+            "vocab_size": spec.vocab_size,
+        },
+        "sources": hashes,
+        "workers": opts.workers,
+        "seconds": round(seconds, 3),
+        "manifest": str(manifest_path(opts.output_prefix)),
+    }

@@ -1,0 +1,156 @@
+"""HF tensors -> Megatron-mcore rank files (model_optim_rng.pt per TP/PP rank)."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from q7x2_runtime.convert.ckpt_args import CHECKPOINT_VERSION
+from q7x2_runtime.convert.layout import RANK_FILE, Parallel, iteration_dir_name, rank_dir_name
+from q7x2_runtime.convert.mapping import PieceReader, assemble, rank_tensors
+from q7x2_runtime.convert.sink import Worker
+from q7x2_runtime.convert.torch_zip import TorchZipWriter
+from q7x2_runtime.model_dims import ModelDims
+
+
+def rank_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype: torch.dtype) -> int:
+    size = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for spec in rank_tensors(dims, par, tp_rank, pp_rank):
+        n = size
+        for d in spec.shape:
+            n *= d
+        total += n + 128
+    return total + (1 << 16)
+
+
+def write_rank(
+    path: Path,
+    dims: ModelDims,
+    par: Parallel,
+    tp_rank: int,
+    pp_rank: int,
+    source: PieceReader,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    iteration: int,
+    worker: Worker,
+) -> tuple[str, int]:
+    """Write one rank's file; returns (sha256, bytes). Tensors are built one at a time on this
+    thread while the worker hashes and writes the previous ones."""
+    specs = rank_tensors(dims, par, tp_rank, pp_rank)
+    writer = TorchZipWriter(path)
+    slots = collections.OrderedDict((s.name, writer.slot(s.shape, dtype)) for s in specs)
+    obj = {
+        "args": args,
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "iteration": iteration,
+        "model": slots,
+        "num_floating_point_operations_so_far": 0,
+    }
+    result: list[str] = []
+    try:
+        worker.submit(lambda: writer.begin(obj))
+        for spec in specs:
+            tensor = assemble(spec, source, dtype)
+            slot = slots[spec.name]
+            worker.submit(lambda slot=slot, tensor=tensor: writer.write_tensor(slot, tensor))
+            del tensor
+        worker.submit(lambda: result.append(writer.finish()))
+        worker.drain()
+    except BaseException:
+        writer.abort()
+        raise
+    return result[0], path.stat().st_size
+
+
+def write_iteration(
+    iter_dir: Path,
+    dims: ModelDims,
+    par: Parallel,
+    source: PieceReader,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    iteration: int,
+    ranks: Iterable[tuple[int, int]] | None = None,
+    on_file: Callable[[str, str, int], None] | None = None,
+) -> dict[str, tuple[str, int]]:
+    """Write mp_rank_*/model_optim_rng.pt under `iter_dir` for the given (tp, pp) ranks (all
+    by default), stage by stage. Returns {path relative to iter_dir: (sha256, bytes)}."""
+    chosen = list(ranks) if ranks is not None else [(t, p) for p in range(par.pp) for t in range(par.tp)]
+    chosen.sort(key=lambda r: (r[1], r[0]))
+    out: dict[str, tuple[str, int]] = {}
+    worker = Worker()
+    try:
+        for tp_rank, pp_rank in chosen:
+            rel = f"{rank_dir_name(tp_rank, pp_rank, par.pp)}/{RANK_FILE}"
+            path = iter_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out[rel] = write_rank(path, dims, par, tp_rank, pp_rank, source, dtype, args, iteration, worker)
+            if on_file is not None:
+                on_file(rel, *out[rel])
+    finally:
+        worker.close()
+    return out
+
+
+def convert_hf_to_mcore(
+    load_dir: Path,
+    save_dir: Path,
+    tp: int,
+    pp: int,
+    num_layer_list: list[int] | None = None,
+    dtype_name: str = "bf16",
+    force: bool = False,
+    only_stages: list[int] | None = None,
+    only_tp_ranks: list[int] | None = None,
+    iteration: int = 1,
+) -> Path:
+    """The CLI's hf -> mg path: the whole output directory appears atomically under save_dir."""
+    # Imported here so that reading or writing mcore files alone does not need safetensors.
+    from q7x2_runtime.convert.ckpt_args import checkpoint_args, params_dtype
+    from q7x2_runtime.convert.hf_source import HFCheckpoint, dims_of
+    from q7x2_runtime.convert.layout import plan_parallel, write_tracker
+    from q7x2_runtime.convert.output import AtomicDir, check_free_space
+    from q7x2_runtime.errors import UserError
+
+    dtype = params_dtype(dtype_name)
+    dims = dims_of(load_dir)
+    par = plan_parallel(dims, tp, pp, num_layer_list)
+    for name, chosen, limit in (("--only-stage", only_stages, pp), ("--only-ranks", only_tp_ranks, tp)):
+        bad = [x for x in chosen or [] if not 0 <= x < limit]
+        if bad:
+            raise UserError(f"{name} {bad[0]} is out of range 0..{limit - 1}")
+    ranks = [
+        (t, p)
+        for p in range(pp)
+        if only_stages is None or p in only_stages
+        for t in range(tp)
+        if only_tp_ranks is None or t in only_tp_ranks
+    ]
+    needed = sum(rank_bytes(dims, par, t, p, dtype) for t, p in ranks)
+    args = checkpoint_args(dims, par, dtype_name, {"tokenizer_name_or_path": str(load_dir.resolve())})
+    with HFCheckpoint(load_dir, dims) as source:
+        out = AtomicDir(save_dir, force, describe="output directory")
+        with out:
+            check_free_space(out.path, needed)
+            out.meta = {
+                "format": "megatron-mcore",
+                "tp": tp,
+                "pp": pp,
+                "layers_per_stage": list(par.layers_per_stage),
+                "params_dtype": dtype_name,
+                "ranks": [f"{t},{p}" for t, p in ranks],
+                "complete": len(ranks) == tp * pp,
+            }
+            iter_name = iteration_dir_name(iteration)
+            write_iteration(
+                out.path / iter_name, dims, par, source, dtype, args, iteration, ranks,
+                on_file=lambda rel, sha, size: out.add(f"{iter_name}/{rel}", sha, size),
+            )
+            write_tracker(out.path, iteration)
+    return save_dir

@@ -1,0 +1,62 @@
+"""Simulated Ascend device nodes and driver files for one sandbox host.
+
+Nodes are clones of /dev/null (char 1:3): `docker run --device /dev/davinci0` really works and
+reading or writing them is harmless. The driver tree is placed with overlays in the host's own
+mount namespace only; the machine's /dev and /usr stay untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NULL_MAJOR, NULL_MINOR = 1, 3
+# Paths the ascend flavor mounts into its containers; the overlay parents that hold them.
+OVERLAY_TARGETS = ("/usr/local", "/usr/bin", "/var/log")
+
+
+def device_nodes(count: int) -> list[list]:
+    names = [f"davinci{i}" for i in range(count)] + ["davinci_manager", "devmm_svm", "hisi_hdc"]
+    return [[n, NULL_MAJOR, NULL_MINOR, 0o666] for n in names] if count > 0 else []
+
+
+_NPU_SMI = """#!/bin/sh
+# Sandbox stand-in for npu-smi: lists the simulated devices of this host.
+echo "+------------------------------------------------------------------------------------+"
+echo "| npu-smi 23.0.0 (q7x2 sandbox, simulated)                                           |"
+echo "+------------------------------------------------------------------------------------+"
+for i in $(seq 0 {last}); do
+  printf '| %-4s 910B   | OK            | 0.0 W      0C   | 0 / 65536 MB                        |\\n' "$i"
+done
+"""
+
+_HCCN_TOOL = """#!/bin/sh
+# Sandbox stand-in for hccn_tool: answers like a healthy device without a network port.
+echo "link status: UP"
+"""
+
+
+def overlay_uppers(host_dir: Path, count: int) -> list[tuple[str, Path, Path]]:
+    """Write the per-host driver files; return (target, upper, work) for each overlay."""
+    base = host_dir / "overlay"
+    out = []
+    for target in OVERLAY_TARGETS:
+        d = base / target.strip("/").replace("/", "_")
+        (d / "upper").mkdir(parents=True, exist_ok=True)
+        (d / "work").mkdir(parents=True, exist_ok=True)
+        out.append((target, d / "upper", d / "work"))
+    local, usrbin, varlog = (u for _, u, _ in out)
+    for sub in ("driver/lib64", "driver/tools", "firmware", "add-ons"):
+        (local / "Ascend" / sub).mkdir(parents=True, exist_ok=True)
+    (local / "Ascend/driver/version.info").write_text("Version=23.0.0\nascendhal_version=7.35.19\n")
+    (local / "Ascend/firmware/version.info").write_text("Version=7.1.0.3.220\n")
+    (local / "sbin").mkdir(exist_ok=True)
+    npu_smi = local / "sbin/npu-smi"
+    npu_smi.write_text(_NPU_SMI.replace("{last}", str(max(count - 1, 0))))
+    npu_smi.chmod(0o755)
+    hccn = usrbin / "hccn_tool"
+    hccn.write_text(_HCCN_TOOL)
+    hccn.chmod(0o755)
+    slog = varlog / "npu/conf/slog"
+    slog.mkdir(parents=True, exist_ok=True)
+    (slog / "slog.conf").write_text("zip_switch=1\nglobal_level=3\n")
+    return [(t, u, w) for t, u, w in out]

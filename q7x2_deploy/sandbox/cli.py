@@ -1,0 +1,103 @@
+"""`q7x2-deploy sandbox`: a real multi-host cluster on this machine, for trying and testing.
+
+    q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH]
+    q7x2-deploy sandbox status [--json]
+    q7x2-deploy sandbox cut|heal|stop|start HOST
+    q7x2-deploy sandbox down
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from q7x2_deploy.sandbox import cluster
+from q7x2_deploy.sandbox.config import DEFAULT_NAME
+
+
+def _log(msg: str) -> None:
+    print(f"sandbox: {msg}", flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    cfg = cluster.config_for(args.name, args.subnet)
+    cluster.up(cfg, args.hosts, ascend_devices=args.ascend_devices, inventory=Path(args.inventory),
+               npus_per_node=args.npus_per_node, with_base_image=not args.no_base_image,
+               load_base_image=args.load_base_image, with_sample=not args.no_sample, log=_log)
+    _print_status(cluster.status(cfg))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    cluster.down(cluster.config_for(args.name, None), log=_log)
+    return 0
+
+
+def _print_status(s: dict) -> None:
+    if not s["up"]:
+        print(f"sandbox {s['name']!r} is down")
+        return
+    reg = s["registry"]
+    print(f"sandbox {s['name']!r}: subnet {s['subnet']} on bridge {s['bridge']}; "
+          f"registry {reg['address']} {'alive' if reg['alive'] else 'NOT ANSWERING'}")
+    print(f"  ssh: root, identity {s['identity']}, known_hosts {s['known_hosts']}")
+    print(f"  inventory: {s['inventory']}")
+    print(f"  {'HOST':<8} {'ADDRESS':<15} {'NIC':<5} {'POWER':<5} {'CABLE':<6} {'SSHD':<5} ENGINE")
+    for h in s["hosts"]:
+        power = "on" if h["running"] else "off"
+        sshd = "-" if h["sshd"] is None else ("up" if h["sshd"] else "down")
+        print(f"  {h['name']:<8} {h['address']:<15} {h['nic']:<5} {power:<5} {'cut' if h['cut'] else 'ok':<6} "
+              f"{sshd:<5} {'up' if h['engine'] else 'down'}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    s = cluster.status(cluster.config_for(args.name, None))
+    if args.json:
+        json.dump(s, sys.stdout, indent=2)
+        print()
+    else:
+        _print_status(s)
+    return 0
+
+
+def _fault(fn):
+    def run(args: argparse.Namespace) -> int:
+        fn(cluster.config_for(args.name, None), args.host, log=_log)
+        return 0
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sandbox", help="a real multi-host cluster on this machine (root)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--name", default=DEFAULT_NAME, help="sandbox name: prefix of its namespaces and links")
+    sub = p.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+
+    u = sub.add_parser("up", help="start N hosts (adds hosts to a running sandbox)")
+    u.add_argument("hosts", type=int, help="number of hosts")
+    u.add_argument("--subnet", default=None, help="private IPv4 subnet of the sandbox (default 10.213.7.0/24)")
+    u.add_argument("--ascend-devices", type=int, default=0, metavar="N",
+                   help="simulated /dev/davinci0..N-1 and driver files on every host")
+    u.add_argument("--inventory", default="inventory.sandbox.yaml", help="where to write the inventory")
+    u.add_argument("--npus-per-node", type=int, default=1, help="processes per host in the inventory's job")
+    u.add_argument("--load-base-image", action="store_true", help="also load the base image into every host engine")
+    u.add_argument("--no-base-image", action="store_true", help="do not build the base image in the root engine")
+    u.add_argument("--no-sample", action="store_true", help="do not write the sample checkpoint and dataset")
+    u.set_defaults(func=_up)
+
+    d = sub.add_parser("down", help="remove every namespace, link, daemon, rule and file of the sandbox")
+    d.set_defaults(func=_down)
+
+    s = sub.add_parser("status", help="hosts, addresses, sshd, engines, registry")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_status)
+
+    for name, fn, text in (("cut", cluster.cut, "network loss: unplug HOST's cable"),
+                           ("heal", cluster.heal, "plug HOST's cable back"),
+                           ("stop", cluster.stop, "power loss: kill everything on HOST"),
+                           ("start", cluster.start, "power HOST back on with the same identity")):
+        f = sub.add_parser(name, help=text)
+        f.add_argument("host", help="host name (sbx-1, ...) or address")
+        f.set_defaults(func=_fault(fn))

@@ -1,0 +1,138 @@
+"""The sandbox network: one bridge in the root namespace, one veth "cable" per host.
+
+Hosts get no default route: the only addresses they can reach are the subnet's, so nothing
+a sandbox host does can send traffic beyond the sandbox.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+
+from q7x2_runtime.errors import UserError
+
+from q7x2_deploy.sandbox.config import HostNames, SandboxConfig
+from q7x2_deploy.sandbox.sysutil import run
+
+NETNS_DIR = "/run/netns"
+
+
+def netns_path(netns: str) -> str:
+    return f"{NETNS_DIR}/{netns}"
+
+
+def link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def check_subnet_free(cfg: SandboxConfig) -> None:
+    """Refuse a subnet that overlaps any route the machine already has (unless it is ours)."""
+    ours = cfg.network
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
+    for r in routes:
+        dst = r.get("dst", "")
+        if dst in ("", "default") or r.get("dev") == cfg.bridge:
+            continue
+        try:
+            net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+        except ValueError:
+            continue
+        if net.version == 4 and net.prefixlen > 0 and net.overlaps(ours) and r.get("type", "unicast") == "unicast":
+            raise UserError(f"subnet {cfg.subnet} overlaps the route {dst} on {r.get('dev')}: pick another with --subnet")
+
+
+def ensure_bridge(cfg: SandboxConfig) -> None:
+    if not link_exists(cfg.bridge):
+        run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
+    addrs = run(["ip", "-j", "-4", "addr", "show", "dev", cfg.bridge]).stdout
+    if f'"{cfg.bridge_address}"' not in addrs:
+        run(["ip", "addr", "add", f"{cfg.bridge_address}/{cfg.prefixlen}", "dev", cfg.bridge])
+    run(["ip", "link", "set", cfg.bridge, "up"])
+
+
+def forward_rule(cfg: SandboxConfig) -> list[str]:
+    # The root engine sets FORWARD's policy to DROP and br_netfilter sends bridged frames
+    # through it: without this, host-to-host traffic is silently dropped. Only traffic that
+    # enters and leaves the sandbox bridge is accepted, nothing to or from the outside.
+    return ["FORWARD", "-i", cfg.bridge, "-o", cfg.bridge, "-m", "comment", "--comment",
+            cfg.iptables_comment, "-j", "ACCEPT"]
+
+
+def ensure_iptables(rule: list[str]) -> None:
+    if run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+        run(["iptables", "-w", "-I", *rule])
+
+
+def remove_iptables(rule: list[str]) -> None:
+    while run(["iptables", "-w", "-C", *rule], check=False).returncode == 0:
+        run(["iptables", "-w", "-D", *rule], check=False)
+
+
+def sweep_iptables(comment: str) -> None:
+    """Remove any rule carrying our comment (after a crash the state may not list it)."""
+    for table in ("filter",):
+        for line in run(["iptables", "-w", "-t", table, "-S"], check=False).stdout.splitlines():
+            if f'"{comment}"' in line or f" {comment} " in f"{line} ":
+                if line.startswith("-A "):
+                    args = line[3:].replace(f'"{comment}"', comment).split()
+                    run(["iptables", "-w", "-t", table, "-D", *args], check=False)
+
+
+def ensure_host_link(cfg: SandboxConfig, h: HostNames, plugged: bool = True) -> None:
+    """Create the host's namespace and cable, address it and bring it up (idempotent)."""
+    path = netns_path(h.netns)
+    if not os.path.exists(path):
+        run(["ip", "netns", "add", h.netns])
+    ns = ["ip", "-n", h.netns]
+    if run([*ns, "link", "show", "dev", h.nic], check=False).returncode != 0:
+        if link_exists(h.veth_root):
+            run(["ip", "link", "del", h.veth_root])
+        run(["ip", "link", "add", h.veth_root, "type", "veth", "peer", "name", h.veth_peer_tmp])
+        run(["ip", "link", "set", h.veth_peer_tmp, "netns", h.netns])
+        run([*ns, "link", "set", h.veth_peer_tmp, "name", h.nic])
+        run([*ns, "addr", "add", f"{h.address}/{cfg.prefixlen}", "dev", h.nic])
+    run(["ip", "link", "set", h.veth_root, "master", cfg.bridge])
+    run([*ns, "link", "set", "lo", "up"])
+    run([*ns, "link", "set", h.nic, "up"])
+    set_cable(h, plugged)
+
+
+def set_cable(h: HostNames, up: bool) -> None:
+    """Plug or unplug the host's cable at the bridge: its eth0 loses carrier like a pulled cable."""
+    run(["ip", "link", "set", h.veth_root, "up" if up else "down"])
+
+
+def cable_up(h: HostNames) -> bool:
+    out = run(["ip", "-j", "link", "show", "dev", h.veth_root], check=False).stdout
+    try:
+        return "UP" in json.loads(out)[0].get("flags", [])
+    except (ValueError, IndexError):
+        return False
+
+
+def remove_host_link(h: HostNames) -> None:
+    if link_exists(h.veth_root):
+        run(["ip", "link", "del", h.veth_root], check=False)
+    if os.path.exists(netns_path(h.netns)):
+        run(["ip", "netns", "del", h.netns], check=False)
+
+
+def list_netns(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def remove_bridge(cfg: SandboxConfig) -> None:
+    if link_exists(cfg.bridge):
+        run(["ip", "link", "del", cfg.bridge], check=False)
+
+
+def list_links(prefix: str) -> list[str]:
+    out = run(["ip", "-j", "link", "show"], check=False).stdout
+    try:
+        return [l["ifname"] for l in json.loads(out or "[]") if l.get("ifname", "").startswith(prefix)]
+    except ValueError:
+        return []

@@ -1,0 +1,124 @@
+"""An offline wheelhouse on the build machine: every wheel the image installs, so the build
+inside the engine needs no network (containers there cannot verify the registries' TLS).
+
+`pip wheel` uses the machine's own pip configuration (index, find-links, constraints). The
+third-party wheels are cached under a key of what decides them (requirements, pyproject,
+target); only this project's own wheel is rebuilt each time, so a second build is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from q7x2_deploy import __version__
+from q7x2_deploy.errors import DeployError
+
+PROJECT_DIST = "q7x2_deploy"  # wheel file name prefix of this project
+_STAMP = ".q7x2-wheelhouse.json"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WheelhouseSpec:
+    flavor: str
+    requirements: list[str]  # third-party requirements beyond the project's own
+    extras: str = "runtime"
+    # For a target unlike the build machine (e.g. cp38 aarch64 Ascend hosts): `pip download
+    # --only-binary=:all:` with these, instead of `pip wheel`.
+    python_version: str | None = None
+    platform: str | None = None
+    extra_find_links: list[Path] = field(default_factory=list)
+
+
+def project_root() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise DeployError("build-image needs q7x2-deploy's source checkout (pyproject.toml not found "
+                          f"beside {root / 'q7x2_deploy'})")
+    return root
+
+
+def default_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "q7x2" / "wheelhouse"
+
+
+def cache_key(spec: WheelhouseSpec, pyproject: bytes) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([spec.flavor, spec.requirements, spec.extras, spec.python_version, spec.platform,
+                         sorted(str(p) for p in spec.extra_find_links), sys.version_info[:2]]).encode())
+    h.update(pyproject)
+    return h.hexdigest()[:16]
+
+
+def _pip(args: list[str], what: str, progress: Progress) -> None:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-5:]
+        if line.startswith(("Saved", "Collecting", "Building wheel", "File was already")):
+            progress(line)
+    if proc.wait() != 0:
+        raise DeployError(f"{what} failed (pip exited {proc.returncode}): {' | '.join(tail[-3:])}")
+
+
+def build_project_wheel(dest: Path, progress: Progress) -> Path:
+    for old in dest.glob(f"{PROJECT_DIST}-*.whl"):
+        old.unlink()
+    progress(f"building the q7x2-deploy {__version__} wheel")
+    _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(project_root())],
+         "building q7x2-deploy's wheel", progress)
+    wheels = sorted(dest.glob(f"{PROJECT_DIST}-*.whl"))
+    if not wheels:
+        raise DeployError(f"pip wheel left no {PROJECT_DIST} wheel in {dest}")
+    return wheels[-1]
+
+
+def prepare_wheelhouse(spec: WheelhouseSpec, directory: Path | None = None,
+                       progress: Progress = lambda s: None) -> Path:
+    """A directory holding every wheel for `spec`; reused when nothing that decides it changed."""
+    pyproject = (project_root() / "pyproject.toml").read_bytes()
+    key = cache_key(spec, pyproject)
+    wh = directory or default_cache_dir() / f"{spec.flavor}-{key}"
+    wh.mkdir(parents=True, exist_ok=True)
+    project_wheel = build_project_wheel(wh, progress)
+    stamp = wh / _STAMP
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+        progress(f"wheelhouse {wh} is up to date")
+        return wh
+    stamp.unlink(missing_ok=True)
+    wanted = [*spec.requirements, f"{project_wheel}[{spec.extras}]" if spec.extras else str(project_wheel)]
+    links = [x for p in [wh, *spec.extra_find_links] for x in ("--find-links", str(p))]
+    if spec.python_version or spec.platform:
+        target = [*(["--python-version", spec.python_version] if spec.python_version else []),
+                  *(["--platform", spec.platform] if spec.platform else [])]
+        _pip(["download", "--only-binary=:all:", *target, *links, "-d", str(wh), *wanted],
+             "downloading the wheelhouse", progress)
+    else:
+        # `pip wheel` saves ready wheels and builds the few sdists, so everything is a wheel.
+        _pip(["wheel", *links, "-w", str(wh), *wanted], "filling the wheelhouse", progress)
+    stamp.write_text(json.dumps({"key": key, "requirements": wanted}))
+    return wh
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """Copy src's files into dest as hard links where possible (the wheelhouse is large)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix == ".whl":
+            try:
+                os.link(f, dest / f.name)
+            except OSError:
+                shutil.copy2(f, dest / f.name)

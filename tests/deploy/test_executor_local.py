@@ -1,0 +1,257 @@
+"""The executor against a real sshd and the real Docker engine: up, fail-fast, attach, lock,
+logs, status, down, check and SSH image delivery. Both "hosts" are this machine; their
+containers differ by name and label, as they would on two hosts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deploy_fixtures import TEST_IMAGE, ensure_test_image, make_plan, megatron_line
+from deploy_sshd import LocalSSHD, start_sshd
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
+from q7x2_deploy.executor.containers import list_job_containers, remove_job
+from q7x2_deploy.executor.lock import JobLock
+from q7x2_deploy.executor.logs import follow_logs, show_logs
+from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.executor.preflight import failure_message, preflight
+from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.executor.status import job_status
+from q7x2_deploy.executor.supervise import JobFailed
+from q7x2_deploy.executor.up import up
+from q7x2_deploy.image.delivery import deliver_image
+
+
+def _docker_ok() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _docker_ok(), reason="no Docker engine answers")
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path / "runs"))
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return ensure_test_image()
+
+
+def _settings(server: LocalSSHD, tmp: Path) -> dict[str, object]:
+    known = tmp / f"known_hosts_{server.port}"
+    known.write_text(server.known_hosts_line())
+    return {"user": "root", "port": server.port, "identity": str(server.identity), "known_hosts": str(known)}
+
+
+@pytest.fixture
+def job(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = "t-" + request.node.name.replace("_", "-")[5:30].strip("-").lower()
+    yield name
+    for cid in subprocess.run(["docker", "ps", "-aq", "--filter", f"label=q7x2.job={name}"],
+                              capture_output=True, text=True).stdout.split():
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+
+
+def _train(n: int, sleep: float = 0.2) -> str:
+    lines = "; ".join(f"echo '{megatron_line(i, n, 2.0 - 0.1 * i)}'; sleep {sleep}" for i in range(1, n + 1))
+    return lines
+
+
+def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {
+        "h0": [("convert", "prepare", "echo converting; sleep 1; echo convert-done"),
+               ("pretrain", "train", _train(3))],
+        "h1": [("pretrain", "train", "echo rank1 training >&2; " + _train(3))],
+    }, tmp_path / "hosts")
+    out = io.StringIO()
+    bystander = subprocess.run(["docker", "run", "-d", "--label", "q7x2.job=someone-else", image, "sleep", "60"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        with open_cluster(plan, ssh_factory()) as cluster:
+            sink = LogSink(job, echo=True, stream=out)
+            assert up(cluster, sink) == 0
+            sink.close()
+            text = out.getvalue()
+            assert "[h0 0] convert-done" in text and "[h1 1] rank1 training" in text
+            assert "[h1 1]  [2026-11-28 04:00:00] iteration        3/       3" in text
+            # barrier: training starts only after the prepare phase finished
+            assert text.index("h0: convert finished") < text.index("h0: pretrain started")
+            assert text.index("h0: convert finished") < text.index("h1: pretrain started")
+            assert json.loads(Path(plan.hosts[1].job_file).read_text())["job"]["name"] == job
+            assert "iteration        3/" in (run_dir(job) / "h1.log").read_text()
+
+            rows = {r.host: r for r in job_status(cluster)}
+            assert rows["h0"].steps == {"convert": "exited(0)", "pretrain": "exited(0)"}
+            p = rows["h1"].progress
+            assert p is not None and p.iteration == 3 and p.lm_loss == pytest.approx(1.7)
+            assert p.tflops_per_device == pytest.approx(1.5)
+
+            out2 = io.StringIO()
+            assert up(cluster, LogSink(job, stream=out2)) == 0
+            assert "already finished" in out2.getvalue()
+
+            merged = io.StringIO()
+            show_logs(cluster, LogSink(job, stream=merged, keep_files=False))
+            lines = merged.getvalue().splitlines()
+            assert lines[0] == "[h0 0] converting" and any(ln.startswith("[h1 1] rank1") for ln in lines)
+
+            removed = [remove_job(cluster.transport(h), job) for h in cluster.hosts]
+            assert sum(removed) == 3
+            assert [remove_job(cluster.transport(h), job) for h in cluster.hosts] == [0, 0]  # idempotent
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", bystander],
+                               capture_output=True, text=True).stdout.strip()
+        assert state == "true"  # never touches other containers
+    finally:
+        subprocess.run(["docker", "rm", "-f", bystander], capture_output=True)
+
+
+def test_failed_container_stops_the_job_everywhere(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {
+        "h0": [("pretrain", "train", "echo waiting; sleep 120")],
+        "h1": [("pretrain", "train", "echo about to fail; sleep 1; echo 'boom: out of memory'; exit 3")],
+    }, tmp_path / "hosts")
+    out = io.StringIO()
+    started = time.monotonic()
+    with open_cluster(plan, ssh_factory()) as cluster:
+        with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed in pretrain: container .* exited with status 3"):
+            up(cluster, LogSink(job, stream=out))
+        states = {h.name: list_job_containers(cluster.transport(h), job) for h in cluster.hosts}
+    assert time.monotonic() - started < 40
+    assert "boom: out of memory" in out.getvalue().split("last lines from h1")[1]
+    assert not any(c.running for c in states["h0"].values())  # the healthy host was stopped
+
+
+def test_lost_host_fails_the_job_and_names_it(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    other = start_sshd(tmp_path / "sshd-h1")
+    plan = make_plan(job, {"h0": _settings(sshd, tmp_path), "h1": _settings(other, tmp_path)}, {
+        "h0": [("pretrain", "train", "sleep 120")],
+        "h1": [("pretrain", "train", "echo h1 running; sleep 120")],
+    }, tmp_path / "hosts")
+    out = io.StringIO()
+
+    def _cut() -> None:  # the host's sshd and all its sessions vanish
+        deadline = time.monotonic() + 30
+        while "h1: pretrain started" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        doomed = _children(other.proc.pid)
+        other.proc.kill()
+        for child in doomed:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    cutter = threading.Thread(target=_cut)
+    try:
+        with open_cluster(plan, ssh_factory()) as cluster:
+            cutter.start()
+            with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed .*(stopped answering|connection lost)"):
+                up(cluster, LogSink(job, stream=out))
+            assert not any(c.running for c in list_job_containers(cluster.transport("h0"), job).values())
+    finally:
+        cutter.join()
+        other.proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for k in kids:
+        out += [int(k), *_children(int(k))]
+    return out
+
+
+def test_detach_then_rerun_attaches_and_lock_refuses_second_up(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {
+        "h0": [("pretrain", "train", "sleep 4; echo finished-0")],
+        "h1": [("pretrain", "train", "sleep 4; echo finished-1")],
+    }, tmp_path / "hosts")
+    with open_cluster(plan, ssh_factory()) as cluster:
+        t0 = time.monotonic()
+        assert up(cluster, LogSink(job, stream=io.StringIO()), detach=True) == 0
+        assert time.monotonic() - t0 < 4
+        with JobLock(run_dir(job) / "up.lock", job):
+            with pytest.raises(DeployError, match="another `up` for job .* is running"):
+                up(cluster, LogSink(job, stream=io.StringIO()))
+        out = io.StringIO()
+        assert up(cluster, LogSink(job, stream=out)) == 0
+        assert "already running (train phase on h0, h1); attaching" in out.getvalue()
+        assert "[h0 0] finished-0" in out.getvalue() and "[h1 1] finished-1" in out.getvalue()
+
+
+def test_follow_logs_until_stopped(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {
+        "h0": [("pretrain", "train", "for i in 1 2 3; do echo a$i; sleep 0.5; done")],
+        "h1": [("pretrain", "train", "for i in 1 2 3; do echo b$i; sleep 0.5; done")],
+    }, tmp_path / "hosts")
+    with open_cluster(plan, ssh_factory()) as cluster:
+        up(cluster, LogSink(job, stream=io.StringIO()), detach=True)
+        out = io.StringIO()
+        stop = threading.Event()
+        sink = LogSink(job, stream=out, keep_files=False)
+        follower = threading.Thread(target=follow_logs, args=(cluster, sink), kwargs={"stop": stop})
+        follower.start()
+        deadline = time.monotonic() + 20
+        while not ("[h0 0] a3" in out.getvalue() and "[h1 1] b3" in out.getvalue()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        follower.join(10)
+    lines = out.getvalue().splitlines()
+    assert [ln for ln in lines if ln.startswith("[h0 0]")] == ["[h0 0] a1", "[h0 0] a2", "[h0 0] a3"]
+    assert [ln for ln in lines if ln.startswith("[h1 1]")] == ["[h1 1] b1", "[h1 1] b2", "[h1 1] b3"]
+
+
+def test_preflight_reports_missing_mounts_and_busy_master_port(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {"h0": [("pretrain", "train", "true")],
+                                              "h1": [("pretrain", "train", "true")]}, tmp_path / "hosts")
+    with open_cluster(plan, ssh_factory()) as cluster:
+        reports = preflight(cluster)
+    assert failure_message(reports) is None, failure_message(reports)
+    assert reports[0].get("image").detail.startswith("sha256:")  # type: ignore[union-attr]
+    assert reports[0].get("port").level == "ok" and reports[1].get("port").level == "skip"  # type: ignore[union-attr]
+
+    plan.hosts[1].docker_run[3:3] = ["-v", "/nonexistent-q7x2:/x", "--device", "/dev/davinci7"]
+    with socket.socket() as busy, open_cluster(plan, ssh_factory()) as cluster:
+        busy.bind(("0.0.0.0", plan.master_port))
+        busy.listen()
+        reports = preflight(cluster)
+    msg = failure_message(reports)
+    assert msg is not None and "h0: port: master port" in msg
+    assert "h1: devices: missing on host: /dev/davinci7, /nonexistent-q7x2" in msg
+
+
+def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {"h0": [], "h1": []}, tmp_path / "hosts")
+    with open_cluster(plan, ssh_factory()) as cluster:
+        skipped = deliver_image(cluster)
+        assert [d.action for d in skipped] == ["skipped", "skipped"]  # same image ID already there
+        loaded = deliver_image(cluster, known_ids={"h0": None, "h1": "sha256:other"})
+        assert [d.action for d in loaded] == ["loaded", "loaded"]
+        assert loaded[0].image_id == subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", TEST_IMAGE], capture_output=True, text=True).stdout.strip()
+        bad = make_plan(job, {"h0": s}, {"h0": []}, tmp_path / "hosts", image="q7x2-test/absent:0")
+    with open_cluster(bad, ssh_factory()) as cluster, pytest.raises(DeployError, match="build-image"):
+        deliver_image(cluster)

@@ -33,10 +33,18 @@ def iteration_dir(save_dir: Path, iteration: int) -> Path:
     return save_dir / f"iter_{iteration:07d}"
 
 
+def convert_api():
+    """The conversion package's training API (re-exported by q7x2_runtime.convert, defined in .api)."""
+    try:
+        from q7x2_runtime.convert import load_mcore_as_hf_state_dict, read_latest_iteration, save_hf_state_dict_as_mcore
+    except ImportError:
+        from q7x2_runtime.convert.api import load_mcore_as_hf_state_dict, read_latest_iteration, save_hf_state_dict_as_mcore
+    return load_mcore_as_hf_state_dict, read_latest_iteration, save_hf_state_dict_as_mcore
+
+
 def find_start(job: Job) -> StartPoint:
     """Resume from the newest checkpoint in save_dir if there is one, else start from mcore_weights."""
-    from q7x2_runtime.convert import read_latest_iteration
-
+    read_latest_iteration = convert_api()[1]
     save_dir = Path(job.paths.save_dir)
     latest = read_latest_iteration(save_dir) if save_dir.is_dir() else None
     if latest is not None and latest > 0:
@@ -52,18 +60,20 @@ def is_writer(job: Job, rank: int, local_rank: int) -> bool:
 def save_checkpoint(
     job: Job, dims: ModelDims, model: torch.nn.Module, trainer_state: dict, iteration: int
 ) -> Path:
-    """Write iteration's checkpoint into save_dir; the tracker file moves last, so a crash mid-save
-    leaves the previous checkpoint as the one a restart resumes from."""
-    from q7x2_runtime.convert import save_hf_state_dict_as_mcore
+    """Write iteration's checkpoint into save_dir.
 
+    The model files are written to a temporary directory renamed into place, then the tracker
+    file moves, so a crash mid-save leaves the previous checkpoint as the one a restart resumes
+    from. The trainer state is serialised beforehand and only renamed into the finished
+    iteration directory, leaving a window of one rename in which a resume would lack it.
+    """
+    save_hf_state_dict_as_mcore = convert_api()[2]
     save_dir = Path(job.paths.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
     p = job.parallelism
     iter_dir = iteration_dir(save_dir, iteration)
-    iter_dir.mkdir(parents=True, exist_ok=True)
-    # The side file first: when the tracker names this iteration, its trainer state is complete.
-    tmp = iter_dir / f".{TRAINER_STATE}.tmp-{os.getpid()}"
+    tmp = save_dir / f".{TRAINER_STATE}.{iteration}.tmp-{os.getpid()}"
     torch.save(trainer_state, tmp)
-    os.replace(tmp, iter_dir / TRAINER_STATE)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_hf_state_dict_as_mcore(
         state,
@@ -76,6 +86,7 @@ def save_checkpoint(
         params_dtype=job.training.params_dtype,
         extra_args=_megatron_args(job, iteration),
     )
+    os.replace(tmp, iter_dir / TRAINER_STATE)
     return iter_dir
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.jobspec import JobSpec
 from q7x2_runtime.model_dims import ModelDims
-from q7x2_runtime.pretrain.checkpoint import TRAINER_STATE_FORMAT, find_start, is_writer, load_trainer_state, save_checkpoint
+from q7x2_runtime.pretrain.checkpoint import TRAINER_STATE_FORMAT, convert_api, find_start, is_writer, load_trainer_state, save_checkpoint
 from q7x2_runtime.pretrain.data import PackedSamples, micro_batch_indices
 from q7x2_runtime.pretrain.megatron_log import IterationStats, format_iteration_line, gpt_flops_per_iteration
 from q7x2_runtime.pretrain.schedule import learning_rate
@@ -81,12 +81,11 @@ class Trainer:
             print(msg, flush=True)
 
     def setup(self) -> None:
-        from q7x2_runtime.convert import load_mcore_as_hf_state_dict
         from q7x2_runtime.indexed_dataset import IndexedDataset
 
         torch.manual_seed(self.t.seed)
         start = find_start(self.job)
-        dims, hf_state = load_mcore_as_hf_state_dict(start.load_dir, start.iteration)
+        dims, hf_state = convert_api()[0](start.load_dir, start.iteration)
         self.dims = dims
         model = build_model(dims, self.t.seq_length)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in hf_state.items()}, strict=False)

@@ -1,0 +1,137 @@
+"""Test helpers: a tiny prepared job (sample model, converted checkpoint, dataset) and a loopback
+two-node launch of `q7x2-runtime pretrain`, one process per node as the containers would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from q7x2_runtime.jobspec import JobSpec
+
+TP, PP, NUM_LAYER_LIST = 2, 2, [1, 3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def convert_sample(hf_dir: Path, mcore_dir: Path) -> None:
+    """HF sample -> Megatron-mcore at TP/PP, with the conversion package."""
+    from safetensors.torch import load_file
+
+    from q7x2_runtime.convert.api import save_hf_state_dict_as_mcore
+    from q7x2_runtime.model_dims import dims_from_hf_config
+
+    index = json.loads((hf_dir / "model.safetensors.index.json").read_text())
+    state = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state.update(load_file(str(hf_dir / shard)))
+    dims = dims_from_hf_config(hf_dir)
+    save_hf_state_dict_as_mcore(state, dims, mcore_dir, TP, PP, NUM_LAYER_LIST, iteration=1, params_dtype="bf16")
+
+
+def make_dataset(parquet: Path, tokenizer_dir: Path, prefix: Path) -> None:
+    """The alpaca `text` column tokenized with the sample tokenizer, one document per row, no EOD."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    from q7x2_runtime.indexed_dataset import IndexedDatasetWriter
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    texts = pq.read_table(parquet, columns=["text"]).column("text").to_pylist()
+    out = Path(f"{prefix}_text_document")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with IndexedDatasetWriter(f"{out}.bin", f"{out}.idx") as w:
+        for text in texts:
+            w.add_document(tok.encode(text).ids)
+
+
+@dataclass
+class Prepared:
+    root: Path
+    hf: Path
+    mcore: Path
+    dataset_prefix: Path
+
+
+def prepare(root: Path) -> Prepared:
+    from q7x2_runtime.sample import make_sample
+
+    make_sample(root / "sample")
+    hf = root / "sample" / "model"
+    convert_sample(hf, root / "mcore")
+    make_dataset(root / "sample" / "data" / "alpaca.parquet", hf, root / "data" / "alpaca")
+    return Prepared(root, hf, root / "mcore", root / "data" / "alpaca")
+
+
+def write_job(p: Prepared, run: str, *, port: int, nnodes: int = 2, npus_per_node: int = 1, train_iters: int = 30,
+              save_interval: int = 10, connect_timeout_s: int = 60, **training) -> Path:
+    from q7x2_runtime.model_dims import dims_from_hf_config
+
+    t = {"seq_length": 64, "micro_batch_size": 2, "global_batch_size": 8, "train_iters": train_iters,
+         "lr": 2e-3, "min_lr": 2e-4, "lr_warmup_fraction": 0.1, "save_interval": save_interval, "seed": 1234}
+    t.update(training)
+    spec = JobSpec.model_validate({
+        "job": {
+            "name": "tiny",
+            "model": {"dims": dims_from_hf_config(p.hf).model_dump()},
+            "parallelism": {"tp": TP, "pp": PP, "num_layer_list": NUM_LAYER_LIST, "npus_per_node": npus_per_node},
+            "training": t,
+            "paths": {"hf_weights": str(p.hf), "mcore_weights": str(p.mcore), "dataset_prefix": str(p.dataset_prefix),
+                      "save_dir": str(p.root / run / "ckpt"), "logs": str(p.root / run / "logs")},
+        },
+        "cluster": {"nnodes": nnodes, "master_addr": "127.0.0.1", "master_port": port, "flavor": "cpu",
+                    "connect_timeout_s": connect_timeout_s},
+    })  # fmt: skip
+    path = p.root / f"{run}.json"
+    path.write_text(spec.to_json())
+    return path
+
+
+@dataclass
+class NodeResult:
+    node_rank: int
+    returncode: int
+    output: str
+    seconds: float
+
+
+def launch_node(job: Path, node_rank: int, out: Path, *extra: str) -> subprocess.Popen:
+    spec = JobSpec.load(job)
+    env = {
+        **os.environ,
+        "NODE_RANK": str(node_rank),
+        "NNODES": str(spec.cluster.nnodes),
+        "MASTER_ADDR": spec.cluster.master_addr,
+        "MASTER_PORT": str(spec.cluster.master_port),
+        "NPUS_PER_NODE": str(spec.job.parallelism.npus_per_node),
+        "WORLD_SIZE": str(spec.world_size),
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+    argv = [sys.executable, "-m", "q7x2_runtime.cli", "pretrain", "--job", str(job), *extra]
+    return subprocess.Popen(argv, env=env, stdout=open(out, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_nodes(job: Path, ranks: list[int], *extra: str, timeout: float = 600) -> list[NodeResult]:
+    started = time.monotonic()
+    outs = [job.parent / f"{job.stem}.node{r}.out" for r in ranks]
+    procs = [launch_node(job, r, o, *extra) for r, o in zip(ranks, outs)]
+    results = []
+    try:
+        for r, proc, o in zip(ranks, procs, outs):
+            code = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
+            results.append(NodeResult(r, code, o.read_text(errors="replace"), time.monotonic() - started))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    return results

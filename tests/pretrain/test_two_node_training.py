@@ -1,0 +1,93 @@
+"""Two nodes on loopback train the tiny Qwen2.5 with the CPU engine: the loss falls, checkpoints
+land in the job's tp/pp layout, and a stopped-and-resumed run reproduces the uninterrupted one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from q7x2_runtime.convert.api import load_mcore_as_hf_state_dict, read_latest_iteration
+from q7x2_runtime.pretrain.checkpoint import TRAINER_STATE
+from q7x2_runtime.pretrain.log_parse import parse_log
+from tests.pretrain.cluster_helpers import PP, TP, Prepared, free_port, prepare, run_nodes, write_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+ITERS = 30
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Prepared:
+    return prepare(tmp_path_factory.mktemp("pretrain"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared: Prepared) -> dict:
+    job = write_job(prepared, "full", port=free_port(), train_iters=ITERS)
+    results = run_nodes(job, [0, 1])
+    for r in results:
+        assert r.returncode == 0, r.output[-3000:]
+    return {"job": job, "results": results, "ckpt": prepared.root / "full" / "ckpt"}
+
+
+def _losses(text: str) -> dict[int, float]:
+    return {r.iteration: r.lm_loss for r in parse_log(text)}
+
+
+def test_every_node_reports_its_placement(uninterrupted: dict) -> None:
+    for r in uninterrupted["results"]:
+        assert f"node rank {r.node_rank} of 2" in r.output
+        assert "world size 2, master 127.0.0.1:" in r.output
+
+
+def test_loss_falls_and_log_parses(uninterrupted: dict) -> None:
+    # The last rank (node 1's only process) prints the iteration lines, on stdout and in its log file.
+    node1 = uninterrupted["results"][1]
+    records = parse_log(node1.output)
+    assert [r.iteration for r in records] == list(range(1, ITERS + 1))
+    assert all(r.train_iters == ITERS and r.global_batch_size == 8 for r in records)
+    assert records[-1].consumed_samples == ITERS * 8
+    first = sum(r.lm_loss for r in records[:3]) / 3
+    last = sum(r.lm_loss for r in records[-3:]) / 3
+    assert last < first - 1.0, (first, last)
+    log_file = uninterrupted["ckpt"].parent / "logs" / "pretrain_mcore_tiny_node1.log"
+    assert _losses(log_file.read_text()) == _losses(node1.output)
+
+
+def test_checkpoint_in_job_layout(uninterrupted: dict, prepared: Prepared) -> None:
+    ckpt: Path = uninterrupted["ckpt"]
+    assert read_latest_iteration(ckpt) == ITERS
+    for it in (10, 20, 30):
+        d = ckpt / f"iter_{it:07d}"
+        ranks = sorted(p.name for p in d.iterdir() if p.is_dir())
+        assert ranks == [f"mp_rank_{t:02d}_{p:03d}" for t in range(TP) for p in range(PP)], ranks
+        assert (d / TRAINER_STATE).is_file()
+    dims, trained = load_mcore_as_hf_state_dict(ckpt)
+    dims0, initial = load_mcore_as_hf_state_dict(prepared.mcore)
+    assert dims == dims0 and trained.keys() == initial.keys()
+    assert trained["lm_head.weight"].dtype == torch.bfloat16
+    assert not torch.equal(trained["model.layers.3.mlp.down_proj.weight"], initial["model.layers.3.mlp.down_proj.weight"])
+
+
+def test_stop_and_resume_matches_uninterrupted(uninterrupted: dict, prepared: Prepared) -> None:
+    job = write_job(prepared, "resumed", port=free_port(), train_iters=ITERS)
+    first = run_nodes(job, [0, 1], "--exit-interval", "20")
+    assert all(r.returncode == 0 for r in first), first[1].output[-3000:]
+    assert read_latest_iteration(prepared.root / "resumed" / "ckpt") == 20
+    assert max(_losses(first[1].output)) == 20
+
+    job = write_job(prepared, "resumed", port=free_port(), train_iters=ITERS)  # a fresh master port
+    second = run_nodes(job, [0, 1])
+    assert all(r.returncode == 0 for r in second), second[1].output[-3000:]
+    assert "resumed from checkpoint" in second[1].output and "at iteration 20" in second[1].output
+    resumed = _losses(second[1].output)
+    assert sorted(resumed) == list(range(21, ITERS + 1))
+    full = _losses(uninterrupted["results"][1].output)
+    before = _losses(first[1].output)
+    assert before == {i: full[i] for i in range(1, 21)}
+    # The printed losses (7 significant digits) of iterations 21..30 are those of the uninterrupted run.
+    assert resumed == {i: full[i] for i in range(21, ITERS + 1)}
+    assert read_latest_iteration(prepared.root / "resumed" / "ckpt") == ITERS

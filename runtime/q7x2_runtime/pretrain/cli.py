@@ -28,6 +28,7 @@ def _load(path: Path):
 
 def _run(args: argparse.Namespace) -> int:
     from q7x2_runtime.pretrain import launch
+    from q7x2_runtime.pretrain.failure import explain_failure, read_new_output
     from q7x2_runtime.pretrain.node import resolve_placement, wait_for_master
     from q7x2_runtime.run_step import run_teed
 
@@ -56,13 +57,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"q7x2-runtime pretrain: master {placement.master_addr}:{placement.master_port} reachable after {waited:.1f} s", flush=True)
     if cwd is not None and not cwd.is_dir():
         raise UserError(f"MindSpeed-LLM directory {cwd} does not exist in this image (set MINDSPEED_LLM_DIR)")
+    offset = log.stat().st_size if log.is_file() else 0
     code = run_teed(argv, log=log, cwd=cwd, env=env)
     if code != 0:
         status = 128 - code if code < 0 else code
+        reason = explain_failure(read_new_output(log, offset), placement)
         print(
-            f"q7x2-runtime pretrain: node {placement.node_rank}: training exited with status {status}; "
-            f"see {log} (a rendezvous timeout after {placement.connect_timeout_s} s means a node did not join "
-            f"the master {placement.master_addr}:{placement.master_port})",
+            f"q7x2-runtime pretrain: node {placement.node_rank}: training exited with status {status}"
+            + (f": {reason}" if reason else "")
+            + f"; see {log}",
             file=sys.stderr,
             flush=True,
         )

@@ -1,0 +1,321 @@
+"""Benchmark `q7x2-runtime preprocess` against the HF tokenizer and a Megatron-style pipeline.
+
+Generates (deterministically, nothing downloaded) an alpaca-shaped parquet — instruction,
+input, output, text — and trains a byte-level BPE tokenizer with Qwen2's pre-tokenizer and
+NFC normalizer on it, then measures side by side on the same machine:
+
+  (a) our preprocess, --workers 2, parquet in -> .bin/.idx out (end to end)
+  (b) the HF tokenizers library's encode_batch over the texts held in memory
+  (c) Megatron-style: a 2-process pool tokenizing one document at a time with the HF
+      tokenizer (chunks of 32), the parent writing the indexed dataset
+
+and checks that every document's ids in (a) equal HF's, and that (c) wrote the same bytes.
+
+  python bench/preprocess.py            # 200k rows, vocabulary >= 64k
+  python bench/preprocess.py --small    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import shutil
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+OUT = Path(__file__).resolve().parent / "out"
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+class TextGen:
+    """Alpaca-like rows from a synthetic Zipf-distributed lexicon plus fixed snippets."""
+
+    FUNCTION_WORDS = (
+        "the of and to a in is that for it as with was on be by this are or from at an which "
+        "not but have has can will more one all their there when you we they these so if "
+        "about would into than other its also how what some time only new very like most"
+    ).split()
+    ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr pl pr sh st th tr ch sk sp qu".split() + [""]
+    NUCLEI = "a e i o u ai ea ou io y ee oo".split()
+    CODAS = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng", "ck", "x", "rt"]
+    INSTRUCTIONS = (
+        "Write a short story about {w} and {w}.",
+        "Explain why the {w} {w} is important for {w}.",
+        "Summarize the following text in {n} sentences.",
+        "Give {n} tips for improving {w} {w}.",
+        "Translate the sentence below into {lang}.",
+        "What is the difference between {w} and {w}?",
+        "Rewrite the following code so that it runs faster.",
+        "Classify the following items as {w} or {w}.",
+        "Generate a list of {n} creative names for a {w}.",
+        "Describe the {w} of {W} in detail.",
+        "Compute the result of {n} * {n} + {n}.",
+    )
+    LANGS = ("French", "German", "Chinese", "Japanese", "Spanish", "Russian", "Korean")
+    CODE = (
+        "def {w}(x, y):\n    result = x * {n} + y\n    return result\n",
+        "for i in range({n}):\n    if i % 2 == 0:\n        print(i, '{w}')\n",
+        "SELECT {w}, COUNT(*) FROM {w}s WHERE id > {n} GROUP BY {w};",
+        "const {w} = ({w}) => {{ return {w}.map(v => v * {n}); }};",
+    )
+    EXTRAS = (
+        "naïve café résumé façade jalapeño Zürich",
+        "数据 处理 模型 训练 中文 文本 测试 结果",
+        "日本語のテキストとカタカナ",
+        "Привет мир, это тест",
+        "🙂 👍 🚀 ✨ 🎉",
+        "x² + y² = z², ½ ≈ 0.5, 100 °C",
+        "\t\tindented\n\n\n",
+    )
+    ALPACA = (
+        "Below is an instruction that describes a task{ctx}. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
+    )
+
+    def __init__(self, seed: int, lexicon_size: int) -> None:
+        self.rng = random.Random(seed)
+        words: set[str] = set()
+        while len(words) < lexicon_size:
+            n = self.rng.choice((1, 2, 2, 3, 3, 4))
+            words.add("".join(self.rng.choice(self.ONSETS) + self.rng.choice(self.NUCLEI) + self.rng.choice(self.CODAS) for _ in range(n)))
+        self.lexicon = self.FUNCTION_WORDS + sorted(words)
+        self.cum = list(np.cumsum([1.0 / (r + 2.7) ** 1.07 for r in range(len(self.lexicon))]))
+
+    def words(self, k: int) -> list[str]:
+        return self.rng.choices(self.lexicon, cum_weights=self.cum, k=k)
+
+    def fill(self, template: str) -> str:
+        out = template
+        while "{w}" in out or "{W}" in out or "{n}" in out or "{lang}" in out:
+            out = (
+                out.replace("{w}", self.words(1)[0], 1)
+                .replace("{W}", self.words(1)[0].capitalize(), 1)
+                .replace("{n}", str(self.rng.randint(2, 999)), 1)
+                .replace("{lang}", self.rng.choice(self.LANGS), 1)
+            )
+        return out
+
+    def sentence(self) -> str:
+        ws = self.words(self.rng.randint(6, 22))
+        if self.rng.random() < 0.3:
+            ws.insert(self.rng.randrange(len(ws)), f"{ws[0]}'s")
+        if self.rng.random() < 0.2:
+            ws.insert(self.rng.randrange(len(ws)), str(self.rng.randint(0, 10**self.rng.randint(1, 7))))
+        if len(ws) > 8 and self.rng.random() < 0.5:
+            ws[self.rng.randrange(2, len(ws) - 1)] += ","
+        return " ".join(ws).capitalize() + self.rng.choice(".....?!")
+
+    def paragraph(self, lo: int, hi: int) -> str:
+        r = self.rng.random()
+        if r < 0.1:
+            return self.fill(self.rng.choice(self.CODE))
+        if r < 0.25:
+            return "\n".join(f"{i}. {self.sentence()}" for i in range(1, self.rng.randint(3, 6)))
+        text = " ".join(self.sentence() for _ in range(self.rng.randint(lo, hi)))
+        if self.rng.random() < 0.15:
+            text += " " + self.rng.choice(self.EXTRAS)
+        if self.rng.random() < 0.02:
+            text = unicodedata.normalize("NFD", text + " Crème brûlée à la française")
+        if self.rng.random() < 0.003:
+            text += " <|im_end|> " + self.sentence()
+        return text
+
+    def row(self) -> dict[str, str]:
+        instruction = self.fill(self.rng.choice(self.INSTRUCTIONS))
+        inp = self.paragraph(1, 3) if self.rng.random() < 0.4 else ""
+        output = self.paragraph(2, 7)
+        text = self.ALPACA.format(
+            ctx=", paired with an input that provides further context" if inp else "",
+            instruction=instruction,
+            input_block=f"### Input:\n{inp}\n\n" if inp else "",
+            output=output,
+        )
+        return {"instruction": instruction, "input": inp, "output": output, "text": text}
+
+
+def make_parquet(path: Path, rows: int, seed: int) -> None:
+    gen = TextGen(seed, lexicon_size=60_000 if rows >= 50_000 else 6_000)
+    writer = None
+    for start in range(0, rows, 20_000):
+        chunk = [gen.row() for _ in range(min(20_000, rows - start))]
+        table = pa.Table.from_pylist(chunk)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=5_000)
+    writer.close()
+
+
+# ---------------------------------------------------------------------------------------
+# tokenizer
+
+
+def train_tokenizer(out_dir: Path, texts: list[str], vocab_size: int) -> int:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(SPECIALS)  # after the BPE vocabulary, as in Qwen2's layout
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return tok.get_vocab_size()
+
+
+# ---------------------------------------------------------------------------------------
+# baselines
+
+
+def hf_encode_batch(tokenizer_dir: Path, texts: list[str]) -> tuple[float, list[list[int]]]:
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer
+    t0 = time.perf_counter()
+    encs = backend.encode_batch(texts)
+    ids = [e.ids for e in encs]
+    return time.perf_counter() - t0, ids
+
+
+_mtok = None
+
+
+def _megatron_init(tokenizer_dir: str) -> None:
+    global _mtok
+    from transformers import AutoTokenizer
+
+    _mtok = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _megatron_encode(text: str) -> list[int]:
+    return _mtok(text)["input_ids"] if text else []
+
+
+def megatron_style(tokenizer_dir: Path, parquet: Path, out_prefix: Path, workers: int) -> float:
+    """Megatron-LM's preprocess_data.py shape: pool.imap(encode, docs, 32), one writer."""
+    from q7x2_runtime.indexed_dataset import IndexedDatasetWriter
+
+    t0 = time.perf_counter()
+    texts = pq.read_table(parquet, columns=["text"]).column("text").to_pylist()
+    with mp.get_context("spawn").Pool(workers, initializer=_megatron_init, initargs=(str(tokenizer_dir),)) as pool:
+        with IndexedDatasetWriter(f"{out_prefix}.bin", f"{out_prefix}.idx") as w:
+            for ids in pool.imap(_megatron_encode, texts, 32):
+                if ids:
+                    w.add_document(ids)
+    return time.perf_counter() - t0
+
+
+def ours(tokenizer_dir: Path, parquet: Path, out_prefix: Path, workers: int) -> tuple[float, dict]:
+    from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
+
+    t0 = time.perf_counter()
+    result = run(
+        PreprocessOptions(
+            input=str(parquet), tokenizer=str(tokenizer_dir), output_prefix=str(out_prefix), workers=workers,
+            log_interval=10**9,
+        )
+    )
+    return time.perf_counter() - t0, result.manifest
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="5k rows, small vocabulary: runs in seconds")
+    ap.add_argument("--rows", type=int, help="rows to generate (default 200000, --small 5000)")
+    ap.add_argument("--vocab", type=int, help="target vocabulary (default 100000, --small 8000)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    rows = args.rows or (5_000 if args.small else 200_000)
+    vocab = args.vocab or (8_000 if args.small else 100_000)
+    work = args.out / f"rows{rows}-vocab{vocab}-seed{args.seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    parquet, tok_dir = work / "alpaca.parquet", work / "tokenizer"
+
+    if not parquet.exists():
+        t0 = time.perf_counter()
+        make_parquet(parquet.with_suffix(".tmp"), rows, args.seed)
+        parquet.with_suffix(".tmp").rename(parquet)
+        print(f"generated {rows:,} alpaca-shaped rows in {time.perf_counter() - t0:.1f}s -> {parquet}")
+    texts = pq.read_table(parquet, columns=["text"]).column("text").to_pylist()
+    if not (tok_dir / "tokenizer.json").exists():
+        t0 = time.perf_counter()
+        size = train_tokenizer(tok_dir, texts, vocab)
+        print(f"trained byte-level BPE (Qwen2 pre-tokenizer, NFC), vocabulary {size:,} in {time.perf_counter() - t0:.1f}s")
+    vocab_size = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"].__len__()
+    print(f"data: {rows:,} rows, {sum(map(len, texts)) / 1e6:.1f}M characters; tokenizer vocabulary {vocab_size:,} (+{len(SPECIALS)} special)")
+
+    out_a, out_c = work / "ours" / "alpaca", work / "megatron" / "alpaca_text_document"
+    for d in (out_a.parent, out_c.parent):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+
+    t_a, manifest = ours(tok_dir, parquet, out_a, args.workers)
+    t_b, hf_ids = hf_encode_batch(tok_dir, texts)
+    t_c = megatron_style(tok_dir, parquet, out_c, args.workers)
+
+    tokens = sum(len(x) for x in hf_ids)
+    engine = manifest["tokenizer"]["engine"]
+    a, b, c = tokens / t_a, tokens / t_b, tokens / t_c
+    print(f"tokens: {tokens:,}  (engine used by preprocess: {engine})")
+    print(f"(a) q7x2 preprocess, {args.workers} workers, end to end : {a / 1e6:6.2f}M tokens/s  ({t_a:.1f}s)")
+    print(f"(b) HF encode_batch, texts in memory         : {b / 1e6:6.2f}M tokens/s  ({t_b:.1f}s)")
+    print(f"(c) Megatron-style pool, {args.workers} workers          : {c / 1e6:6.2f}M tokens/s  ({t_c:.1f}s)")
+    print(f"a/c = {a / c:.2f} (target >= 3)   a/b = {a / b:.2f} (target >= 2)")
+
+    from q7x2_runtime.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(f"{out_a}_text_document")
+    expected = [x for x in hf_ids if x]
+    same = len(ds) == len(expected) and all(np.array_equal(ds[i], np.asarray(e, np.int32)) for i, e in enumerate(expected))
+    n_same = sum(np.array_equal(ds[i], np.asarray(e, np.int32)) for i, e in enumerate(expected[: len(ds)]))
+    print(f"ids identical: {'all' if same else 'NOT all'} {n_same:,} of {len(expected):,} documents")
+    for ext in (".bin", ".idx"):
+        identical = Path(f"{out_a}_text_document{ext}").read_bytes() == Path(f"{out_c}{ext}").read_bytes()
+        print(f"{ext} byte-identical to the Megatron-style output: {identical}")
+    ok = same and a / c >= 3 and a / b >= 2
+    return 0 if ok or args.small else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Fixtures: small byte-level BPE tokenizers shaped like Qwen2's, trained on the spot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 2024 and we'll test tokenizers!",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:\nGive three tips for staying healthy.\n\n### Response:\n1. Eat well.\n2. Sleep.\n3. Move.",
+    "def tokenize(text):\n    return [ord(c) for c in text]  # naive\n\n\n    indented   spaces\t\ttabs",
+    "数据处理与模型训练。中文文本测试，标点符号！日本語のテキスト。한국어 텍스트입니다.",
+    "Ελληνικά κείμενα και Русский текст, naïve café résumé façade jalapeño Zürich Ærøskøbing",
+    "emoji 😀👍🏽🚀✨🎉 numbers 1234567890 ½ ² ³ ٣٤٥ १२३ and symbols @#$%^&*()[]{}<>|~",
+    "I'M HERE, YOU'RE THERE, THEY'VE GONE, SHE'D LEFT, HE'LL STAY, IT'S DONE, DON'T",
+]
+
+
+def write_tokenizer(out: Path, *, specials_in_vocab: bool = False, vocab_size: int = 600, repeat: int = 30) -> Path:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=SPECIALS if specials_in_vocab else [],
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * repeat, trainer)
+    if not specials_in_vocab:
+        tok.add_special_tokens(SPECIALS)  # Qwen2 layout: specials after the BPE vocabulary
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "model_max_length": 131072,
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def edit_tokenizer(src: Path, dst: Path, edit, tokenizer_class: str | None = None) -> Path:
+    """A copy of a tokenizer directory with tokenizer.json changed by `edit(dict)`.
+
+    transformers' Qwen2Tokenizer rebuilds normalizer/pre-tokenizer/model settings itself;
+    `tokenizer_class="PreTrainedTokenizerFast"` keeps tokenizer.json exactly as edited."""
+    dst.mkdir(parents=True, exist_ok=True)
+    data = json.loads((src / "tokenizer.json").read_text())
+    edit(data)
+    (dst / "tokenizer.json").write_text(json.dumps(data))
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    if tokenizer_class:
+        config["tokenizer_class"] = tokenizer_class
+    (dst / "tokenizer_config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(tmp_path_factory) -> Path:
+    return write_tokenizer(tmp_path_factory.mktemp("tok") / "qwen_like")
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(qwen_tokenizer):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen_tokenizer)

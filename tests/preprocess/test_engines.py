@@ -1,0 +1,189 @@
+"""The fast engine gives exactly AutoTokenizer's ids, and is refused when it could not."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from q7x2_runtime.preprocess.engines import FAST, HF, build_engine, choose_engine
+from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, NotExact, fast_bpe_spec
+from tests.preprocess.conftest import SPECIALS, edit_tokenizer, write_tokenizer
+
+HOSTILE = [
+    "",
+    " ",
+    "<|endoftext|>",
+    "text<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant",
+    "<|im_end|><|im_end|><|endoftext|>x<|endoftext",
+    "<|im_start<|im_end|>|>",
+    "<|IM_END|> < |im_end| >",
+    "naïve café 数据处理 日本語 한국어 Ελληνικά Русский مرحبا हिन्दी ภาษาไทย",
+    "😀👍🏽👨‍👩‍👧🇺🇸 1\ufe0f\u20e3 \U0001fae8",
+    " " * 50 + "\n" * 9 + "\t" * 4 + "x" + "   \r\n\r\n  ",
+    "   leading   and trailing   ",
+    "\u00a0\u2003\u3000\u2028\u2029\u0085 unicode spaces",
+    unicodedata.normalize("NFD", "Crème brûlée à la française, Åström, 한국어"),
+    "e\u0301 a\u0308 \u1100\u1161\u11a8 \u212b \u2126 ﬁ ẞ",
+    "It's I'M you'RE they'Ve he'LL she'D 'ſ 'S 'K 'T''s",
+    "1234567890 ٣٤٥ १२३ ½ ² Ⅷ ６７８",
+    "def f(x):\n    return x**2  # comment\n\n\n",
+    "\x00\x01\x7f control \x1b[31m escapes",
+    "a" * 3000,
+]
+
+
+def test_fast_engine_chosen_for_a_qwen2_shaped_tokenizer(qwen_tokenizer):
+    spec = choose_engine(str(qwen_tokenizer))
+    assert spec.name == FAST, spec.fallback_reason
+    assert spec.fast.pattern_name == "qwen2" and spec.fast.nfc
+    assert set(spec.fast.added_tokens) == set(SPECIALS)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_texts_match_autotokenizer(qwen_tokenizer, hf_tokenizer, text):
+    engine = build_engine(choose_engine(str(qwen_tokenizer)))
+    assert engine.encode([text]) == [hf_tokenizer(text)["input_ids"]]
+
+
+_pieces = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+    st.sampled_from(SPECIALS + ["<|", "|>", "'s", "'LL", " ", "\n", "\r\n", "\t", "  ", "\u00a0", "\u0301", "😀"]),
+    st.text(alphabet=" \n\t\r", max_size=12),
+    st.text(alphabet="aeiouéèüñçÅ\u0301\u0308 数据日本한국", max_size=20),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_pieces, max_size=8).map("".join))
+def test_random_texts_match_autotokenizer(qwen_tokenizer, hf_tokenizer, text):
+    engine = _engine_for(qwen_tokenizer)
+    assert engine.encode_one(text) == hf_tokenizer(text)["input_ids"]
+
+
+_ENGINES: dict = {}
+
+
+def _engine_for(path):
+    if path not in _ENGINES:
+        _ENGINES[path] = build_engine(choose_engine(str(path)))
+    return _ENGINES[path]
+
+
+def test_special_tokens_inside_the_trained_vocabulary(tmp_path):
+    # The trainer's own special tokens sit in the BPE vocabulary (ids 0..2) but no merge
+    # produces them; the fast engine must still split them out of text like HF.
+    from transformers import AutoTokenizer
+
+    path = write_tokenizer(tmp_path / "tv", specials_in_vocab=True)
+    spec = choose_engine(str(path))
+    assert spec.name == FAST, spec.fallback_reason
+    engine, hf = build_engine(spec), AutoTokenizer.from_pretrained(path)
+    for text in HOSTILE:
+        assert engine.encode([text]) == [hf(text)["input_ids"]]
+
+
+def _swap_two_merges(data):
+    merges = data["model"]["merges"]
+    merges[10], merges[11] = merges[11], merges[10]
+
+
+def _break_reachability(data):
+    # Move a merge whose result is built from another merge's result ahead of it.
+    merges = data["model"]["merges"]
+    vocab = data["model"]["vocab"]
+    join = (lambda m: "".join(m.split(" ", 1))) if isinstance(merges[0], str) else (lambda m: "".join(m))
+    results = [join(m) for m in merges]
+    for i, m in enumerate(merges):
+        left = m.split(" ", 1)[0] if isinstance(m, str) else m[0]
+        if left in results[:i]:
+            j = results.index(left)
+            rid_i, rid_j = vocab[results[i]], vocab[results[j]]
+            merges[i], merges[j] = merges[j], merges[i]
+            vocab[results[i]], vocab[results[j]] = rid_j, rid_i
+            return
+    raise AssertionError("no dependent merge found")
+
+
+def _bos_template(data):
+    bos = next(t["id"] for t in data["added_tokens"] if t["content"] == "<|im_start|>")
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [bos], "tokens": ["<|im_start|>"]}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda d: d.__setitem__("normalizer", {"type": "NFKC"}), "normalizer"),
+        (_swap_two_merges, "merge"),
+        (_break_reachability, "merge"),
+        (lambda d: d["model"].__setitem__("dropout", 0.1), "dropout"),
+        (lambda d: d["added_tokens"][2].__setitem__("lstrip", True), "lstrip"),
+        (lambda d: d["added_tokens"][2].__setitem__("normalized", True), "normaliz"),
+        (_bos_template, "post-processor"),
+    ],
+)
+def test_falls_back_to_hf_when_not_provably_exact(qwen_tokenizer, tmp_path, edit, reason):
+    from transformers import AutoTokenizer
+
+    path = edit_tokenizer(qwen_tokenizer, tmp_path / "edited", edit, tokenizer_class="PreTrainedTokenizerFast")
+    spec = choose_engine(str(path))
+    assert spec.name == HF and reason in spec.fallback_reason
+    if reason != "dropout":  # dropout makes HF itself random
+        hf = AutoTokenizer.from_pretrained(path)
+        assert build_engine(spec).encode(HOSTILE[:8]) == [hf(t)["input_ids"] for t in HOSTILE[:8]]
+
+
+def test_inspects_the_pipeline_transformers_builds(qwen_tokenizer, tmp_path):
+    # Qwen2Tokenizer in transformers rebuilds the normalizer itself, so an odd normalizer in
+    # tokenizer.json does not reach the ids; the decision follows what actually runs.
+    from transformers import AutoTokenizer
+
+    path = edit_tokenizer(qwen_tokenizer, tmp_path / "q", lambda d: d.__setitem__("normalizer", {"type": "NFKC"}))
+    spec, hf = choose_engine(str(path)), AutoTokenizer.from_pretrained(path)
+    assert build_engine(spec).encode(HOSTILE) == [hf(t)["input_ids"] for t in HOSTILE]
+
+
+def test_hf_engine_when_forced(qwen_tokenizer, hf_tokenizer):
+    spec = choose_engine(str(qwen_tokenizer), force=HF)
+    assert spec.name == HF
+    assert build_engine(spec).encode(HOSTILE[:5]) == [hf_tokenizer(t)["input_ids"] for t in HOSTILE[:5]]
+
+
+def test_gpt2_style_pretokenizer_is_recognised():
+    data = {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "added_tokens": [],
+        "model": {"type": "BPE", "vocab": {}, "merges": []},
+    }
+    with pytest.raises(NotExact, match="byte"):  # empty vocab: the pattern passed, the model did not
+        fast_bpe_spec(data)
+    data["pre_tokenizer"]["add_prefix_space"] = True
+    with pytest.raises(NotExact, match="prefix"):
+        fast_bpe_spec(data)
+    assert GPT2_PATTERN.startswith("'s")
+
+
+def test_unicode_classes_agree_between_hf_and_tiktoken_regex_engines():
+    """The fast path relies on Oniguruma (HF) and fancy-regex (tiktoken) agreeing on \\p{L},
+    \\p{N}, \\s and the case-insensitive contractions for every code point."""
+    import tiktoken
+    from tokenizers import Regex, pre_tokenizers
+
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    byte_ranks = {bytes([b]): b for b in range(256)}
+    for pattern in (r"\p{L}", r"\p{N}", r"\s", r"(?i:[strevmld])"):
+        kept = "".join(p for p, _ in pre_tokenizers.Split(Regex(pattern), behavior="removed").pre_tokenize_str(text))
+        hf = set(text) - set(kept)
+        enc = tiktoken.Encoding("probe", pat_str=pattern, mergeable_ranks=byte_ranks, special_tokens={})
+        tt = set(enc.decode_bytes(enc.encode_ordinary(text)).decode("utf-8"))
+        assert hf == tt, f"{pattern}: {sorted(hex(ord(c)) for c in hf ^ tt)[:10]}"

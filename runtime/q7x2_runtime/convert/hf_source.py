@@ -35,9 +35,18 @@ def read_config(hf_dir: Path) -> dict[str, Any]:
     return cfg
 
 
+def normalized_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Config keys as model_dims expects them: transformers 5 writes rope_theta inside
+    rope_parameters instead of at the top level (real Qwen2.5 checkpoints use the top level)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if "rope_theta" not in cfg and isinstance(rope, dict) and "rope_theta" in rope:
+        cfg = {**cfg, "rope_theta": rope["rope_theta"]}
+    return cfg
+
+
 def dims_of(hf_dir: Path) -> ModelDims:
     try:
-        return dims_from_config_dict(read_config(hf_dir))
+        return dims_from_config_dict(normalized_config(read_config(hf_dir)))
     except ValueError as e:
         raise UserError(f"{hf_dir / 'config.json'}: {e}") from None
 

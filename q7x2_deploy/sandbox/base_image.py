@@ -160,4 +160,5 @@ def ensure_base_image(docker_client_or_socket: "docker.DockerClient | str | None
 
 def copy_image(src: docker.DockerClient, dst: docker.DockerClient, reference: str) -> None:
     """`docker save | docker load` between two engines, streamed."""
-    dst.images.load(src.images.get(reference).save(named=True))
+    # get_image by reference keeps exactly that name (save(named=True) picks the image's first tag).
+    dst.images.load(src.api.get_image(reference))

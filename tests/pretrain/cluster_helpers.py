@@ -23,37 +23,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def convert_sample(hf_dir: Path, mcore_dir: Path) -> None:
-    """HF sample -> Megatron-mcore at TP/PP, with the conversion package."""
-    from safetensors.torch import load_file
-
-    from q7x2_runtime.convert.api import save_hf_state_dict_as_mcore
-    from q7x2_runtime.model_dims import dims_from_hf_config
-
-    index = json.loads((hf_dir / "model.safetensors.index.json").read_text())
-    state = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        state.update(load_file(str(hf_dir / shard)))
-    dims = dims_from_hf_config(hf_dir)
-    save_hf_state_dict_as_mcore(state, dims, mcore_dir, TP, PP, NUM_LAYER_LIST, iteration=1, params_dtype="bf16")
-
-
-def make_dataset(parquet: Path, tokenizer_dir: Path, prefix: Path) -> None:
-    """The alpaca `text` column tokenized with the sample tokenizer, one document per row, no EOD."""
-    import pyarrow.parquet as pq
-    from tokenizers import Tokenizer
-
-    from q7x2_runtime.indexed_dataset import IndexedDatasetWriter
-
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    texts = pq.read_table(parquet, columns=["text"]).column("text").to_pylist()
-    out = Path(f"{prefix}_text_document")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with IndexedDatasetWriter(f"{out}.bin", f"{out}.idx") as w:
-        for text in texts:
-            w.add_document(tok.encode(text).ids)
-
-
 @dataclass
 class Prepared:
     root: Path
@@ -61,15 +30,30 @@ class Prepared:
     mcore: Path
     dataset_prefix: Path
 
+    @property
+    def raw_dataset(self) -> Path:
+        return self.root / "sample" / "data" / "alpaca.parquet"
 
-def prepare(root: Path) -> Prepared:
+
+def _run_step(argv: list[str]) -> None:
+    """Run a `q7x2-runtime ...` step command exactly as q7x2_runtime.steps builds it."""
+    assert argv[0] == "q7x2-runtime"
+    proc = subprocess.run([sys.executable, "-m", "q7x2_runtime.cli", *argv[1:]], capture_output=True, text=True)
+    assert proc.returncode == 0, f"{argv[:2]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+
+
+def prepare(root: Path, *, steps: bool = True) -> Prepared:
+    """The sample, converted to mcore at the job's tp/pp and preprocessed, by the cpu-flavor step commands."""
+    from q7x2_runtime import steps as step_commands
     from q7x2_runtime.sample import make_sample
 
     make_sample(root / "sample")
-    hf = root / "sample" / "model"
-    convert_sample(hf, root / "mcore")
-    make_dataset(root / "sample" / "data" / "alpaca.parquet", hf, root / "data" / "alpaca")
-    return Prepared(root, hf, root / "mcore", root / "data" / "alpaca")
+    p = Prepared(root, root / "sample" / "model", root / "mcore", root / "data" / "alpaca")
+    if steps:
+        job = JobSpec.load(write_job(p, "prepare", port=1)).job
+        _run_step(step_commands.convert_argv(job, "cpu"))
+        _run_step(step_commands.preprocess_argv(job, "cpu"))
+    return p
 
 
 def write_job(p: Prepared, run: str, *, port: int, nnodes: int = 2, npus_per_node: int = 1, train_iters: int = 30,
@@ -85,7 +69,9 @@ def write_job(p: Prepared, run: str, *, port: int, nnodes: int = 2, npus_per_nod
             "model": {"dims": dims_from_hf_config(p.hf).model_dump()},
             "parallelism": {"tp": TP, "pp": PP, "num_layer_list": NUM_LAYER_LIST, "npus_per_node": npus_per_node},
             "training": t,
+            "preprocess": {"workers": 1},
             "paths": {"hf_weights": str(p.hf), "mcore_weights": str(p.mcore), "dataset_prefix": str(p.dataset_prefix),
+                      "raw_dataset": str(p.raw_dataset),
                       "save_dir": str(p.root / run / "ckpt"), "logs": str(p.root / run / "logs")},
         },
         "cluster": {"nnodes": nnodes, "master_addr": "127.0.0.1", "master_port": port, "flavor": "cpu",

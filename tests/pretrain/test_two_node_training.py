@@ -91,3 +91,15 @@ def test_stop_and_resume_matches_uninterrupted(uninterrupted: dict, prepared: Pr
     # The printed losses (7 significant digits) of iterations 21..30 are those of the uninterrupted run.
     assert resumed == {i: full[i] for i in range(21, ITERS + 1)}
     assert read_latest_iteration(prepared.root / "resumed" / "ckpt") == ITERS
+
+
+def test_single_node_refuses_a_checkpoint_of_another_model(prepared: Prepared) -> None:
+    import json
+
+    job = write_job(prepared, "mismatch", port=free_port(), nnodes=1, train_iters=2)
+    spec = json.loads(job.read_text())
+    spec["job"]["model"]["dims"]["ffn_hidden_size"] = 256
+    job.write_text(json.dumps(spec))
+    [result] = run_nodes(job, [0], timeout=120)
+    assert result.returncode != 0
+    assert "is not the job's model: ffn_hidden_size 128 (job: 256)" in result.output.splitlines()[-1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from q7x2_runtime.pretrain.node import Placement
 
+_WORKER_ERROR = re.compile(r"q7x2-runtime pretrain \(rank \d+\): error: (.*)")
 _JOINED = re.compile(r"waiting for clients\. (\d+)/(\d+) clients joined")
 _CLIENT_TIMEOUT = re.compile(r"client socket has timed out|Failed to connect|Connection refused", re.IGNORECASE)
 
@@ -23,6 +24,9 @@ def read_new_output(log: Path, offset: int, limit: int = 256 * 1024) -> str:
 
 def explain_failure(output: str, placement: Placement) -> str | None:
     master = f"{placement.master_addr}:{placement.master_port}"
+    m = _WORKER_ERROR.search(output)
+    if m:  # the trainer's own one-line diagnosis
+        return m.group(1).strip()
     m = _JOINED.search(output)
     if m:
         return (

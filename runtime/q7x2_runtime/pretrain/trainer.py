@@ -57,6 +57,16 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+_STRUCTURAL = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size", "untie_embeddings")
+
+
+def _check_dims(found: ModelDims, expected: ModelDims, where: Path) -> None:
+    """The checkpoint must be the job's model: MindSpeed-LLM would refuse it otherwise, so must we."""
+    diffs = [f"{k} {getattr(found, k)} (job: {getattr(expected, k)})" for k in _STRUCTURAL if getattr(found, k) != getattr(expected, k)]
+    if diffs:
+        raise UserError(f"checkpoint {where} is not the job's model: {', '.join(diffs)}; convert the job's HF weights again")
+
+
 class Trainer:
     def __init__(self, spec: JobSpec, exit_interval: int | None) -> None:
         self.spec = spec
@@ -86,6 +96,7 @@ class Trainer:
         torch.manual_seed(self.t.seed)
         start = find_start(self.job)
         dims, hf_state = convert_api()[0](start.load_dir, start.iteration)
+        _check_dims(dims, self.job.model.d, start.load_dir)
         self.dims = dims
         model = build_model(dims, self.t.seq_length)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in hf_state.items()}, strict=False)

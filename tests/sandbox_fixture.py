@@ -95,6 +95,17 @@ def healthy(s: dict, count: int) -> bool:
     return bool(s.get("up")) and len(ok) >= count and len(ok) == len(s["hosts"]) and s["registry"]["alive"]
 
 
+def _live_users(users: Path) -> list[int]:
+    alive = []
+    for f in users.glob("*"):
+        pid = int(f.name) if f.name.isdigit() else 0
+        if pid and Path(f"/proc/{pid}").exists():
+            alive.append(pid)
+        else:
+            f.unlink(missing_ok=True)
+    return alive
+
+
 @pytest.fixture(scope="session")
 def sandbox_cluster() -> Iterator[SandboxCluster]:
     if os.geteuid() != 0:
@@ -103,17 +114,32 @@ def sandbox_cluster() -> Iterator[SandboxCluster]:
     from q7x2_deploy.sandbox.config import DEFAULT_NAME
 
     cfg = cluster.config_for(DEFAULT_NAME, None)
-    before = cluster.status(cfg)
-    owned = not before["up"]
+    # Several test sessions may share the sandbox at once: each registers itself, and the last
+    # one out tears down a sandbox that a test session (not a person) brought up.
+    users = cfg.state_dir / "test-sessions"
+    owned_flag = cfg.state_dir / "brought-up-by-tests"
+    me = users / str(os.getpid())
+    log = lambda m: print(f"sandbox: {m}")  # noqa: E731
     try:
+        with cluster.locked(cfg):
+            before = cluster.status(cfg)
+            if not before["up"]:
+                cfg.state_dir.mkdir(parents=True, exist_ok=True)
+                owned_flag.touch()
         if not healthy(before, SANDBOX_HOSTS):
             for h in before.get("hosts", []):
                 if h["cut"]:
-                    cluster.heal(cfg, h["name"], log=lambda _m: None)
+                    cluster.heal(cfg, h["name"], log=log)
             inventory = Path(before["inventory"]) if before.get("inventory") else cfg.state_dir / "inventory.sandbox.yaml"
             cluster.up(cfg, SANDBOX_HOSTS, inventory=inventory, ascend_devices=before.get("ascend_devices", 0),
-                       log=lambda m: print(f"sandbox: {m}"))
+                       log=log)
+        users.mkdir(parents=True, exist_ok=True)
+        me.touch()
         yield cluster_from_status(cluster.status(cfg))
     finally:
-        if owned:
-            cluster.down(cfg, log=lambda m: print(f"sandbox: {m}"))
+        me.unlink(missing_ok=True)
+        with cluster.locked(cfg):
+            last = not users.exists() or not _live_users(users)
+            tear_down = last and owned_flag.exists()
+        if tear_down:
+            cluster.down(cfg, log=log)

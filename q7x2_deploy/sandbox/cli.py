@@ -31,7 +31,10 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    cluster.down(cluster.config_for(args.name, None), log=_log)
+    cfg = cluster.config_for(args.name, None)
+    cluster.down(cfg, log=_log)
+    if args.purge:
+        cluster.purge(cfg, log=_log)
     return 0
 
 
@@ -88,6 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=_up)
 
     d = sub.add_parser("down", help="remove every namespace, link, daemon, rule and file of the sandbox")
+    d.add_argument("--purge", action="store_true",
+                   help="also remove the cached base rootfs (the next `up` rebuilds it, about a minute)")
     d.set_defaults(func=_down)
 
     s = sub.add_parser("status", help="hosts, addresses, sshd, engines, registry")

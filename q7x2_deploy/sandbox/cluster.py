@@ -231,6 +231,20 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
         log(f"sandbox {cfg.name!r} is down")
 
 
+def purge(cfg: SandboxConfig, log: Log = print) -> None:
+    """After `down`: also drop the base rootfs cache, and the sandbox root if nothing else is in it."""
+    require_root()
+    if _other_sandboxes(cfg):
+        log("other sandboxes are up: keeping the shared cache")
+        return
+    shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+    for lock in cfg.root.glob(".*.lock"):
+        lock.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cfg.root.rmdir()
+    log(f"removed the cache under {cfg.root}")
+
+
 # --- status and faults ----------------------------------------------------------------------
 
 def status(cfg: SandboxConfig) -> dict:

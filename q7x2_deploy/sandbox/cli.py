@@ -51,7 +51,7 @@ def _print_status(s: dict) -> None:
     for h in s["hosts"]:
         power = "on" if h["running"] else "off"
         sshd = "-" if h["sshd"] is None else ("up" if h["sshd"] else "down")
-        print(f"  {h['name']:<8} {h['address']:<15} {h['nic']:<5} {power:<5} {'cut' if h['cut'] else 'ok':<6} "
+        print(f"  {h['name']:<8} {h['address']:<15} {h['nic']:<5} {power:<5} {('cut' if h['cut'] else 'ok') if h['cable'] else 'off':<6} "
               f"{sshd:<5} {'up' if h['engine'] else 'down'}")
 
 

@@ -210,11 +210,14 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
                 with contextlib.suppress(OSError):
                     os.rmdir(sub)
         # 5. files outside the state dir
-        for f in {*(st.certs_files if st else []), str(registry.certs_d_file(cfg))}:
+        # Only files the state lists, or that hold our own CA: without a state the subnet (and so
+        # the certs.d path) is unknown, and another sandbox may own the default one.
+        for f in (st.certs_files if st else []):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f)
-        with contextlib.suppress(OSError):
-            registry.certs_d_file(cfg).parent.rmdir()
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(f))
+        registry.sweep_trust(cfg)
         if st is not None and st.inventory and inventory_file.is_ours(Path(st.inventory)):
             os.unlink(st.inventory)
         others = _other_sandboxes(cfg)
@@ -257,6 +260,7 @@ def status(cfg: SandboxConfig) -> dict:
         out_hosts.append({
             "name": h.name, "address": h.address, "nic": h.nic, "netns": h.netns,
             "running": hosts.running(h, hs), "stopped": hs.stopped, "cut": hs.cut,
+            "cable": network.cable_up(h),
             "sshd": hosts.sshd_answers(h.address, timeout=0.5) if not hs.cut else None,
             "engine": hosts.engine_answers(h, timeout=1.0),
             "engine_socket": str(hosts.engine_socket(h)),

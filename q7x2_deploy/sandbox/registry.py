@@ -80,6 +80,21 @@ def install_trust(cfg: SandboxConfig, ca_crt: Path) -> tuple[Path, list[Path]]:
     return target, created
 
 
+def sweep_trust(cfg: SandboxConfig) -> None:
+    """Remove certs.d entries holding this sandbox's CA, whatever address they are under."""
+    ca = cfg.registry_dir / "certs" / "ca.crt"
+    if not ca.exists() or not CERTS_D.is_dir():
+        return
+    mine = ca.read_bytes()
+    for entry in CERTS_D.glob("*/ca.crt"):
+        try:
+            if entry.read_bytes() == mine:
+                entry.unlink()
+                entry.parent.rmdir()
+        except OSError:
+            continue
+
+
 def _config(cfg: SandboxConfig) -> Path:
     d = cfg.registry_dir
     (d / "data").mkdir(parents=True, exist_ok=True)

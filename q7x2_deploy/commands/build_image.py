@@ -67,14 +67,7 @@ def _default_base_image(flavor: str, progress) -> str:  # type: ignore[no-untype
     except ImportError:
         raise DeployError("no --base-image given and no sandbox base image available; "
                           "pass --base-image IMG (a local image with python3 and venv)") from None
-    return str(ensure_base_image(progress=progress) if _accepts_progress(ensure_base_image)
-               else ensure_base_image())
-
-
-def _accepts_progress(fn) -> bool:  # type: ignore[no-untyped-def]
-    import inspect
-
-    return "progress" in inspect.signature(fn).parameters
+    return str(ensure_base_image(log=progress))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from q7x2_deploy.executor.logs import follow_logs, show_logs
 from q7x2_deploy.executor.output import LogSink
@@ -36,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
                 follow_logs(cluster, sink, since=args.since)
             else:
                 show_logs(cluster, sink, since=args.since)
+    except BrokenPipeError:
+        # `logs | head`: the reader has gone; that is not an error. Point stdout at devnull so
+        # the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         sink.close()
     return 0

@@ -26,16 +26,15 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def status_table(job: str, rows: list[HostStatus]) -> Table:
     table = Table(title=f"job {job}")
-    for col in ("host", "rank", "state", "phase", "step", "steps", "iteration", "loss", "ms/iter", "TFLOP/s/dev"):
-        table.add_column(col, justify="right" if col in ("rank", "iteration", "loss", "ms/iter", "TFLOP/s/dev") else "left")
+    for col in ("host", "rank", "state", "step", "iteration", "loss", "ms/it", "TFLOP/s"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("host", "state", "step") else "right")
     for s in rows:
         p = s.progress
         state = s.state if s.exit_code is None else f"{s.state}({s.exit_code})"
         if not s.reachable:
-            state = f"unreachable: {s.error}"
+            state = "unreachable"
         table.add_row(
-            s.host, str(s.rank), state, s.phase, s.step,
-            " ".join(f"{k}={v}" for k, v in s.steps.items()) or "-",
+            s.host, str(s.rank), state, f"{s.phase}/{s.step}" if s.step != "-" else "-",
             f"{p.iteration}/{p.train_iters}" if p else "-",
             _fmt(p.lm_loss if p else None, ".4f"),
             _fmt(p.ms_per_iteration if p else None, ".1f"),
@@ -51,5 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows]}, indent=2))
     else:
-        Console().print(status_table(job, rows))
+        console = Console()
+        console.print(status_table(job, rows))
+        for r in rows:
+            if not r.reachable:
+                console.print(f"  {r.host}: {r.error}", style="red", markup=False)
+        if not any(r.progress for r in rows):
+            console.print("  no training progress yet (Megatron's iteration lines come from the last rank)")
     return 0 if all(r.reachable for r in rows) else 1

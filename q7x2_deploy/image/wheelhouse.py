@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +61,10 @@ def cache_key(spec: WheelhouseSpec, pyproject: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _pip(args: list[str], what: str, progress: Progress) -> None:
+def _pip(args: list[str], what: str, progress: Progress, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
     assert proc.stdout is not None
     tail: list[str] = []
     for line in proc.stdout:
@@ -74,12 +76,25 @@ def _pip(args: list[str], what: str, progress: Progress) -> None:
         raise DeployError(f"{what} failed (pip exited {proc.returncode}): {' | '.join(tail[-3:])}")
 
 
+_SOURCE_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".q7x2", ".pytest_cache",
+    ".hypothesis", "tests", "bench", "*.pyc",
+)
+
+
 def build_project_wheel(dest: Path, progress: Progress) -> Path:
+    """This project's wheel, built from a clean copy of the sources: an in-tree build would
+    leave build/ behind, and a stale build/lib can smuggle deleted modules into the wheel."""
     for old in dest.glob(f"{PROJECT_DIST}-*.whl"):
         old.unlink()
     progress(f"building the q7x2-deploy {__version__} wheel")
-    _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(project_root())],
-         "building q7x2-deploy's wheel", progress)
+    with tempfile.TemporaryDirectory(prefix="q7x2-src-") as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(project_root(), src, ignore=_SOURCE_IGNORE, symlinks=True)
+        # Fixed zip timestamps: unchanged sources give a byte-identical wheel, so the engine's
+        # layer cache (which hashes the build context) makes a rebuild nearly free.
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(src)],
+             "building q7x2-deploy's wheel", progress, env={"SOURCE_DATE_EPOCH": "315532800"})
     wheels = sorted(dest.glob(f"{PROJECT_DIST}-*.whl"))
     if not wheels:
         raise DeployError(f"pip wheel left no {PROJECT_DIST} wheel in {dest}")

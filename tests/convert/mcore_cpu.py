@@ -37,6 +37,13 @@ class _NoopTracker:
         return True
 
 
+def import_megatron() -> None:
+    """Import megatron-core once in the parent so forked workers start fast."""
+    warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+    import megatron.core.models.gpt  # noqa: F401
+    import megatron.core.models.gpt.gpt_layer_specs  # noqa: F401
+
+
 def patch_for_cpu() -> None:
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
@@ -114,10 +121,11 @@ def mcore_logits(rank_file: Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens, positions, attention_mask=mask).float()
 
 
-def tp_worker(rank: int, world: int, port: int, iter_dir: str, tokens: torch.Tensor, out_dir: str) -> None:
+def tp_worker(rank: int, world: int, port: int, iter_dirs: list[str], tokens: list[torch.Tensor], out_dir: str) -> None:
+    """One TP rank: for each checkpoint in turn, load this rank's file and save its logits."""
     patch_for_cpu()
     init_dist(rank, world, port, world)
-    name = f"mp_rank_{rank:02d}/model_optim_rng.pt"
-    logits = mcore_logits(Path(iter_dir) / name, tokens)
-    torch.save(logits, Path(out_dir) / f"logits{rank}.pt")
+    for i, (iter_dir, toks) in enumerate(zip(iter_dirs, tokens)):
+        logits = mcore_logits(Path(iter_dir) / f"mp_rank_{rank:02d}/model_optim_rng.pt", toks)
+        torch.save(logits, Path(out_dir) / f"logits{i}_{rank}.pt")
     torch.distributed.destroy_process_group()

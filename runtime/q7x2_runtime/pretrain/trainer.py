@@ -95,6 +95,7 @@ class Trainer:
 
         torch.manual_seed(self.t.seed)
         start = find_start(self.job)
+        self._agree_on_start(start.iteration if start.resume else 0)
         dims, hf_state = convert_api()[0](start.load_dir, start.iteration)
         _check_dims(dims, self.job.model.d, start.load_dir)
         self.dims = dims
@@ -123,7 +124,7 @@ class Trainer:
                 torch.set_rng_state(state["torch_rng"])
             self.log(f"resumed from checkpoint {start.load_dir} at iteration {self.iteration}")
         else:
-            self.log(f"loaded weights from {start.load_dir} (tp/pp layout of the job), starting at iteration 0")
+            self.log(f"loaded converted weights from {start.load_dir}, starting at iteration 0")
         docs = IndexedDataset(self.job.paths.data_path)
         self.samples = PackedSamples(docs, self.t.seq_length, self.t.train_iters * self.t.global_batch_size, self.t.seed)
         self.log(
@@ -131,6 +132,18 @@ class Trainer:
             f"{self.t.seq_length}+1 tokens over {self.samples.epochs} epoch(s); data-parallel size {self.world}, "
             f"micro batch {self.t.micro_batch_size}, gradient accumulation {self.accum}"
         )
+
+    def _agree_on_start(self, iteration: int) -> None:
+        """Every rank must resume from the same iteration; with per-node storage a node whose
+        save_dir lags (or was wiped) would otherwise train from different weights and data."""
+        both = torch.tensor([iteration, -iteration], dtype=torch.int64)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        lo, hi = -int(both[1]), int(both[0])
+        if lo != hi:
+            raise UserError(
+                f"nodes disagree on the checkpoint to resume from (iterations {lo} to {hi} in "
+                f"{self.job.paths.save_dir}); with storage per-node, make every node's save_dir hold the same checkpoints"
+            )
 
     def _micro_batch(self, consumed: int, micro_step: int) -> torch.Tensor:
         idx = micro_batch_indices(consumed, micro_step, self.rank, self.t.micro_batch_size, self.world)

@@ -1,17 +1,11 @@
-"""Training progress from Megatron's log line (iteration, loss, throughput, step time)."""
+"""Training progress from Megatron's iteration log line, read with the runtime's own parser so
+the deployer and the trainer can never disagree about the format."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
-_ITER = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)")
-_FIELDS = {
-    "lm_loss": re.compile(r"lm loss:\s*([-+0-9.eE]+|nan|inf)", re.I),
-    "tflops_per_device": re.compile(r"throughput per (?:GPU|NPU|device)[^:]*:\s*([-+0-9.eE]+)"),
-    "ms_per_iteration": re.compile(r"elapsed time per iteration \(ms\):\s*([-+0-9.eE]+)"),
-    "learning_rate": re.compile(r"learning rate:\s*([-+0-9.eE]+)"),
-}
+from q7x2_runtime.pretrain.log_parse import parse_line as _parse_record
 
 
 @dataclass(frozen=True)
@@ -28,17 +22,10 @@ class Progress:
 
 
 def parse_line(line: str) -> Progress | None:
-    m = _ITER.search(line)
-    if m is None or "|" not in line:
+    r = _parse_record(line)
+    if r is None:
         return None
-    values: dict[str, float | None] = {}
-    for key, rx in _FIELDS.items():
-        f = rx.search(line)
-        try:
-            values[key] = float(f.group(1)) if f else None
-        except ValueError:
-            values[key] = None
-    return Progress(int(m.group(1)), int(m.group(2)), **values)
+    return Progress(r.iteration, r.train_iters, r.lm_loss, r.throughput_tflops, r.elapsed_ms, r.learning_rate)
 
 
 def last_progress(lines: list[str]) -> Progress | None:
@@ -49,9 +36,5 @@ def last_progress(lines: list[str]) -> Progress | None:
 
 
 def losses(lines: list[str]) -> list[tuple[int, float]]:
-    out = []
-    for line in lines:
-        p = parse_line(line)
-        if p is not None and p.lm_loss is not None:
-            out.append((p.iteration, p.lm_loss))
-    return out
+    """(iteration, loss) for every iteration line that has a loss, in log order."""
+    return [(p.iteration, p.lm_loss) for p in map(parse_line, lines) if p is not None and p.lm_loss is not None]

@@ -67,6 +67,8 @@ class _Tee:
     def feed(self, chunks: Iterator[bytes]) -> None:
         try:
             for chunk in chunks:
+                if len(self.dead) == len(self.queues):
+                    return  # every host failed: stop reading the image
                 for name, q in self.queues.items():
                     if name not in self.dead:
                         self._put(name, q, chunk)

@@ -1,0 +1,90 @@
+"""Pure pieces of the executor: parsing, quoting helpers, the per-job lock, the image tee."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from deploy_fixtures import megatron_line
+from hypothesis import given
+from hypothesis import strategies as st
+
+from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.lock import JobLock
+from q7x2_deploy.executor.logs import split_stamp
+from q7x2_deploy.executor.metrics import last_progress, losses
+from q7x2_deploy.executor.preflight import _df_free_gib, _listening_ports, host_needs
+from q7x2_deploy.image.delivery import _Tee
+from q7x2_deploy.plan import HostPlan
+
+
+def test_progress_from_megatron_lines() -> None:
+    lines = ["noise", megatron_line(1, 10, 3.5), "[default0]: " + megatron_line(2, 10, 3.25), "more noise"]
+    p = last_progress(lines)
+    assert p is not None and (p.iteration, p.train_iters, p.lm_loss) == (2, 10, 3.25)
+    assert p.ms_per_iteration == pytest.approx(123.4) and p.tflops_per_device == pytest.approx(1.5)
+    assert losses(lines) == [(1, 3.5), (2, 3.25)]
+
+
+def test_host_needs_reads_devices_and_mounts_from_the_run_spec() -> None:
+    host = HostPlan(name="a", address="192.0.2.1", node_rank=0, ssh={}, env={},
+                    job_file="/var/lib/q7x2/jobs/j/job.json",
+                    docker_run=["docker", "run", "-d", "--device", "/dev/davinci3", "--device", "/dev/hisi_hdc",
+                                "-v", "/usr/local/Ascend/driver:/usr/local/Ascend/driver:ro", "-v", "/apps:/apps",
+                                "-v", "/var/lib/q7x2/jobs/j:/etc/q7x2:ro", "-e", "A=-v", "img"])
+    needs = host_needs(host)
+    assert needs.devices == ["/dev/davinci3", "/dev/hisi_hdc"]
+    assert needs.mounts == ["/usr/local/Ascend/driver", "/apps"]
+    assert needs.npu_indices == [3]
+
+
+def test_proc_net_tcp_and_df_parsing() -> None:
+    tcp = ("  sl  local_address rem_address   st tx_queue\n"
+           "   0: 00000000:1770 00000000:0000 0A 00000000:00000000\n"
+           "   1: 0100007F:1771 0100007F:9999 01 00000000:00000000\n")
+    assert _listening_ports(tcp) == {6000}
+    df = ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+          "/dev/vda 264000000 25000000 83886080 23% /\n")
+    assert _df_free_gib(df) == {"/": 80.0}
+
+
+def test_docker_timestamps_are_split_off() -> None:
+    ln = split_stamp("2026-11-28T03:37:41.123456789Z hello world")
+    assert (ln.stamp, ln.text) == ("2026-11-28T03:37:41.123456789Z", "hello world")
+    assert split_stamp("no stamp here").stamp == ""
+
+
+def test_second_lock_holder_is_refused(tmp_path: Path) -> None:
+    with JobLock(tmp_path / "up.lock", "j"):
+        with pytest.raises(DeployError, match=r"another `up` for job j is running .*pid \d+"):
+            JobLock(tmp_path / "up.lock", "j").acquire()
+    JobLock(tmp_path / "up.lock", "j").acquire()  # released with the first holder
+
+
+@given(st.lists(st.binary(min_size=1, max_size=64), max_size=50))
+def test_tee_gives_every_consumer_the_whole_stream(chunks: list[bytes]) -> None:
+    tee = _Tee(["a", "b", "c"])
+    got: dict[str, bytes] = {}
+
+    def consume(name: str) -> None:
+        got[name] = b"".join(tee.chunks(name))
+
+    threads = [threading.Thread(target=consume, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    tee.feed(iter(chunks))
+    for t in threads:
+        t.join(5)
+    assert got == {n: b"".join(chunks) for n in ("a", "b", "c")}
+
+
+def test_tee_keeps_feeding_others_when_one_consumer_dies() -> None:
+    tee = _Tee(["ok", "dead"])
+    tee.abandon("dead")
+    out: list[bytes] = []
+    t = threading.Thread(target=lambda: out.extend(tee.chunks("ok")))
+    t.start()
+    tee.feed(iter([b"x"] * 500))  # far more than one queue holds
+    t.join(5)
+    assert b"".join(out) == b"x" * 500

@@ -113,7 +113,9 @@ def sandbox_cluster() -> Iterator[SandboxCluster]:
     from q7x2_deploy.sandbox import cluster
     from q7x2_deploy.sandbox.config import DEFAULT_NAME
 
-    cfg = cluster.config_for(DEFAULT_NAME, None)
+    # Q7X2_SANDBOX_NAME / Q7X2_SANDBOX_SUBNET pick another sandbox than the default one.
+    cfg = cluster.config_for(os.environ.get("Q7X2_SANDBOX_NAME", DEFAULT_NAME),
+                             os.environ.get("Q7X2_SANDBOX_SUBNET") or None)
     # Several test sessions may share the sandbox at once: each registers itself, and the last
     # one out tears down a sandbox that a test session (not a person) brought up.
     users = cfg.state_dir / "test-sessions"

@@ -91,6 +91,10 @@ def test_stop_and_resume_matches_uninterrupted(uninterrupted: dict, prepared: Pr
     # The printed losses (7 significant digits) of iterations 21..30 are those of the uninterrupted run.
     assert resumed == {i: full[i] for i in range(21, ITERS + 1)}
     assert read_latest_iteration(prepared.root / "resumed" / "ckpt") == ITERS
+    # and the final weights are bit-for-bit those of the uninterrupted run
+    _, a = load_mcore_as_hf_state_dict(uninterrupted["ckpt"])
+    _, b = load_mcore_as_hf_state_dict(prepared.root / "resumed" / "ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_single_node_refuses_a_checkpoint_of_another_model(prepared: Prepared) -> None:

@@ -20,10 +20,11 @@ that inserts tokens). Anything else returns a reason and the caller falls back t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from q7x2_runtime.preprocess.bytelevel import byte_to_char, token_bytes
+from q7x2_runtime.preprocess.bytelevel import byte_to_char
 
 # Split regexes whose every alternative is understood by both Oniguruma (HF) and
 # fancy-regex (tiktoken) identically, and which leave no unmatched gaps (tiktoken drops
@@ -143,8 +144,9 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
             raise NotExact(f"byte {b:#04x} has no vocabulary entry")
         ranks[bytes([b])] = vocab[ch]
 
-    # (piece bytes, left bytes, right bytes, rank) per merge, in merge order
-    merged: list[tuple[bytes, bytes, bytes, int]] = []
+    # (piece bytes, left bytes, rank) per merge, in merge order
+    merged: list[tuple[bytes, bytes, int]] = []
+    spelled = _vocab_bytes(vocab)
     last_id = -1
     for m in merges:
         left, right = m.split(" ", 1) if isinstance(m, str) else m
@@ -152,45 +154,65 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
         rid = vocab.get(result)
         if rid is None or left not in vocab or right not in vocab:
             raise NotExact(f"merge {left!r} {right!r} refers to tokens outside the vocabulary")
+        if left not in spelled or right not in spelled:
+            raise NotExact(f"merge {left!r} {right!r} is not byte-level spelled")
         if rid <= last_id:
             raise NotExact("merge results' ids do not increase in merge order")
         last_id = rid
-        lb, rb = token_bytes(left), token_bytes(right)
-        if lb is None or rb is None:
-            raise NotExact("vocabulary is not byte-level spelled")
-        piece = lb + rb
+        lb = spelled[left]
+        piece = lb + spelled[right]
         if piece in ranks:
             raise NotExact(f"two merges produce {result!r}")
         ranks[piece] = rid
-        merged.append((piece, lb, rb, rid))
+        merged.append((piece, lb, rid))
 
     extras = len(vocab) - len(ranks)
     if extras and model.get("ignore_merges"):
         # HF would return such entries for a whole matching word; tiktoken never does.
         raise NotExact("ignore_merges with vocabulary entries no merge produces")
-    for piece, lb, rb, rid in merged:
-        if not _merges_to(piece, lb, rb, rid, ranks):
+    for piece, lb, rid in merged:
+        if not _merges_to(piece, lb, rid, ranks):
             raise NotExact(f"token {rid} is not reached by its own merge under rank order")
     return ranks
 
 
-def _merges_to(piece: bytes, left: bytes, right: bytes, limit: int, ranks: dict[bytes, int]) -> bool:
-    """Does rank-order merging of `piece` with ranks < limit end in exactly [left, right]?"""
-    if len(piece) == 2:
+def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
+    """The bytes of every byte-level spelled vocabulary entry (others, e.g. special tokens
+    kept in the vocabulary, are left out: no merge may use them)."""
+    alphabet = "".join(byte_to_char().values())
+    stray = re.compile(f"[^{re.escape(alphabet)}]")
+    to_latin1 = str.maketrans({c: chr(b) for b, c in byte_to_char().items()})
+    out = {}
+    for tok in vocab:
+        if stray.search(tok):
+            continue
+        out[tok] = tok.translate(to_latin1).encode("latin-1")
+    return out
+
+
+def _merges_to(piece: bytes, left: bytes, limit: int, ranks: dict[bytes, int]) -> bool:
+    """Does rank-order merging of `piece` with ranks < limit end in exactly [left, rest]?
+
+    Called once per vocabulary entry at load time, so it keeps per-pair ranks in a list and
+    lets C (min/index) find the next merge, as tiktoken's own merge loop does.
+    """
+    n = len(piece)
+    if n == 2:
         return True  # two single bytes: nothing else can happen
-    parts = [piece[i : i + 1] for i in range(len(piece))]
-    cut = len(left)
+    get = ranks.get
+    parts = [piece[i : i + 1] for i in range(n)]
+    pair_ranks = [get(piece[i : i + 2], limit) for i in range(n - 1)]
     while len(parts) > 2:
-        best, at = limit, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < best:
-                best, at = r, i
-        if at < 0:
+        best = min(pair_ranks)
+        if best >= limit:
             return False
-        # A merge spanning the boundary between left and right can never be undone.
-        start = sum(len(p) for p in parts[:at])
-        if start < cut < start + len(parts[at]) + len(parts[at + 1]):
-            return False
-        parts[at : at + 2] = [parts[at] + parts[at + 1]]
-    return parts == [left, right]
+        i = pair_ranks.index(best)  # leftmost on ties, like both engines
+        merged = parts[i] + parts[i + 1]
+        parts[i : i + 2] = [merged]
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = get(parts[i - 1] + merged, limit)
+        if i < len(parts) - 1:
+            pair_ranks[i] = get(merged + parts[i + 1], limit)
+    # Merges never split, so a merge across the left|right boundary shows up here.
+    return parts[0] == left

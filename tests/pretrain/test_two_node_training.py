@@ -107,3 +107,16 @@ def test_single_node_refuses_a_checkpoint_of_another_model(prepared: Prepared) -
     [result] = run_nodes(job, [0], timeout=120)
     assert result.returncode != 0
     assert "is not the job's model: ffn_hidden_size 128 (job: 256)" in result.output.splitlines()[-1]
+
+
+def test_data_parallel_and_accumulation_are_one_global_batch(prepared: Prepared, uninterrupted: dict) -> None:
+    """One process accumulating 4 micro batches trains like 2 nodes x 1 process accumulating 2."""
+    job = write_job(prepared, "single", port=free_port(), nnodes=1, train_iters=ITERS, save_interval=ITERS)
+    [result] = run_nodes(job, [0], "--exit-interval", "3", timeout=300)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "gradient accumulation 4" in result.output
+    single = _losses(result.output)
+    full = _losses(uninterrupted["results"][1].output)
+    assert sorted(single) == [1, 2, 3]
+    for i in single:
+        assert single[i] == pytest.approx(full[i], rel=1e-5), (i, single[i], full[i])

@@ -92,7 +92,9 @@ def cluster_from_status(s: dict) -> SandboxCluster:
 
 def healthy(s: dict, count: int) -> bool:
     ok = [h for h in s.get("hosts", []) if h["running"] and h["sshd"] and h["engine"] and not h["cut"]]
-    return bool(s.get("up")) and len(ok) >= count and len(ok) == len(s["hosts"]) and s["registry"]["alive"]
+    sample = bool(s.get("shared")) and (Path(s["shared"]) / "sample" / "model" / "config.json").exists()
+    return (bool(s.get("up")) and len(ok) >= count and len(ok) == len(s["hosts"]) and s["registry"]["alive"]
+            and sample and bool(s.get("inventory")) and Path(s["inventory"]).exists())
 
 
 def _live_users(users: Path) -> list[int]:

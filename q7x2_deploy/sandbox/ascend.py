@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from q7x2_deploy.sandbox.overlay import overlay_dirs
+
 NULL_MAJOR, NULL_MINOR = 1, 3
 # Paths the ascend flavor mounts into its containers; the overlay parents that hold them.
 OVERLAY_TARGETS = ("/usr/local", "/usr/bin", "/var/log")
@@ -37,13 +39,7 @@ echo "link status: UP"
 
 def overlay_uppers(host_dir: Path, count: int) -> list[tuple[str, Path, Path]]:
     """Write the per-host driver files; return (target, upper, work) for each overlay."""
-    base = host_dir / "overlay"
-    out = []
-    for target in OVERLAY_TARGETS:
-        d = base / target.strip("/").replace("/", "_")
-        (d / "upper").mkdir(parents=True, exist_ok=True)
-        (d / "work").mkdir(parents=True, exist_ok=True)
-        out.append((target, d / "upper", d / "work"))
+    out = [overlay_dirs(host_dir, t) for t in OVERLAY_TARGETS]
     local, usrbin, varlog = (u for _, u, _ in out)
     for sub in ("driver/lib64", "driver/tools", "firmware", "add-ons"):
         (local / "Ascend" / sub).mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from q7x2_runtime.errors import UserError
 from q7x2_deploy.sandbox import ascend
 from q7x2_deploy.sandbox.config import HostNames, SandboxConfig
 from q7x2_deploy.sandbox.network import netns_path
+from q7x2_deploy.sandbox.overlay import overlay_dirs
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair
 from q7x2_deploy.sandbox.state import HostState
 from q7x2_deploy.sandbox.sysutil import children, kill_and_wait, pid_alive, pid_matches, pids_in_pidns_of, which
@@ -25,9 +26,11 @@ HOSTINIT = Path(__file__).with_name("hostinit.py")
 # Mountpoints the host binds over; they must exist on the machine (created if absent).
 MOUNTPOINTS = ("/data", "/shared", "/var/lib/docker", "/var/lib/q7x2")
 # Per-host private directories (source under the host's dir -> path on the host). Real hosts
-# do not share /tmp, /root or /var/lib; sharing them here could hide deployer bugs.
-PRIVATE_DIRS = {"docker": "/var/lib/docker", "data": "/data", "tmp": "/tmp", "root": "/root",
-                "var-lib-q7x2": "/var/lib/q7x2"}
+# do not share /tmp or /var/lib; sharing them here could hide deployer bugs.
+PRIVATE_DIRS = {"docker": "/var/lib/docker", "data": "/data", "tmp": "/tmp", "var-lib-q7x2": "/var/lib/q7x2"}
+# Copy-on-write per host: the machine's files show through (tools installed under /root such
+# as a pyenv interpreter keep working), what a host writes stays on that host.
+PRIVATE_OVERLAYS = ("/root",)
 
 
 def engine_socket(h: HostNames) -> Path:
@@ -104,12 +107,12 @@ def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int) -> str:
     for sub in ("run", "etc", "devstage", "log", *PRIVATE_DIRS):
         (h.dir / sub).mkdir(parents=True, exist_ok=True)
     (h.dir / "tmp").chmod(0o1777)
-    (h.dir / "root").chmod(0o700)
     pub = ensure_keypair(h.dir / "ssh_host_ed25519_key", f"root@{h.name}")
     (h.dir / "sshd_config").write_text(_sshd_config(cfg, h), encoding="ascii")
     (h.dir / "daemon.json").write_text(json.dumps(_daemon_json(cfg, h), indent=2) + "\n", encoding="ascii")
     (h.dir / "etc" / "hostname").write_text(h.name + "\n", encoding="ascii")
-    overlays = ascend.overlay_uppers(h.dir, ascend_devices) if ascend_devices > 0 else []
+    overlays = [overlay_dirs(h.dir, t) for t in PRIVATE_OVERLAYS]
+    overlays += ascend.overlay_uppers(h.dir, ascend_devices) if ascend_devices > 0 else []
     init = {
         "hostname": h.name,
         "run_dir": str(h.dir / "run"),

@@ -175,6 +175,9 @@ def torchrun_args(spec: JobSpec, node_rank: int) -> list[str]:
     c = spec.cluster
     return [
         "torchrun",
+        # Static rendezvous waits 600 s by default; the job's connect timeout bounds it so a
+        # missing peer ends the launch instead of hanging it.
+        "--rdzv-conf", f"timeout={c.connect_timeout_s}",
         "--nproc_per_node", str(spec.job.parallelism.npus_per_node),
         "--nnodes", str(c.nnodes),
         "--node_rank", str(node_rank),

@@ -130,8 +130,8 @@ def test_pretrain_command_is_the_reference_launch(plan):
         argv = host.step("pretrain").argv
         assert argv[:8] == ["q7x2-runtime", "run", "--cann-env", "--cwd", "/opt/MindSpeed-LLM", "--log", f"/apps/logs/pretrain_mcore_qwen25-7b_node{host.node_rank}.log", "--"]
         torchrun = argv[8:]
-        assert torchrun[:11] == ["torchrun", "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", str(host.node_rank), "--master_addr", "192.0.2.11", "--master_port", "6000"]
-        assert torchrun[11] == "pretrain_gpt.py" and torchrun[-2:] == ["--distributed-backend", "nccl"]
+        assert torchrun[:13] == ["torchrun", "--rdzv-conf", "timeout=300", "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", str(host.node_rank), "--master_addr", "192.0.2.11", "--master_port", "6000"]
+        assert torchrun[13] == "pretrain_gpt.py" and torchrun[-2:] == ["--distributed-backend", "nccl"]
         for flag, value in {"--seq-length": "4096", "--max-position-embeddings": "4096", "--micro-batch-size": "1", "--global-batch-size": "64", "--padded-vocab-size": "152064", "--rotary-base": "1000000", "--norm-epsilon": "1e-6", "--lr": "1.25e-6", "--min-lr": "1.25e-7", "--num-query-groups": "4"}.items():
             assert _after(torchrun, flag) == value, flag
         assert "--no-shared-storage" not in torchrun

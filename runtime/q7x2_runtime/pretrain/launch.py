@@ -30,16 +30,12 @@ def placed_spec(spec: JobSpec, placement: Placement) -> JobSpec:
     return spec.model_copy(update={"cluster": cluster})
 
 
-def _with_rendezvous_timeout(torchrun_argv: list[str], timeout_s: int) -> list[str]:
-    # Static rendezvous waits 600 s by default; the job's connect timeout bounds it instead.
-    return [torchrun_argv[0], "--rdzv-conf", f"timeout={timeout_s}", *torchrun_argv[1:]]
-
-
 def mindspeed_argv(spec: JobSpec, placement: Placement) -> list[str]:
     from q7x2_runtime.steps import pretrain_torchrun_argv
 
-    argv = pretrain_torchrun_argv(placed_spec(spec, placement), placement.node_rank)
-    return _with_rendezvous_timeout(argv, placement.connect_timeout_s)
+    placed = placed_spec(spec, placement)
+    cluster = placed.cluster.model_copy(update={"connect_timeout_s": placement.connect_timeout_s})
+    return pretrain_torchrun_argv(placed.model_copy(update={"cluster": cluster}), placement.node_rank)
 
 
 def torch_argv(job_file: Path, placement: Placement, *, exit_interval: int | None = None, python: str = sys.executable) -> list[str]:

@@ -180,7 +180,7 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
         if st is not None:
             for hs in st.hosts:
                 hosts.power_off(cfg.host(hs.index), hs)
-        for ns in network.list_netns(prefix):
+        for ns in network.list_netns(cfg):
             path = network.netns_path(ns)
             pids = pids_in_netns(path)
             # Processes of a host's own PID namespace (containers with their own network too);
@@ -195,17 +195,16 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
             if entry.isdigit() and pid_matches(int(entry), marker):
                 kill_and_wait([int(entry)])
         # 3. network: cables, namespaces, bridge, firewall rule
-        for ifname in network.list_links(prefix):
-            if ifname != cfg.bridge:
-                network.run(["ip", "link", "del", ifname], check=False)
-        for ns in network.list_netns(prefix):
+        for ifname in network.list_links(cfg):
+            network.run(["ip", "link", "del", ifname], check=False)
+        for ns in network.list_netns(cfg):
             network.run(["ip", "netns", "del", ns], check=False)
         network.remove_bridge(cfg)
         for rule in (st.iptables_rules if st else []):
             network.remove_iptables(rule)
         network.sweep_iptables(cfg.iptables_comment)
         # 4. cgroups the host engines made for their containers
-        for d in sorted(glob.glob(f"/sys/fs/cgroup/*/{prefix}sbx-*"), reverse=True):
+        for d in sorted(glob.glob(f"/sys/fs/cgroup/*/{prefix}sbx-[0-9]*"), reverse=True):
             for sub, _dirs, _files in sorted(os.walk(d, topdown=False), key=lambda x: -len(x[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(sub)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 
 from q7x2_runtime.errors import UserError
 
@@ -118,9 +119,11 @@ def remove_host_link(h: HostNames) -> None:
         run(["ip", "netns", "del", h.netns], check=False)
 
 
-def list_netns(prefix: str) -> list[str]:
+def list_netns(cfg: SandboxConfig) -> list[str]:
+    """Namespaces of this sandbox's hosts: exactly NAME-sbx-N, never anything else."""
+    pat = re.compile(rf"^{re.escape(cfg.name)}-sbx-[0-9]+$")
     try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+        return sorted(n for n in os.listdir(NETNS_DIR) if pat.match(n))
     except FileNotFoundError:
         return []
 
@@ -130,9 +133,11 @@ def remove_bridge(cfg: SandboxConfig) -> None:
         run(["ip", "link", "del", cfg.bridge], check=False)
 
 
-def list_links(prefix: str) -> list[str]:
+def list_links(cfg: SandboxConfig) -> list[str]:
+    """This sandbox's cable ends in the root namespace: exactly NAME-vN and NAME-pN."""
+    pat = re.compile(rf"^{re.escape(cfg.name)}-[vp][0-9]+$")
     out = run(["ip", "-j", "link", "show"], check=False).stdout
     try:
-        return [l["ifname"] for l in json.loads(out or "[]") if l.get("ifname", "").startswith(prefix)]
+        return [l["ifname"] for l in json.loads(out or "[]") if pat.match(l.get("ifname", ""))]
     except ValueError:
         return []

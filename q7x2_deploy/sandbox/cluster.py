@@ -130,6 +130,8 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
 
         inv = (inventory or Path("inventory.sandbox.yaml")).absolute()
         problem = inventory_file.write(inv, cfg, count, npus_per_node)
+        if st.inventory and st.inventory != str(inv) and inventory_file.is_ours(Path(st.inventory)):
+            os.unlink(st.inventory)  # moved: `down` removes only the one the state names
         st.inventory = str(inv)
         st.save(cfg.state_file)
         log(f"inventory: {inv}")

@@ -130,9 +130,9 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
 
         inv = (inventory or Path("inventory.sandbox.yaml")).absolute()
         problem = inventory_file.write(inv, cfg, count, npus_per_node)
-        if st.inventory and st.inventory != str(inv) and inventory_file.is_ours(Path(st.inventory)):
-            os.unlink(st.inventory)  # moved: `down` removes only the one the state names
         st.inventory = str(inv)
+        if st.inventory not in st.inventories:
+            st.inventories.append(st.inventory)  # `down` removes every one it wrote
         st.save(cfg.state_file)
         log(f"inventory: {inv}")
         if problem:
@@ -219,8 +219,9 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(f))
         registry.sweep_trust(cfg)
-        if st is not None and st.inventory and inventory_file.is_ours(Path(st.inventory)):
-            os.unlink(st.inventory)
+        for inv in {*(st.inventories if st else []), *([st.inventory] if st and st.inventory else [])}:
+            if inventory_file.is_ours(Path(inv)):
+                os.unlink(inv)
         others = _other_sandboxes(cfg)
         for d in sorted(st.created_dirs if st else [], key=len, reverse=True):
             if d.startswith("/etc/") or not others:  # another sandbox may still bind over /data

@@ -31,7 +31,8 @@ class State:
     iptables_rules: list[list[str]] = field(default_factory=list)
     certs_files: list[str] = field(default_factory=list)  # files we wrote outside the state dir
     created_dirs: list[str] = field(default_factory=list)  # dirs we made outside the state dir
-    inventory: str | None = None
+    inventory: str | None = None  # the latest inventory written
+    inventories: list[str] = field(default_factory=list)  # every inventory written
     base_image: str | None = None
 
     @classmethod

@@ -20,7 +20,7 @@ from q7x2_deploy.sandbox.network import netns_path
 from q7x2_deploy.sandbox.overlay import overlay_dirs
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair
 from q7x2_deploy.sandbox.state import HostState
-from q7x2_deploy.sandbox.sysutil import children, kill_and_wait, pid_alive, pid_matches, pids_in_pidns_of, which
+from q7x2_deploy.sandbox.sysutil import children, kill_and_wait, pid_matches, pids_in_pidns_of, which
 
 HOSTINIT = Path(__file__).with_name("hostinit.py")
 # Mountpoints the host binds over; they must exist on the machine (created if absent).

@@ -86,6 +86,30 @@ def test_special_tokens_inside_the_trained_vocabulary(tmp_path):
         assert engine.encode([text]) == [hf(text)["input_ids"]]
 
 
+def test_overlapping_and_non_special_added_tokens(qwen_tokenizer, tmp_path):
+    # HF matches added tokens leftmost-longest on the raw text, special or not.
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import AutoTokenizer
+
+    tok = Tokenizer.from_file(str(qwen_tokenizer / "tokenizer.json"))
+    tok.add_tokens(["<tool_call>", "<tool", "call>", "ab", "数据", "café"])  # normalized=True
+    tok.add_tokens([AddedToken("</tool_call>", normalized=False, special=False)])
+    tok.add_special_tokens(["<|im_end|>x", "<|fim_prefix|>"])
+    path = tmp_path / "added"
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text((qwen_tokenizer / "tokenizer_config.json").read_text())
+    spec = choose_engine(str(path))
+    assert spec.name == FAST, spec.fallback_reason
+    hf, engine = AutoTokenizer.from_pretrained(path), build_engine(spec)
+    texts = HOSTILE + [
+        "<tool_call>x</tool_call> <tool <toolcall> call> about abab 数据数据",
+        "<|im_end|>x<|im_end|>y<|im_end|>xx <|fim_prefix|><|fim_prefix",
+        "cafe\u0301 café CAFÉ caf<|im_end|>é",
+    ]
+    assert engine.encode(texts) == [hf(t)["input_ids"] for t in texts]
+
+
 def _swap_two_merges(data):
     merges = data["model"]["merges"]
     merges[10], merges[11] = merges[11], merges[10]
@@ -126,7 +150,7 @@ def _bos_template(data):
         (_break_reachability, "merge"),
         (lambda d: d["model"].__setitem__("dropout", 0.1), "dropout"),
         (lambda d: d["added_tokens"][2].__setitem__("lstrip", True), "lstrip"),
-        (lambda d: d["added_tokens"][2].__setitem__("normalized", True), "normaliz"),
+        (lambda d: d["added_tokens"][2].__setitem__("single_word", True), "single_word"),
         (_bos_template, "post-processor"),
     ],
 )

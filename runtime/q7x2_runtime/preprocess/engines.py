@@ -74,33 +74,43 @@ class FastBpeEngine:
         self._encode = self._encoding.encode_ordinary
         # HF's own NFC, so normalization follows the same Unicode tables as HF.
         self._nfc = normalizers.NFC().normalize_str if spec.nfc else None
-        self._added = spec.added_tokens
-        # Longest first makes Python's leftmost-first alternation behave like HF's
-        # leftmost-longest added-token matching.
-        ordered = sorted(spec.added_tokens, key=len, reverse=True)
-        self._added_re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def _plain(self, text: str) -> list[int]:
-        if self._nfc is not None and not text.isascii():
-            text = self._nfc(text)
-        return self._encode(text)
+        self._added = {**spec.added_tokens, **spec.normalized_added_tokens}
+        self._raw_re = _alternation(spec.added_tokens)
+        self._normalized_re = _alternation(spec.normalized_added_tokens)
 
     def encode_one(self, text: str) -> list[int]:
-        if self._added_re is None or not self._added_re.search(text):
-            return self._plain(text)
+        """HF's order: split raw added tokens, normalize each piece, split normalized added
+        tokens, then BPE what remains."""
+        return self._split(text, self._raw_re, self._normalized_piece)
+
+    def _normalized_piece(self, text: str) -> list[int]:
+        if self._nfc is not None and not text.isascii():
+            text = self._nfc(text)
+        return self._split(text, self._normalized_re, self._encode)
+
+    def _split(self, text: str, added_re: re.Pattern | None, inner) -> list[int]:
+        if added_re is None or not added_re.search(text):
+            return inner(text)
         ids: list[int] = []
         pos = 0
-        for m in self._added_re.finditer(text):
+        for m in added_re.finditer(text):
             if m.start() > pos:
-                ids += self._plain(text[pos : m.start()])
+                ids += inner(text[pos : m.start()])
             ids.append(self._added[m.group()])
             pos = m.end()
         if pos < len(text):
-            ids += self._plain(text[pos:])
+            ids += inner(text[pos:])
         return ids
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [self.encode_one(t) for t in texts]
+
+
+def _alternation(tokens: dict[str, int]) -> re.Pattern | None:
+    # Longest first makes Python's leftmost-first alternation behave like HF's
+    # leftmost-longest added-token matching.
+    ordered = sorted(tokens, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
 class HfEngine:

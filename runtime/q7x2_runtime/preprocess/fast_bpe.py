@@ -53,7 +53,8 @@ class FastBpeSpec:
     pattern_name: str
     nfc: bool
     ranks: dict[bytes, int] = field(repr=False)
-    added_tokens: dict[str, int] = field(repr=False)  # split out of raw text, as HF does
+    added_tokens: dict[str, int] = field(repr=False)  # split out of the raw text first
+    normalized_added_tokens: dict[str, int] = field(repr=False)  # then out of normalized pieces
 
 
 def fast_bpe_spec(tokenizer_json: dict[str, Any]) -> FastBpeSpec:
@@ -61,9 +62,16 @@ def fast_bpe_spec(tokenizer_json: dict[str, Any]) -> FastBpeSpec:
     nfc = _check_normalizer(tokenizer_json.get("normalizer"))
     pattern = _check_pre_tokenizer(tokenizer_json.get("pre_tokenizer"))
     _check_post_processor(tokenizer_json.get("post_processor"))
-    added = _check_added_tokens(tokenizer_json.get("added_tokens") or [])
+    raw, normalized = _check_added_tokens(tokenizer_json.get("added_tokens") or [], nfc)
     ranks = _check_model(tokenizer_json.get("model") or {})
-    return FastBpeSpec(pattern=pattern, pattern_name=KNOWN_PATTERNS[pattern], nfc=nfc, ranks=ranks, added_tokens=added)
+    return FastBpeSpec(
+        pattern=pattern,
+        pattern_name=KNOWN_PATTERNS[pattern],
+        nfc=nfc,
+        ranks=ranks,
+        added_tokens=raw,
+        normalized_added_tokens=normalized,
+    )
 
 
 def _check_normalizer(norm: dict[str, Any] | None) -> bool:
@@ -113,17 +121,28 @@ def _check_post_processor(post: dict[str, Any] | None) -> None:
             raise NotExact(f"post-processor {step.get('type')} may add tokens")
 
 
-def _check_added_tokens(added: list[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _check_added_tokens(added: list[dict[str, Any]], nfc: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """(raw, normalized) added tokens. HF first splits tokens with normalized=false out of the
+    raw text, then normalizes the remaining pieces and splits out the normalized=true ones
+    (whose own text it normalizes the same way)."""
+    raw: dict[str, int] = {}
+    normalized: dict[str, int] = {}
+    nfc_str = None
+    if nfc:
+        from tokenizers import normalizers
+
+        nfc_str = normalizers.NFC().normalize_str
     for tok in added:
+        content = tok.get("content")
         if tok.get("single_word") or tok.get("lstrip") or tok.get("rstrip"):
-            raise NotExact(f"added token {tok.get('content')!r} uses single_word/lstrip/rstrip matching")
-        if tok.get("normalized"):
-            raise NotExact(f"added token {tok.get('content')!r} is matched after normalization")
-        if not tok.get("content"):
+            raise NotExact(f"added token {content!r} uses single_word/lstrip/rstrip matching")
+        if not content:
             raise NotExact("empty added token")
-        out[tok["content"]] = int(tok["id"])
-    return out
+        if tok.get("normalized"):
+            normalized[nfc_str(content) if nfc_str else content] = int(tok["id"])
+        else:
+            raw[content] = int(tok["id"])
+    return raw, normalized
 
 
 def _check_model(model: dict[str, Any]) -> dict[bytes, int]:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
+from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
 from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
 
@@ -51,7 +49,15 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
     keys = list(dict.fromkeys(opts.json_keys))
     if opts.workers < 1:
         raise UserError("--workers must be at least 1")
+    start = time.perf_counter()
     sources = discover(opts.input, keys)
+    with WorkerPool(opts.workers) as pool:
+        return _run(opts, keys, sources, pool, start)
+
+
+def _run(
+    opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
+) -> PreprocessResult:
     spec = choose_engine(opts.tokenizer, force={"auto": None, "fast": "tiktoken-bpe", "hf": "hf-tokenizers"}[opts.engine])
     eod = None
     if opts.append_eod:
@@ -68,7 +74,7 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
     rows = 0
     try:
         with OutputSet(opts.output_prefix, keys) as out:
-            for batch, encoded in _ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod, opts.workers):
+            for batch, encoded in pool.ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod):
                 docs = tokens = 0
                 for key, col in encoded.items():
                     out.writers[key].add_documents(col.ids, col.lengths)
@@ -80,7 +86,8 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
                     tokens += int(col.ids.size)
                 rows += len(batch)
                 progress.advance(len(batch), docs, tokens)
-            seconds = progress.close()
+            progress.close()
+            seconds = time.perf_counter() - start
             if all(c["documents"] == 0 for c in counts.values()):
                 raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
             manifest = _manifest(opts, keys, spec, eod, sources, hashing.result(), counts, rows, seconds)
@@ -95,31 +102,6 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
 def _all_batches(sources: list[SourceFile], keys: list[str], batch_rows: int) -> Iterator[Batch]:
     for source in sources:
         yield from iter_batches(source, keys, batch_rows)
-
-
-def _ordered(batches: Iterator[Batch], spec: EngineSpec, eod: int | None, workers: int):
-    """(batch, encoded) in input order, with at most a few batches in flight (bounded memory)."""
-    if workers == 1:
-        worker.init(spec, eod, pool_worker=False)
-        for batch in batches:
-            yield batch, worker.encode_columns(batch.columns)
-        return
-    # spawn: workers must not inherit the parent's tokenizer thread pools or locks.
-    pool = mp.get_context("spawn").Pool(workers, initializer=worker.init, initargs=(spec, eod))
-    try:
-        window: deque = deque()
-        for batch in batches:
-            window.append((batch, pool.apply_async(worker.encode_columns, (batch.columns,))))
-            if len(window) >= 2 * workers + 2:
-                done, result = window.popleft()
-                yield done, result.get()
-        while window:
-            done, result = window.popleft()
-            yield done, result.get()
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
 
 
 class _SourceHasher:

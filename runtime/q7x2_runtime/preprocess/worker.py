@@ -7,6 +7,7 @@ byte-identical for any --workers.
 from __future__ import annotations
 
 import os
+import pickle
 from array import array
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from q7x2_runtime.preprocess.engines import Engine, EngineSpec, build_engine
 
 _engine: Engine | None = None
 _eod: int | None = None
+_spec_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,33 @@ class EncodedColumn:
     skipped_empty: int  # empty or null rows: MindSpeed writes no document for them
 
 
+def warm_up() -> None:
+    """Pool initializer: import the engines while the parent is still choosing one."""
+    # Parallelism comes from the worker processes; HF's own thread pool would
+    # oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    import tiktoken  # noqa: F401
+    import tokenizers  # noqa: F401
+
+
 def init(spec: EngineSpec, eod: int | None, *, pool_worker: bool = True) -> None:
     global _engine, _eod
     if pool_worker:
-        # Parallelism comes from the worker processes; HF's own thread pool would
-        # oversubscribe the cores.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        os.environ["RAYON_NUM_THREADS"] = "1"
+        warm_up()
     _engine = build_engine(spec)
     _eod = eod
+
+
+def encode_with(spec_path: str, columns: dict[str, list[str | None]]) -> dict[str, EncodedColumn]:
+    """Pool task: load the engine spec the parent wrote (once per worker), then encode."""
+    global _spec_path
+    if _spec_path != spec_path:
+        with open(spec_path, "rb") as f:
+            spec, eod = pickle.load(f)
+        init(spec, eod)
+        _spec_path = spec_path
+    return encode_columns(columns)
 
 
 def encode_columns(columns: dict[str, list[str | None]]) -> dict[str, EncodedColumn]:

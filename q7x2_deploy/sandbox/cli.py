@@ -3,6 +3,7 @@
     q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH]
     q7x2-deploy sandbox status [--json]
     q7x2-deploy sandbox cut|heal|stop|start HOST
+    q7x2-deploy sandbox ssh HOST [COMMAND...]
     q7x2-deploy sandbox down
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from q7x2_runtime.errors import UserError
 
 from q7x2_deploy.sandbox import cluster
 from q7x2_deploy.sandbox.config import DEFAULT_NAME
@@ -72,6 +76,19 @@ def _fault(fn):
     return run
 
 
+def _ssh(args: argparse.Namespace) -> int:
+    """Log in the way the deployer does: the sandbox key and strict host key checking."""
+    cfg = cluster.config_for(args.name, None)
+    s = cluster.status(cfg)
+    if not s["up"]:
+        raise UserError(f"sandbox {args.name!r} is not up: run `q7x2-deploy sandbox up N` first")
+    h = cfg.host_by_name(args.host, len(s["hosts"]))
+    argv = ["ssh", "-i", s["identity"], "-o", f"UserKnownHostsFile={s['known_hosts']}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"root@{h.address}", *args.remote_command]
+    os.execvp("ssh", argv)
+    return 0  # not reached
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sandbox", help="a real multi-host cluster on this machine (root)",
                               description=__doc__.splitlines()[0])
@@ -106,3 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f = sub.add_parser(name, help=text)
         f.add_argument("host", help="host name (sbx-1, ...) or address")
         f.set_defaults(func=_fault(fn))
+
+    x = sub.add_parser("ssh", help="log in to HOST (or run COMMAND there) with the sandbox key")
+    x.add_argument("host", help="host name (sbx-1, ...) or address")
+    x.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="COMMAND",
+                   help="command to run instead of a shell")
+    x.set_defaults(func=_ssh)

@@ -72,6 +72,8 @@ def test_cli_registers_sandbox_subcommands():
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sandbox", "up", "2", "--ascend-devices", "16"])
     assert args.hosts == 2 and args.ascend_devices == 16 and callable(args.func)
+    args = parser.parse_args(["sandbox", "ssh", "sbx-1", "docker", "ps", "-a"])
+    assert args.remote_command == ["docker", "ps", "-a"] and args.command == "sandbox"
     for sub in (["down"], ["status", "--json"], ["cut", "sbx-1"], ["heal", "sbx-1"], ["stop", "sbx-2"], ["start", "sbx-2"]):
         assert callable(parser.parse_args(["sandbox", *sub]).func)
 

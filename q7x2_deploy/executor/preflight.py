@@ -22,10 +22,40 @@ CHECK_NAMES = ("ssh", "engine", "image", "devices", "npu", "links", "port", "dis
 MIN_FREE_GIB = 2.0  # below this, image delivery or a checkpoint save will fail
 WARN_FREE_GIB = 20.0
 
-_PROBE_SCRIPT = (
-    'for p in "$@"; do [ -e "$p" ] || echo "missing $p"; done; '
-    "for t in npu-smi hccn_tool; do command -v $t >/dev/null 2>&1 && echo \"tool $t\"; done; true"
-)
+# One round trip per host gathers everything but the NPU tools: the engine, the image, which
+# paths exist, which tools are installed, listening ports and free space. Everything from the
+# inventory arrives as positional parameters ($1 the image, then the paths), never as text.
+_PROBE_SCRIPT = r"""
+img=$1; shift
+echo "@engine"; info=$(docker info --format '{{.ServerVersion}} {{.DockerRootDir}}' 2>&1); rc=$?
+echo "$info"; echo "@rc $rc"
+root=""; [ "$rc" = 0 ] && root=${info#* }
+echo "@image"; docker image inspect --format '{{.Id}}' "$img" 2>&1; echo "@rc $?"
+echo "@paths"; for p in "$@"; do [ -e "$p" ] || echo "$p"; done
+echo "@tools"; for t in npu-smi hccn_tool; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
+echo "@tcp"; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
+echo "@df"; echo "Filesystem 1024-blocks Used Available Capacity Mounted-on"
+for p in "$@" ${root:+"$root"}; do [ -d "$p" ] && df -Pk "$p" 2>/dev/null | tail -n +2; done
+echo "@end"
+"""
+
+
+def parse_probe(output: str) -> dict[str, list[str]]:
+    """Sections of the probe's output by name; a section's `@rc N` line is kept as its last line."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith("@") and not line.startswith("@rc "):
+            current = sections.setdefault(line[1:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+def _rc(lines: list[str]) -> tuple[int, list[str]]:
+    if lines and lines[-1].startswith("@rc "):
+        return int(lines[-1][4:]), lines[:-1]
+    return 1, lines
 
 
 @dataclass(frozen=True)
@@ -105,35 +135,36 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     plan = cluster.plan
     t: Transport = cluster.transport(host)
     report = HostReport(host.name, host.node_rank)
+    needs = host_needs(host)
     try:
-        t.ping(timeout=20)
+        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, *needs.devices, *needs.mounts],
+                      timeout=60)
     except DeployError as e:
         report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
         return report
     report.add("ssh", "ok", f"{host.ssh.get('user', 'root')}@{host.address}")
+    sec = parse_probe(probe.stdout)
 
-    info = t.run(["docker", "info", "--format", "{{.ServerVersion}} {{.DockerRootDir}}"], timeout=60)
-    if not info.ok or not info.stdout.strip():
-        report.add("engine", "fail", f"docker engine not reachable: {info.last_lines(1) or 'no answer'}")
+    rc, engine = _rc(sec.get("engine", []))
+    if rc != 0 or not engine:
+        report.add("engine", "fail", f"docker engine not reachable: {(engine or ['no answer'])[-1]}")
         return report
-    version, _, docker_root = info.stdout.strip().partition(" ")
+    version, _, _root = engine[0].partition(" ")
     report.add("engine", "ok", f"docker {version}")
 
-    img = t.run(["docker", "image", "inspect", "--format", "{{.Id}}", plan.image_ref], timeout=60)
-    if img.ok:
-        report.add("image", "ok", img.stdout.strip())
+    rc, image = _rc(sec.get("image", []))
+    if rc == 0 and image:
+        report.add("image", "ok", image[0].strip())
     else:
         report.add("image", "warn", f"{plan.image_ref} not present; `up` delivers it")
 
-    needs = host_needs(host)
-    probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", *needs.devices, *needs.mounts], timeout=60)
-    missing = [ln.removeprefix("missing ") for ln in probe.stdout.splitlines() if ln.startswith("missing ")]
-    tools = {ln.removeprefix("tool ") for ln in probe.stdout.splitlines() if ln.startswith("tool ")}
+    missing = sec.get("paths", [])
     if missing:
         report.add("devices", "fail", "missing on host: " + ", ".join(missing))
     else:
         report.add("devices", "ok", f"{len(needs.devices)} devices, {len(needs.mounts)} mounts")
 
+    tools = set(sec.get("tools", []))
     if "npu-smi" in tools:
         smi = t.run(["npu-smi", "info"], timeout=120)
         report.add("npu", "ok" if smi.ok else "fail",
@@ -153,19 +184,16 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
         report.add("links", "skip", "hccn_tool not installed" if "hccn_tool" not in tools else "no NPUs")
 
     if host.name == cluster.master.name and check_port:
-        tcp = t.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], timeout=30)
-        if plan.master_port in _listening_ports(tcp.stdout):
+        if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):
             report.add("port", "fail", f"master port {plan.master_port} already in use")
         else:
             report.add("port", "ok", f"{plan.master_port} free")
     else:
         report.add("port", "skip", "not the master")
 
-    df_paths = [p for p in needs.mounts if p not in missing] + ([docker_root] if docker_root else [])
-    df = t.run(["df", "-Pk", *df_paths], timeout=60)
-    free = _df_free_gib(df.stdout)
+    free = _df_free_gib("\n".join(sec.get("df", [])))
     if not free:
-        report.add("disk", "warn", f"df gave nothing: {df.last_lines(1)}")
+        report.add("disk", "warn", "df reported nothing for the job's mounts or the engine's data root")
     else:
         where, gib = min(free.items(), key=lambda kv: kv[1])
         level: Level = "fail" if gib < MIN_FREE_GIB else "warn" if gib < WARN_FREE_GIB else "ok"

@@ -325,6 +325,7 @@ def start(cfg: SandboxConfig, name: str, log: Log = print) -> None:
     _preflight()
     with locked(cfg):
         st, h, hs = _host(cfg, name)
+        hosts.prepare(cfg, h, st.ascend_devices)  # same keys and disks; host files as this version writes them
         hosts.start(cfg, h, hs)
         st.save(cfg.state_file)
         if not hs.cut:

@@ -87,6 +87,9 @@ def main() -> int:
     for sub in ("sshd", "lock"):
         os.makedirs(f"/run/{sub}", exist_ok=True)
     for src, dst in cfg["binds"]:
+        if not os.path.exists(dst):  # e.g. no /etc/hostname: never create files on the machine
+            print(f"hostinit: {dst} does not exist; not binding {src}", file=sys.stderr)
+            continue
         sh("mount", "--bind", src, dst)
     for target, upper, work in cfg["overlays"]:
         sh("mount", "-t", "overlay", "q7x2ovl", "-o", f"lowerdir={target},upperdir={upper},workdir={work}", target)

@@ -186,7 +186,9 @@ class IndexedDataset:
         start = int(self.sequence_pointers[idx]) + offset * self.dtype.itemsize
         return np.frombuffer(self._bin, self.dtype, length, start)
 
-    def __getitem__(self, idx: int) -> np.ndarray:
+    def __getitem__(self, idx: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(idx, slice):
+            return [self.get(i) for i in range(*idx.indices(len(self)))]
         if not -len(self) <= idx < len(self):
             raise IndexError(f"sequence {idx} out of range for {len(self)} sequences")
         return self.get(idx % len(self))

@@ -56,6 +56,7 @@ def test_megatron_core_reads_what_we_write(tmp_path):
     for i, d in enumerate(docs):
         assert theirs[i].tolist() == d == ours[i].tolist()
     assert ours.get(3, 1, 2).tolist() == docs[3][1:3]
+    assert [s.tolist() for s in ours[1:3]] == docs[1:3] and ours[-1].tolist() == docs[-1]
 
 
 def test_multi_sequence_documents(tmp_path):

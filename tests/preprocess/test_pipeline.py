@@ -55,7 +55,7 @@ def test_parquet_to_megatron_with_eod(alpaca_parquet, qwen_tokenizer, hf_tokeniz
     assert m["outputs"]["text"]["documents"] == sum(1 for t in texts if t)
     assert m["outputs"]["text"]["skipped_empty"] == sum(1 for t in texts if not t)
     assert m["outputs"]["text"]["tokens"] == sum(map(len, expected(hf_tokenizer, texts, eod)))
-    assert m["tokenizer"]["engine"] == "tiktoken-bpe" and len(m["tokenizer"]["sha256"]) == 64
+    assert m["tokenizer"]["engine"] == "tiktoken-bpe" and len(m["tokenizer"]["tokenizer_json_sha256"]) == 64
     assert m["sources"][0]["sha256"] and m["append_eod"] and m["eod_token_id"] == eod
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "alpaca_manifest.json", "alpaca_text_document.bin", "alpaca_text_document.idx"

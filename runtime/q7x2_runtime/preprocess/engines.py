@@ -56,7 +56,8 @@ class EngineSpec:
     fallback_reason: str | None
     eos_token_id: int | None
     vocab_size: int
-    tokenizer_sha256: str
+    tokenizer_sha256: str  # all files that decide the ids
+    tokenizer_json_sha256: str | None
 
 
 class FastBpeEngine:
@@ -155,6 +156,10 @@ def tokenizer_identity(tokenizer_dir: str) -> str:
     return h.hexdigest()
 
 
+def _file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec:
     """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts."""
     if not Path(tokenizer_dir).is_dir():
@@ -165,6 +170,7 @@ def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec
         eos_token_id=tok.eos_token_id,
         vocab_size=len(tok),
         tokenizer_sha256=tokenizer_identity(tokenizer_dir),
+        tokenizer_json_sha256=_file_sha256(Path(tokenizer_dir) / "tokenizer.json"),
     )
     fast, reason = _fast_spec(tok)
     if force == HF:

@@ -163,8 +163,8 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
             raise NotExact(f"byte {b:#04x} has no vocabulary entry")
         ranks[bytes([b])] = vocab[ch]
 
-    # (piece bytes, left bytes, rank) per merge, in merge order
-    merged: list[tuple[bytes, bytes, int]] = []
+    # (piece, left, right, rank) per merge, in merge order
+    merged: list[tuple[bytes, bytes, bytes, int]] = []
     spelled = _vocab_bytes(vocab)
     last_id = -1
     for m in merges:
@@ -178,20 +178,18 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
         if rid <= last_id:
             raise NotExact("merge results' ids do not increase in merge order")
         last_id = rid
-        lb = spelled[left]
-        piece = lb + spelled[right]
+        lb, rb = spelled[left], spelled[right]
+        piece = lb + rb
         if piece in ranks:
             raise NotExact(f"two merges produce {result!r}")
         ranks[piece] = rid
-        merged.append((piece, lb, rid))
+        merged.append((piece, lb, rb, rid))
 
     extras = len(vocab) - len(ranks)
     if extras and model.get("ignore_merges"):
         # HF would return such entries for a whole matching word; tiktoken never does.
         raise NotExact("ignore_merges with vocabulary entries no merge produces")
-    for piece, lb, rid in merged:
-        if not _merges_to(piece, lb, rid, ranks):
-            raise NotExact(f"token {rid} is not reached by its own merge under rank order")
+    _check_merge_order(merged, ranks)
     return ranks
 
 
@@ -207,6 +205,17 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
             continue
         out[tok] = tok.translate(to_latin1).encode("latin-1")
     return out
+
+
+def _check_merge_order(merged: list[tuple[bytes, bytes, bytes, int]], ranks: dict[bytes, int]) -> None:
+    """Condition (2) of the module docstring for every merge (about 1-2 s for 150k merges).
+
+    A cheaper sufficient test (no pair of a's trailing and b's leading parts ranks below t)
+    was tried: a third of real merges fail it without ever crossing, so simulating is faster.
+    """
+    for piece, left, _right, rid in merged:
+        if not _merges_to(piece, left, rid, ranks):
+            raise NotExact(f"token {rid} is not reached by its own merge under rank order")
 
 
 def _merges_to(piece: bytes, left: bytes, limit: int, ranks: dict[bytes, int]) -> bool:

@@ -154,7 +154,8 @@ def _manifest(
         },
         "tokenizer": {
             "path": str(opts.tokenizer),
-            "sha256": spec.tokenizer_sha256,
+            "tokenizer_json_sha256": spec.tokenizer_json_sha256,
+            "files_sha256": spec.tokenizer_sha256,
             "engine": spec.name,
             "fallback_reason": spec.fallback_reason,
             "fast_pattern": spec.fast.pattern_name if spec.fast else None,

@@ -143,11 +143,20 @@ def iter_batches(source: SourceFile, keys: list[str], batch_rows: int) -> Iterat
         raise UserError(f"cannot read {source.path} (near row {row + 1}): {_one_line(e)}") from None
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_null(t)
+        or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+    )
+
+
 def _column_lists(table: pa.RecordBatch | pa.Table, keys: list[str]) -> dict[str, list[str | None]]:
     out = {}
     for k in keys:
         col = table.column(k)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+        if not _is_text(col.type):
             raise UserError(f"column {k!r} holds {col.type}, not text")
         out[k] = col.to_pylist()
     return out

@@ -128,7 +128,10 @@ def _client(docker_client_or_socket: "docker.DockerClient | str | None") -> tupl
     url = docker_client_or_socket or "unix:///var/run/docker.sock"
     if url.startswith("/"):
         url = f"unix://{url}"
-    return docker.DockerClient(base_url=url, timeout=600), True
+    try:
+        return docker.DockerClient(base_url=url, timeout=600), True
+    except docker.errors.DockerException:
+        raise UserError(f"no Docker engine answers on {url}; run scripts/install-host-deps.sh (as root)") from None
 
 
 def ensure_base_image(docker_client_or_socket: "docker.DockerClient | str | None" = None, *,
@@ -145,7 +148,7 @@ def ensure_base_image(docker_client_or_socket: "docker.DockerClient | str | None
         except ImageNotFound:
             pass
         except docker.errors.DockerException as e:
-            raise UserError(f"no Docker engine answers ({e.__class__.__name__}); run scripts/install-host-deps.sh") from None
+            raise UserError(f"the Docker engine failed ({e.__class__.__name__}); run scripts/install-host-deps.sh") from None
         tarball = rootfs_tarball(cache)
         if not tarball.exists():
             build_rootfs(tarball, log=log)

@@ -113,15 +113,15 @@ def test_not_enough_space_up_front(hf: Path, tmp_path: Path, capsys, monkeypatch
 def test_interrupted_run_leaves_nothing_complete(hf: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from q7x2_runtime.convert import to_mcore
 
-    real, calls = to_mcore.write_rank, [0]
+    real, calls = to_mcore.assemble_parts, [0]
 
     def flaky(*a, **k):
         calls[0] += 1
-        if calls[0] == 2:
+        if calls[0] == 20:  # part-way through the first stage's files
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(to_mcore, "write_rank", flaky)
+    monkeypatch.setattr(to_mcore, "assemble_parts", flaky)
     capsys.readouterr()
     assert main(["convert", "-i", str(hf), "-o", str(tmp_path / "mg"), "--tp", "2"]) == 130
     assert_nothing_written(tmp_path, tmp_path / "mg")

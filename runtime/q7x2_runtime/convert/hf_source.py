@@ -2,12 +2,17 @@
 
 The shard of each tensor comes from model.safetensors.index.json's weight_map (or the single
 model.safetensors); nothing assumes which layer lives in which shard. Every shard's header and
-every expected tensor's shape are checked before any output is written.
+every expected tensor's shape are checked before any output is written. Only the tensors
+being converted at the moment are in memory.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
+import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +56,36 @@ def dims_of(hf_dir: Path) -> ModelDims:
         raise UserError(f"{hf_dir / 'config.json'}: {e}") from None
 
 
+_TORCH_DTYPE = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the whole range up front, not page by page
+
+
 class HFCheckpoint:
-    """Reads pieces of HF tensors. Use as a context manager so shard handles are closed."""
+    """Reads pieces of HF tensors. Use as a context manager so shard files are closed.
+
+    Each shard is opened once with safetensors' safe_open, which validates its header and
+    length (a truncated or corrupt shard fails here, before any output exists). Tensor bytes
+    are then mapped tensor by tensor at the offsets the header gives, and written out from
+    that mapping with no copy in between. Reading through safe_open's handle instead would
+    keep every page read mapped into this process until the handle closes (about the size of
+    the model for a whole conversion) and copies each tensor out of its map first.
+
+    A full HF tensor is read once and kept until release(), so the TP ranks' pieces of it
+    all come from one read.
+    """
 
     def __init__(self, hf_dir: Path, dims: ModelDims | None = None) -> None:
         self.dir = hf_dir
         self.dims = dims or dims_of(hf_dir)
         self.weight_map = self._weight_map()
-        self._handles: dict[str, Any] = {}
-        self._slices: dict[str, Any] = {}
-        self._check()
+        self._fds: dict[str, int] = {}
+        self._entries: dict[str, tuple[str, torch.dtype, tuple[int, ...], int, int]] = {}
+        self._cache: dict[str, torch.Tensor] = {}
+        try:
+            self._check()
+        except BaseException:
+            self.close()
+            raise
 
     def _weight_map(self) -> dict[str, str]:
         index = self.dir / INDEX
@@ -74,11 +99,11 @@ class HFCheckpoint:
                 raise UserError(f"{index}: weight_map is not an object")
             return weight_map
         if (self.dir / SINGLE).exists():
-            with self._open_shard(SINGLE) as f:
+            with self._validated(SINGLE) as f:
                 return {k: SINGLE for k in f.keys()}
         raise UserError(f"{self.dir}: neither {INDEX} nor {SINGLE}; not a safetensors HF checkpoint")
 
-    def _open_shard(self, shard: str) -> Any:
+    def _validated(self, shard: str) -> Any:
         path = self.dir / shard
         if not path.exists():
             raise UserError(f"{path}: shard listed in the index is missing")
@@ -87,16 +112,23 @@ class HFCheckpoint:
         except Exception as e:  # safetensors raises its own error types for bad headers and truncation
             raise UserError(f"{path}: corrupt or truncated safetensors shard ({str(e).splitlines()[0][:160]})") from None
 
-    def _slice(self, name: str) -> Any:
-        if name not in self._slices:
-            shard = self.weight_map[name]
-            if shard not in self._handles:
-                self._handles[shard] = self._open_shard(shard).__enter__()
-            try:
-                self._slices[name] = self._handles[shard].get_slice(name)
-            except Exception:
-                raise UserError(f"{self.dir / shard}: lacks tensor {name} that the index puts there") from None
-        return self._slices[name]
+    def _index_shard(self, shard: str) -> None:
+        """Validate a shard with safe_open, then record where each tensor's bytes are."""
+        path = self.dir / shard
+        with self._validated(shard) as f:
+            names = set(f.keys())
+        fd = os.open(path, os.O_RDONLY)
+        self._fds[shard] = fd
+        (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        header = json.loads(os.pread(fd, n, 8))
+        for name, meta in header.items():
+            if name == "__metadata__" or name not in names:
+                continue
+            begin, end = meta["data_offsets"]
+            dtype = _TORCH_DTYPE.get(meta["dtype"])
+            if dtype is None:
+                raise UserError(f"{path}: {name} has dtype {meta['dtype']}; expected a float checkpoint")
+            self._entries[name] = (shard, dtype, tuple(meta["shape"]), 8 + n + begin, end - begin)
 
     def _check(self) -> None:
         expected = hf_shapes(self.dims)
@@ -108,33 +140,48 @@ class HFCheckpoint:
                 + "; it does not match its config.json (num_hidden_layers, tie_word_embeddings?)"
             )
         for shard in sorted(set(self.weight_map[n] for n in expected)):
-            self._handles[shard] = self._open_shard(shard).__enter__()
+            self._index_shard(shard)
         for name, shape in expected.items():
-            got = tuple(self._slice(name).get_shape())
+            if name not in self._entries:
+                raise UserError(f"{self.dir / self.weight_map[name]}: lacks tensor {name} that the index puts there")
+            got = self._entries[name][2]
             if got != shape:
                 raise UserError(f"{self.dir}: {name} has shape {list(got)} but config.json implies {list(shape)}")
-            dtype = self._slice(name).get_dtype()
-            if dtype not in ("BF16", "F16", "F32"):
-                raise UserError(f"{self.dir}: {name} has dtype {dtype}; expected a float checkpoint")
-        self._slices.clear()  # slice handles are cheap to re-create; don't keep one per tensor
+
+    def _full(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            shard, dtype, shape, offset, size = self._entries[name]
+            if size == 0:
+                return torch.empty(shape, dtype=dtype)
+            # A read-only shared map of just this tensor, prefaulted in one go. The tensor's
+            # storage keeps the map alive; when the last view is written and dropped, the map
+            # is unmapped, so resident memory stays at the tensors in flight.
+            skew = offset % mmap.ALLOCATIONGRANULARITY
+            try:
+                m = mmap.mmap(self._fds[shard], size + skew, flags=mmap.MAP_SHARED | _POPULATE,
+                              prot=mmap.PROT_READ, offset=offset - skew)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{self.dir / shard}: cannot read {name} ({e}); the shard may be truncated") from None
+            with warnings.catch_warnings():
+                # Read-only memory: nothing here writes to source tensors (parts are copied
+                # before any change), and a writable private map would copy every page.
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(m, dtype=torch.uint8, count=size, offset=skew)
+            self._cache[name] = flat.view(dtype).view(shape)
+        return self._cache[name]
 
     def read(self, piece: Piece) -> torch.Tensor:
-        sl = self._slice(piece.hf_name)
-        try:
-            if piece.dim == 0:
-                return sl[piece.start : piece.stop]
-            return sl[:, piece.start : piece.stop]
-        except Exception as e:
-            raise UserError(f"{self.dir / self.weight_map[piece.hf_name]}: cannot read {piece.hf_name} ({e})") from None
+        return self._full(piece.hf_name).narrow(piece.dim, piece.start, piece.stop - piece.start)
 
-    def forget(self, hf_name: str) -> None:
-        self._slices.pop(hf_name, None)
+    def release(self) -> None:
+        """Drop the tensors read so far (callers hold their own references while needed)."""
+        self._cache.clear()
 
     def close(self) -> None:
-        for h in self._handles.values():
-            h.__exit__(None, None, None)
-        self._handles.clear()
-        self._slices.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._cache.clear()
 
     def __enter__(self) -> "HFCheckpoint":
         return self
@@ -154,6 +201,9 @@ class DictSource:
             if tuple(state[name].shape) != shape:
                 raise UserError(f"state dict {name} has shape {list(state[name].shape)}, dims imply {list(shape)}")
         self.state = state
+
+    def release(self) -> None:
+        pass
 
     def read(self, piece: Piece) -> torch.Tensor:
         t = self.state[piece.hf_name].detach()

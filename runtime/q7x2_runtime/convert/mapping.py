@@ -192,20 +192,31 @@ class PieceReader(Protocol):
     def read(self, piece: Piece) -> torch.Tensor:
         """The HF tensor's slice named by the piece (not yet repeated), any dtype."""
 
+    def release(self) -> None:
+        """The tensors read so far are no longer needed by the reader's caller."""
+
+
+def assemble_parts(spec: McoreTensor, source: PieceReader, dtype: torch.dtype) -> list[torch.Tensor]:
+    """One Megatron tensor as contiguous parts whose bytes, concatenated, are the tensor's.
+
+    Row slices of HF tensors are already contiguous, so most parts are views of what the
+    source read and cost no copy; only column slices, padding and dtype changes are copied.
+    """
+    parts = []
+    for piece in spec.pieces:
+        t = source.read(piece)
+        if piece.repeat > 1:
+            t = t.expand(piece.repeat, *t.shape[1:])
+        parts.append(t.to(dtype).contiguous())
+    return parts
+
 
 def assemble(spec: McoreTensor, source: PieceReader, dtype: torch.dtype) -> torch.Tensor:
     """Build one Megatron tensor from its pieces, contiguous and in `dtype`."""
-    if len(spec.pieces) == 1 and spec.pieces[0].repeat == 1:
-        t = source.read(spec.pieces[0])
-        return t.to(dtype).contiguous()
-    out = torch.empty(spec.shape, dtype=dtype)
-    row = 0
-    for piece in spec.pieces:
-        t = source.read(piece)
-        n = t.shape[0] * piece.repeat
-        out[row : row + n].copy_(t.expand(piece.repeat, *t.shape[1:]) if piece.repeat > 1 else t)
-        row += n
-    return out
+    parts = assemble_parts(spec, source, dtype)
+    if len(parts) == 1:
+        return parts[0].view(spec.shape)
+    return torch.cat(parts, dim=0).view(spec.shape)
 
 
 def scatter(spec: McoreTensor, tensor: torch.Tensor, dest: dict[str, torch.Tensor]) -> None:

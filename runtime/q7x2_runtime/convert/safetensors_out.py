@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from q7x2_runtime.convert.sink import HashedFile
+from q7x2_runtime.convert.sink import HashedFile, Worker
 
 ST_DTYPE = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
 class SafetensorsWriter:
-    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]]) -> None:
+    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]], worker: Worker | None = None) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         self._order = []
@@ -34,7 +34,7 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * ((-len(raw)) % 8)  # the format pads the header to 8 bytes with spaces
         self.data_bytes = offset
-        self._file = HashedFile(path)
+        self._file = HashedFile(path, worker)
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 

@@ -149,11 +149,11 @@ def convert_mcore_to_hf(
                 for name, tensor in tensors.items():
                     i = shard_of[name]
                     if writers[i] is None:
-                        writers[i] = SafetensorsWriter(out.path / file_names[i], [(nm, sh, dtype) for nm, sh in shards[i]])
+                        writers[i] = SafetensorsWriter(out.path / file_names[i], [(nm, sh, dtype) for nm, sh in shards[i]], worker)
                     w = writers[i]
-                    worker.submit(lambda w=w, name=name, tensor=tensor: w.write(name, tensor))
+                    w.write(name, tensor)  # hashes here; the worker thread does the os.write
                     if name == shards[i][-1][0]:
-                        worker.submit(lambda w=w, i=i: results.__setitem__(i, w.finish()))
+                        results[i] = w.finish()
                 del tensors
             worker.drain()
         except BaseException:

@@ -11,9 +11,9 @@ import torch
 
 from q7x2_runtime.convert.ckpt_args import CHECKPOINT_VERSION
 from q7x2_runtime.convert.layout import RANK_FILE, Parallel, iteration_dir_name, rank_dir_name
-from q7x2_runtime.convert.mapping import PieceReader, assemble, rank_tensors
+from q7x2_runtime.convert.mapping import PieceReader, assemble_parts, rank_tensors
 from q7x2_runtime.convert.sink import Worker
-from q7x2_runtime.convert.torch_zip import TorchZipWriter
+from q7x2_runtime.convert.torch_zip import TensorSlot, TorchZipWriter
 from q7x2_runtime.model_dims import ModelDims
 
 
@@ -28,44 +28,58 @@ def rank_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype
     return total + (1 << 16)
 
 
-def write_rank(
-    path: Path,
+def write_stage(
+    iter_dir: Path,
     dims: ModelDims,
     par: Parallel,
-    tp_rank: int,
     pp_rank: int,
+    tp_ranks: list[int],
     source: PieceReader,
     dtype: torch.dtype,
     args: argparse.Namespace,
     iteration: int,
     worker: Worker,
-) -> tuple[str, int]:
-    """Write one rank's file; returns (sha256, bytes). Tensors are built one at a time on this
-    thread while the worker hashes and writes the previous ones."""
-    specs = rank_tensors(dims, par, tp_rank, pp_rank)
-    writer = TorchZipWriter(path)
-    slots = collections.OrderedDict((s.name, writer.slot(s.shape, dtype)) for s in specs)
-    obj = {
-        "args": args,
-        "checkpoint_version": CHECKPOINT_VERSION,
-        "iteration": iteration,
-        "model": slots,
-        "num_floating_point_operations_so_far": 0,
-    }
-    result: list[str] = []
+) -> dict[str, tuple[str, int]]:
+    """Write the files of one pipeline stage's TP ranks side by side.
+
+    Tensors go out in state-dict order; for each one, every TP rank's part is cut from the
+    same HF tensors, which are read once and then released. So each input byte is read once,
+    each output byte written once, and memory holds about one layer.
+    Returns {path relative to iter_dir: (sha256, bytes)}.
+    """
+    specs = {t: rank_tensors(dims, par, t, pp_rank) for t in tp_ranks}
+    rels = {t: f"{rank_dir_name(t, pp_rank, par.pp)}/{RANK_FILE}" for t in tp_ranks}
+    writers: dict[int, TorchZipWriter] = {}
+    slots: dict[int, collections.OrderedDict[str, TensorSlot]] = {}
+    digests: dict[int, str] = {}
     try:
-        worker.submit(lambda: writer.begin(obj))
-        for spec in specs:
-            tensor = assemble(spec, source, dtype)
-            slot = slots[spec.name]
-            worker.submit(lambda slot=slot, tensor=tensor: writer.write_tensor(slot, tensor))
-            del tensor
-        worker.submit(lambda: result.append(writer.finish()))
+        for t in tp_ranks:
+            path = iter_dir / rels[t]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writers[t] = w = TorchZipWriter(path, worker)
+            slots[t] = collections.OrderedDict((s.name, w.slot(s.shape, dtype)) for s in specs[t])
+            obj = {
+                "args": args,
+                "checkpoint_version": CHECKPOINT_VERSION,
+                "iteration": iteration,
+                "model": slots[t],
+                "num_floating_point_operations_so_far": 0,
+            }
+            w.begin(obj)
+        for i in range(len(specs[tp_ranks[0]])):
+            for t in tp_ranks:
+                spec = specs[t][i]
+                # crc32 and sha256 on this thread, os.write on the worker's.
+                writers[t].write_tensor(slots[t][spec.name], assemble_parts(spec, source, dtype))
+            source.release()
+        for t in tp_ranks:
+            digests[t] = writers[t].finish()
         worker.drain()
     except BaseException:
-        writer.abort()
+        for w in writers.values():
+            w.abort()
         raise
-    return result[0], path.stat().st_size
+    return {rels[t]: (digests[t], (iter_dir / rels[t]).stat().st_size) for t in tp_ranks}
 
 
 def write_iteration(
@@ -81,18 +95,19 @@ def write_iteration(
 ) -> dict[str, tuple[str, int]]:
     """Write mp_rank_*/model_optim_rng.pt under `iter_dir` for the given (tp, pp) ranks (all
     by default), stage by stage. Returns {path relative to iter_dir: (sha256, bytes)}."""
-    chosen = list(ranks) if ranks is not None else [(t, p) for p in range(par.pp) for t in range(par.tp)]
-    chosen.sort(key=lambda r: (r[1], r[0]))
+    chosen = set(ranks) if ranks is not None else {(t, p) for p in range(par.pp) for t in range(par.tp)}
     out: dict[str, tuple[str, int]] = {}
     worker = Worker()
     try:
-        for tp_rank, pp_rank in chosen:
-            rel = f"{rank_dir_name(tp_rank, pp_rank, par.pp)}/{RANK_FILE}"
-            path = iter_dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out[rel] = write_rank(path, dims, par, tp_rank, pp_rank, source, dtype, args, iteration, worker)
+        for pp_rank in range(par.pp):
+            tp_ranks = [t for t in range(par.tp) if (t, pp_rank) in chosen]
+            if not tp_ranks:
+                continue
+            written = write_stage(iter_dir, dims, par, pp_rank, tp_ranks, source, dtype, args, iteration, worker)
+            out.update(written)
             if on_file is not None:
-                on_file(rel, *out[rel])
+                for rel, (sha, size) in written.items():
+                    on_file(rel, sha, size)
     finally:
         worker.close()
     return out

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from q7x2_runtime.convert.sink import HashedFile
+from q7x2_runtime.convert.sink import HashedFile, Worker
 
 _ALIGN = 64
 _U32 = 0xFFFFFFFF
@@ -76,6 +76,20 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous tensor, without copying."""
+    if not t.is_contiguous():
+        raise ValueError("tensor parts must be contiguous")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def crc32(chunks: list) -> int:
+    crc = 0
+    for c in chunks:
+        crc = zlib.crc32(c if isinstance(c, (bytes, memoryview)) else tensor_bytes(c), crc)
+    return crc
+
+
 def _dos_time() -> tuple[int, int]:
     t = time.localtime()
     return ((t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
@@ -85,8 +99,8 @@ def _dos_time() -> tuple[int, int]:
 class TorchZipWriter:
     """Usage: slots = [w.slot(shape, dtype) ...]; w.begin(obj); w.write_tensor(slot, t) in slot order; w.finish()."""
 
-    def __init__(self, path: Path) -> None:
-        self._file = HashedFile(path)
+    def __init__(self, path: Path, worker: Worker | None = None) -> None:
+        self._file = HashedFile(path, worker)
         self._archive = path.stem  # torch.save names the archive after the file, as here
         self._entries: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
         self._slots: list[TensorSlot] = []
@@ -104,17 +118,22 @@ class TorchZipWriter:
         self._record("data.pkl", buf.getvalue())
         self._record("byteorder", sys.byteorder.encode())
 
-    def write_tensor(self, slot: TensorSlot, tensor: torch.Tensor) -> None:
+    def write_tensor(self, slot: TensorSlot, tensor: torch.Tensor | list[torch.Tensor], crc: int | None = None) -> None:
+        """Write a slot's bytes: one tensor, or contiguous parts that concatenate to it.
+        `crc` (zlib.crc32 of all the bytes) may be computed by the caller on another thread."""
         if slot is not self._slots[self._next]:
             raise RuntimeError("tensors must be written in slot order")
-        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
-            raise RuntimeError(f"tensor {tuple(tensor.shape)} {tensor.dtype} does not match its slot {slot.shape} {slot.dtype}")
+        parts = [tensor] if isinstance(tensor, torch.Tensor) else tensor
+        views = [tensor_bytes(p) for p in parts]
+        size = sum(v.nbytes for v in views)
+        if any(p.dtype != slot.dtype for p in parts) or size != slot.nbytes:
+            raise RuntimeError(f"{size} bytes of {parts[0].dtype} do not fill slot {slot.shape} {slot.dtype}")
         self._next += 1
-        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._record(f"data/{slot.key}", memoryview(data))
+        self._record(f"data/{slot.key}", views, crc)
 
     def finish(self) -> str:
-        """Write the trailing records and the zip directory; returns the file's sha256."""
+        """Write the trailing records and the zip directory; returns the file's sha256
+        (with a worker, the file is complete once the worker is drained)."""
         if self._next != len(self._slots):
             raise RuntimeError(f"{len(self._slots) - self._next} tensors were never written")
         self._record("version", b"3\n")
@@ -127,10 +146,12 @@ class TorchZipWriter:
 
     # -- zip format (PKWARE APPNOTE 6.3), stored entries, zip64 where sizes demand it --
 
-    def _record(self, name: str, data: bytes | memoryview) -> None:
+    def _record(self, name: str, data: bytes | list[memoryview], crc: int | None = None) -> None:
         fname = f"{self._archive}/{name}".encode()
-        size = len(data) if isinstance(data, bytes) else data.nbytes
-        crc = zlib.crc32(data)
+        chunks = [data] if isinstance(data, bytes) else data
+        size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+        if crc is None:
+            crc = crc32(chunks)
         offset = self._file.offset
         zip64 = size >= _U32
         extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
@@ -144,7 +165,8 @@ class TorchZipWriter:
             _U32 if zip64 else size, _U32 if zip64 else size, len(fname), len(extra),
         )
         self._file.write(header + fname + extra)
-        self._file.write(data)
+        for chunk in chunks:
+            self._file.write(chunk)
         self._entries.append((fname, crc, size, offset))
 
     def _central_directory(self) -> None:

@@ -34,6 +34,7 @@ def _inventory(base: Path, dest: Path, hosts: int) -> Path:
     data["hosts"] = data["hosts"][:hosts]
     data["master"]["host"] = data["hosts"][0]["name"]
     data["job"]["name"] = "bench-fanout"
+    data["job"]["model"] = {"preset": "qwen2.5-7b"}  # check reads no model files
     data["master"]["port"] = 6299
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest

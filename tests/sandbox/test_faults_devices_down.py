@@ -99,6 +99,25 @@ def test_stop_kills_everything_and_start_keeps_identity(drill):
     drill.ssh(1, "docker rm -f sleeper")
 
 
+def test_second_up_is_idempotent_and_status_json(drill, capsys):
+    from q7x2_deploy import cli
+
+    cfg = SandboxConfig(NAME, SUBNET)
+    before = cluster.status(cfg)
+    t0 = time.monotonic()
+    cluster.up(cfg, 1, ascend_devices=2, inventory=drill.inventory, with_sample=False, log=print)
+    assert time.monotonic() - t0 < 30
+    after = cluster.status(cfg)
+    assert len(after["hosts"]) == 2  # asking for fewer hosts keeps the ones that are up
+    assert [h["address"] for h in after["hosts"]] == [h["address"] for h in before["hosts"]]
+    capsys.readouterr()
+    assert cli.main(["sandbox", "--name", NAME, "status", "--json"]) == 0
+    import json
+
+    s = json.loads(capsys.readouterr().out)
+    assert s["registry"]["alive"] and all(h["sshd"] and h["engine"] for h in s["hosts"])
+
+
 def _mount_points() -> list[str]:
     return [l.split()[4] for l in Path("/proc/self/mountinfo").read_text().splitlines()]
 

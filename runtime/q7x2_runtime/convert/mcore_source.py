@@ -59,6 +59,7 @@ class McoreCheckpoint:
         self.tp, self.pp = scan_ranks(self.iter_dir)
         self._cache: dict[tuple[int, int], dict[str, Any]] = {}
         first = self.state(0, 0)
+        self._cache.clear()
         if "args" not in first:
             raise UserError(f"{self._path(0, 0)}: checkpoint has no 'args'; cannot tell the model's shape")
         self.args = first["args"]
@@ -76,9 +77,6 @@ class McoreCheckpoint:
     def state(self, tp_rank: int, pp_rank: int) -> dict[str, Any]:
         key = (tp_rank, pp_rank)
         if key not in self._cache:
-            # Keep only the current pipeline stage's files open: memory stays at one stage.
-            for other in [k for k in self._cache if k[1] != pp_rank]:
-                del self._cache[other]
             self._cache[key] = load_rank_file(self._path(tp_rank, pp_rank))
         return self._cache[key]
 
@@ -91,6 +89,7 @@ class McoreCheckpoint:
         for pp_rank in range(self.pp):
             layers = {int(m.group(1)) for k in self.model(0, pp_rank) if (m := _LAYER.match(k))}
             counts.append(len(layers))
+            self._cache.clear()
         return counts
 
     def dtype(self) -> torch.dtype:
@@ -112,4 +111,7 @@ class McoreCheckpoint:
                     scatter(spec, model[spec.name], dest)
                 except ValueError as e:
                     raise UserError(f"{self._path(tp_rank, pp_rank)}: {e}") from None
+            # Unmap the rank files after each unit (re-opening one is cheap): pages of a
+            # memory-mapped file count as this process's memory for as long as it is mapped.
+            self._cache.clear()
             yield unit, dest

@@ -99,12 +99,9 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
         supervisor = Supervisor(cluster, sink)
         try:
             for phase in phases:
-                last = phase == PHASES[-1]
                 sink.note(f"q7x2-deploy: phase {phase}")
-                supervisor.run_phase(phase, existing, watch=not (detach and last))
+                supervisor.run_phase(phase, existing, watch=not (detach and phase == PHASES[-1]))
         except KeyboardInterrupt:
-            if detach and supervisor.failure is None and phase == PHASES[-1]:
-                raise
             supervisor.stop.set()
             sink.note(f"q7x2-deploy: interrupted; stopping job {plan.job_name} on every host")
             supervisor.stop_everywhere()

@@ -174,11 +174,14 @@ class SSHTransport(Transport):
         t.set_keepalive(c.keepalive_interval)
         return client
 
-    def _channel(self, argv: Sequence[str], merge_stderr: bool) -> paramiko.Channel:
+    def _channel(self, argv: Sequence[str], merge_stderr: bool, open_timeout: float | None = None) -> paramiko.Channel:
         command = quote_argv(argv)
         t = self.connect()
         try:
-            chan = t.open_session(timeout=self.config.connect_timeout)
+            # A connection whose peer vanished without a word still looks active; the channel
+            # open is the first thing to notice, so it gets the caller's deadline.
+            chan = t.open_session(timeout=min(open_timeout or self.config.connect_timeout,
+                                              self.config.connect_timeout))
             chan.set_combine_stderr(merge_stderr)
             chan.exec_command(command)
         except (OSError, EOFError, paramiko.SSHException) as e:
@@ -197,7 +200,7 @@ class SSHTransport(Transport):
         stdin: bytes | Iterable[bytes] | None = None,
         timeout: float | None = 60.0,
     ) -> CommandResult:
-        chan = self._channel(argv, merge_stderr=False)
+        chan = self._channel(argv, merge_stderr=False, open_timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         feed_error: list[BaseException] = []
 

@@ -137,3 +137,49 @@ def test_failed_container_stops_the_job_and_names_the_host(sandbox_cluster, imag
             proc.kill()
         cli("down", str(inv), cwd=tmp_path)
         _clean(sandbox_cluster, job)
+
+
+def test_ctrl_c_stops_the_job_everywhere(sandbox_cluster, image_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    job = "e2e-sigint"
+    inv = derive_inventory(sandbox_cluster.inventory, tmp_path / "inv.yaml", job=job, image_ref=image_ref,
+                           port=6214, train_iters=100_000)
+    cli("down", str(inv), cwd=tmp_path)
+    _clean(sandbox_cluster, job)
+    log = tmp_path / "up.log"
+    proc = cli_background("up", str(inv), cwd=tmp_path, log=log)
+    try:
+        wait_for(log, "[sbx-2 1]  [", 900, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        assert "stopping job e2e-sigint on every host" in log.read_text()
+        for i in range(2):
+            assert [c for c in _job_containers(sandbox_cluster, i, job) if c.status == "running"] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cli("down", str(inv), cwd=tmp_path)
+        _clean(sandbox_cluster, job)
+
+
+def test_check_verifies_host_keys(sandbox_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inv = derive_inventory(sandbox_cluster.inventory, tmp_path / "inv.yaml", job="e2e-keys",
+                           image_ref="q7x2/none:0", port=6215, ssh__known_hosts=str(known))
+    r = cli("check", str(inv), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "unknown host key" in r.stdout + r.stderr and "--accept-new-host-keys" in r.stdout + r.stderr
+    r = cli("check", str(inv), "--accept-new-host-keys", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(known.read_text().splitlines()) == 2
+    # A changed key is refused even with the flag.
+    import subprocess
+
+    lines = known.read_text().splitlines()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    kind, forged = (tmp_path / "k.pub").read_text().split()[:2]
+    known.write_text(lines[0] + "\n" + f"{lines[1].split()[0]} {kind} {forged}\n")
+    r = cli("check", str(inv), "--accept-new-host-keys", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "CHANGED" in r.stdout + r.stderr

@@ -1,0 +1,112 @@
+"""On a sandbox of its own (simulated Ascend devices, no registry use: images go over SSH):
+the ascend-flavor run spec starts and sees its /dev/davinci* devices, and a host that loses
+power or its network mid-training fails `up` fast, naming the host, with the other host stopped.
+
+Powering hosts off would disturb the shared session sandbox, hence the separate one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import build_cpu_image
+from e2e_support import cli, cli_background, derive_inventory, wait_for
+
+from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
+from q7x2_deploy.image.delivery import deliver_image, local_image_id
+from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.plan import build_plan
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+NAME, SUBNET = "q7x2e", "10.213.9.0/24"
+DEVICES = 2
+IMAGE = "q7x2/qwen25-cpu:e2e-ssh"
+
+
+@pytest.fixture(scope="module")
+def own_sandbox():  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox cluster needs root")
+    from q7x2_deploy.sandbox import cluster
+    from q7x2_deploy.sandbox.config import SandboxConfig
+    from tests.sandbox_fixture import cluster_from_status
+
+    cfg = SandboxConfig(name=NAME, subnet=SUBNET)
+    cluster.down(cfg, log=lambda _m: None)  # leftovers of an interrupted run
+    try:
+        cluster.up(cfg, 2, ascend_devices=DEVICES, inventory=cfg.state_dir / "inventory.sandbox.yaml",
+                   log=lambda _m: None)
+        build_cpu_image(IMAGE, push=False)
+        yield cfg, cluster, cluster_from_status(cluster.status(cfg))
+    finally:
+        cluster.down(cfg, log=lambda _m: None)
+
+
+def test_ascend_run_spec_starts_with_its_devices(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _cfg, _cluster, sbx = own_sandbox
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job="e2e-ascend", image_ref=IMAGE, port=6221,
+                           distribution="ssh", image__flavor="ascend", container__devices=DEVICES,
+                           job__parallelism__npus_per_node=DEVICES)
+    r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr  # devices, management devices and driver mounts present
+    plan = build_plan(load_inventory(inv))
+    assert plan.flavor == "ascend"
+    with open_cluster(plan, ssh_factory()) as cl:
+        t0 = time.monotonic()
+        deliveries = deliver_image(cl)
+        took = time.monotonic() - t0
+        want = local_image_id(IMAGE)
+        assert {d.image_id for d in deliveries} == {want}
+        assert all(d.action in ("loaded", "skipped") for d in deliveries)
+        again = deliver_image(cl)
+        assert [d.action for d in again] == ["skipped", "skipped"]  # same image ID: nothing sent
+        for h in plan.hosts:
+            t = cl.transport(h)
+            t.write_file(h.job_file, plan.job_spec.to_json().encode())
+            # The plan's container spec exactly as `up` uses it, with a probe as the command.
+            run = ["docker", "run", "--rm", "--label", "q7x2.job=e2e-ascend", *h.docker_run[3:],
+                   "sh", "-c", "ls /dev/davinci* && echo NODE_RANK=$NODE_RANK && ls -d /usr/local/Ascend/driver"]
+            assert h.docker_run[:3] == ["docker", "run", "-d"]
+            out = t.check(run, timeout=300).stdout
+            for dev in [f"/dev/davinci{i}" for i in range(DEVICES)] + ["/dev/davinci_manager"]:
+                assert dev in out.split(), out
+            assert f"NODE_RANK={h.node_rank}" in out and "/usr/local/Ascend/driver" in out
+    print(f"\nssh delivery of {IMAGE} to 2 hosts: {took:.1f}s")
+
+
+def _start_training(sbx, tmp_path: Path, job: str, port: int):  # type: ignore[no-untyped-def]
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job=job, image_ref=IMAGE, port=port,
+                           distribution="ssh", train_iters=100_000)
+    cli("down", str(inv), cwd=tmp_path)
+    log = tmp_path / "up.log"
+    proc = cli_background("up", str(inv), cwd=tmp_path, log=log)
+    wait_for(log, "[sbx-2 1]  [", 900, proc)  # rank 1 prints iteration lines: training is on
+    return inv, log, proc
+
+
+@pytest.mark.parametrize("fault", ["stop", "cut"])
+def test_lost_host_fails_up_naming_it_and_stops_the_other(own_sandbox, tmp_path: Path, fault: str) -> None:  # type: ignore[no-untyped-def]
+    cfg, cluster, sbx = own_sandbox
+    job = f"e2e-{fault}"
+    inv, log, proc = _start_training(sbx, tmp_path, job, 6222 if fault == "stop" else 6223)
+    try:
+        t0 = time.monotonic()
+        getattr(cluster, fault)(cfg, "sbx-2", log=lambda _m: None)  # power loss / cable pulled
+        rc = proc.wait(timeout=180)
+        reaction = time.monotonic() - t0
+        text = log.read_text()
+        assert rc != 0
+        assert "sbx-2 (rank 1) failed" in text, text[-2000:]
+        assert "stopped answering" in text or "connection lost" in text, text[-2000:]
+        running = [c for c in sbx.engine(0).containers.list(filters={"label": f"q7x2.job={job}"})]
+        assert running == []  # sbx-1's training was stopped
+        print(f"\n{fault}: up failed {reaction:.1f}s after the fault")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.start(cfg, "sbx-2", log=lambda _m: None) if fault == "stop" else cluster.heal(cfg, "sbx-2", log=lambda _m: None)
+        cli("down", str(inv), cwd=tmp_path)

@@ -58,7 +58,9 @@ def checkpoint_args(dims: ModelDims, par: Parallel, dtype_name: str, extra: dict
         add_bias_linear=False,
         add_qkv_bias=dims.qkv_bias,
         untie_embeddings_and_output_weights=dims.untie_embeddings,
-        vocab_size=dims.vocab_size,
+        # The HF vocabulary before TP padding, under our own name: Megatron's vocab_size
+        # argument means something else and other tools may set it.
+        hf_vocab_size=dims.vocab_size,
         padded_vocab_size=padded_vocab_size(dims, par.tp),
         make_vocab_size_divisible_by=1,
         tokenizer_type="PretrainedFromHF",
@@ -98,7 +100,7 @@ def dims_from_args(args: argparse.Namespace) -> ModelDims:
         num_attention_heads=heads,
         num_query_groups=groups or heads,
         # Megatron itself only records the padded size; ours also keeps the HF one.
-        vocab_size=getattr(args, "vocab_size", None) or need("padded_vocab_size"),
+        vocab_size=getattr(args, "hf_vocab_size", None) or need("padded_vocab_size"),
         max_position_embeddings=need("max_position_embeddings"),
         rotary_base=float(getattr(args, "rotary_base", 10000.0)),
         norm_epsilon=float(getattr(args, "norm_epsilon", 1e-6)),

@@ -19,8 +19,10 @@ from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.plan import HostPlan, StepPlan
 from q7x2_deploy.transport import HostUnreachable
 
-HEARTBEAT_INTERVAL_S = 5.0
-HEARTBEAT_TIMEOUT_S = 10.0
+# A lost host is noticed within about INTERVAL + MISSES * TIMEOUT seconds. The timeout is
+# generous enough for sshd on a host whose CPUs are all busy training.
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TIMEOUT_S = 6.0
 HEARTBEAT_MISSES = 2  # consecutive misses before a host counts as lost
 
 
@@ -34,6 +36,7 @@ class Failure:
     rank: int
     step: str
     reason: str
+    lost: bool = False  # the host itself stopped answering (not just its container)
 
 
 class Supervisor:
@@ -46,18 +49,20 @@ class Supervisor:
 
     # -- failure ----------------------------------------------------------------------
 
-    def fail(self, host: HostPlan, step: str, reason: str) -> None:
+    def fail(self, host: HostPlan, step: str, reason: str, *, lost: bool = False) -> None:
         with self._lock:
             if self.failure is None and not self.stop.is_set():
-                self.failure = Failure(host.name, host.node_rank, step, reason)
+                self.failure = Failure(host.name, host.node_rank, step, reason, lost)
             self.stop.set()
 
-    def stop_everywhere(self) -> dict[str, str]:
+    def stop_everywhere(self, skip: frozenset[str] = frozenset()) -> dict[str, str]:
         """Stop the job's running containers on every host that answers; returns errors by host."""
         job = self.cluster.plan.job_name
-        outcomes = for_each(self.cluster.hosts, lambda h: stop_job(self.cluster.transport(h), job),
-                            key=lambda h: h.name)
-        return {name: str(o.error) for name, o in outcomes.items() if o.error is not None}
+        hosts = [h for h in self.cluster.hosts if h.name not in skip]
+        outcomes = for_each(hosts, lambda h: stop_job(self.cluster.transport(h), job), key=lambda h: h.name)
+        errors = {name: str(o.error) for name, o in outcomes.items() if o.error is not None}
+        errors.update({name: "not answering" for name in skip})
+        return errors
 
     def raise_failure(self) -> None:
         f = self.failure
@@ -68,7 +73,8 @@ class Supervisor:
             self.sink.note(f"q7x2-deploy: last lines from {f.host}:")
             for line in tail:
                 self.sink.note(f"  [{f.host} {f.rank}] {line}")
-        unreachable = self.stop_everywhere()
+        # A host that stopped answering would only make us wait for its timeouts.
+        unreachable = self.stop_everywhere(frozenset({f.host}) if f.lost else frozenset())
         stopped = [h.name for h in self.cluster.hosts if h.name not in unreachable]
         self.sink.note(f"q7x2-deploy: job {self.cluster.plan.job_name} stopped on {', '.join(stopped) or 'no host'}"
                        + (f"; could not reach {', '.join(unreachable)}" if unreachable else ""))
@@ -83,10 +89,11 @@ class Supervisor:
             try:
                 t.ping(timeout=HEARTBEAT_TIMEOUT_S)
                 misses = 0
-            except DeployError as e:
+            except DeployError:
                 misses += 1
                 if misses >= HEARTBEAT_MISSES:
-                    self.fail(host, "heartbeat", f"host stopped answering ({e})")
+                    self.fail(host, "heartbeat", f"host stopped answering (no SSH reply within "
+                              f"{HEARTBEAT_TIMEOUT_S:.0f}s, {misses} times in a row)", lost=True)
                     return
 
     # -- one container ----------------------------------------------------------------
@@ -105,7 +112,8 @@ class Supervisor:
         try:
             rc = t.stream(["docker", "wait", name], status_lines.append, stop=self.stop)
         except HostUnreachable as e:
-            self.fail(host, step.name, f"host stopped answering ({e})")
+            self.fail(host, step.name, f"host stopped answering ({str(e).removeprefix(host.name + ': ')})",
+                      lost=True)
             return
         except DeployError as e:
             self.fail(host, step.name, str(e))

@@ -105,6 +105,7 @@ def test_lost_host_fails_up_naming_it_and_stops_the_other(own_sandbox, tmp_path:
         running = [c for c in sbx.engine(0).containers.list(filters={"label": f"q7x2.job={job}"})]
         assert running == []  # sbx-1's training was stopped
         print(f"\n{fault}: up failed {reaction:.1f}s after the fault")
+        print("\n".join(ln for ln in text.splitlines() if ln.startswith("q7x2-deploy"))[-1500:])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -80,6 +80,17 @@ def edit_tokenizer(src: Path, dst: Path, edit, tokenizer_class: str | None = Non
     return dst
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache_dir(tmp_path_factory):
+    """Keep the engine-decision cache inside the test session."""
+    path = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("Q7X2_CACHE_DIR", str(path))
+    mp.delenv("Q7X2_PREPROCESS_CACHE", raising=False)
+    yield path
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer(tmp_path_factory) -> Path:
     return write_tokenizer(tmp_path_factory.mktemp("tok") / "qwen_like")

@@ -158,3 +158,26 @@ def test_bounded_batches_stream_large_row_groups(qwen_tokenizer, tmp_path):
     sizes = [len(b) for b in iter_batches(src, ["text"], 700)]
     assert max(sizes) <= 700 and sum(sizes) == 5000
     assert np.sum(sizes) == src.rows
+
+
+def test_engine_decision_is_cached_per_tokenizer(alpaca_parquet, qwen_tokenizer, tmp_path, engine_cache_dir):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for f in qwen_tokenizer.iterdir():
+        (tok / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 8192}))  # a new key
+    first = run(opts(alpaca_parquet, tok, tmp_path / "1" / "a"))
+    second = run(opts(alpaca_parquet, tok, tmp_path / "2" / "a"))
+    assert first.manifest["tokenizer"]["engine_decision"] == "verified"
+    assert second.manifest["tokenizer"]["engine_decision"] == "cached"
+    assert second.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
+    for ext in (".bin", ".idx"):
+        assert open(first.outputs["text"] + ext, "rb").read() == open(second.outputs["text"] + ext, "rb").read()
+    # A corrupt entry is ignored; a changed tokenizer file is a different key.
+    for entry in (engine_cache_dir / "preprocess-engine").glob("*.json"):
+        entry.write_text("{not json")
+    assert run(opts(alpaca_parquet, tok, tmp_path / "3" / "a")).manifest["tokenizer"]["engine_decision"] == "verified"
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 4096}))
+    assert run(opts(alpaca_parquet, tok, tmp_path / "4" / "a")).manifest["tokenizer"]["engine_decision"] == "verified"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine
+from q7x2_runtime.preprocess.engine_cache import choose_engine_cached
+from q7x2_runtime.preprocess.engines import FAST, HF, EngineSpec
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
@@ -58,7 +59,8 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
 def _run(
     opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
 ) -> PreprocessResult:
-    spec = choose_engine(opts.tokenizer, force={"auto": None, "fast": "tiktoken-bpe", "hf": "hf-tokenizers"}[opts.engine])
+    force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
+    spec, cached = choose_engine_cached(opts.tokenizer, force)
     eod = None
     if opts.append_eod:
         if spec.eos_token_id is None:
@@ -90,7 +92,7 @@ def _run(
             seconds = time.perf_counter() - start
             if all(c["documents"] == 0 for c in counts.values()):
                 raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
-            manifest = _manifest(opts, keys, spec, eod, sources, hashing.result(), counts, rows, seconds)
+            manifest = _manifest(opts, keys, spec, cached, eod, sources, hashing.result(), counts, rows, seconds)
             out.commit(manifest)
     finally:
         progress.close()
@@ -130,6 +132,7 @@ def _manifest(
     opts: PreprocessOptions,
     keys: list[str],
     spec: EngineSpec,
+    cached: bool,
     eod: int | None,
     sources: list[SourceFile],
     hashes: list[dict[str, Any]],
@@ -158,6 +161,7 @@ def _manifest(
             "files_sha256": spec.tokenizer_sha256,
             "engine": spec.name,
             "fallback_reason": spec.fallback_reason,
+            "engine_decision": "cached" if cached else "verified",
             "fast_pattern": spec.fast.pattern_name if spec.fast else None,
             "vocab_size": spec.vocab_size,
         },

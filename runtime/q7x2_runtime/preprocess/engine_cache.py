@@ -1,0 +1,105 @@
+"""On-disk cache of engine decisions, so a re-run with the same tokenizer starts at once.
+
+Choosing an engine costs seconds (importing transformers, verifying ~150k merges, probing);
+the answer depends only on the tokenizer files and the library versions, which form the
+key. Stored as JSON (never pickle: the cache directory may be shared).
+Disable with Q7X2_PREPROCESS_CACHE=0; relocate with Q7X2_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from q7x2_runtime.errors import UserError
+from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine, tokenizer_identity
+from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec
+
+_FORMAT = "q7x2-engine-cache-1"
+_LIBRARIES = ("transformers", "tokenizers", "tiktoken")
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("Q7X2_PREPROCESS_CACHE", "1") == "0":
+        return None
+    root = os.environ.get("Q7X2_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "q7x2"
+    )
+    return Path(root) / "preprocess-engine"
+
+
+def cache_key(tokenizer_sha256: str, force: str | None) -> str:
+    versions = []
+    for lib in _LIBRARIES:
+        try:
+            versions.append(f"{lib}={metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{lib}=none")
+    # The module files themselves: a changed rule must not reuse an old verdict.
+    here = Path(__file__).parent
+    code = b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py"))
+    material = "\n".join([_FORMAT, tokenizer_sha256, str(force), *versions]).encode() + code
+    return hashlib.sha256(material).hexdigest()
+
+
+def load(key: str, tokenizer_dir: str) -> EngineSpec | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    try:
+        data = json.loads((d / f"{key}.json").read_text())
+        fast = data.pop("fast")
+        if fast is not None:
+            fast = FastBpeSpec(
+                pattern=fast["pattern"],
+                pattern_name=fast["pattern_name"],
+                nfc=fast["nfc"],
+                ranks={k.encode("latin-1"): v for k, v in fast["ranks"].items()},
+                added_tokens=fast["added_tokens"],
+                normalized_added_tokens=fast["normalized_added_tokens"],
+            )
+        return EngineSpec(fast=fast, **{**data, "tokenizer_dir": str(tokenizer_dir)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing or unreadable: decide afresh
+
+
+def store(key: str, spec: EngineSpec) -> None:
+    d = cache_dir()
+    if d is None:
+        return
+    data = {k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "fast"}
+    f = spec.fast
+    data["fast"] = None if f is None else {
+        "pattern": f.pattern,
+        "pattern_name": f.pattern_name,
+        "nfc": f.nfc,
+        # latin-1 maps bytes 1:1 onto code points, a compact lossless JSON spelling
+        "ranks": {k.decode("latin-1"): v for k, v in f.ranks.items()},
+        "added_tokens": f.added_tokens,
+        "normalized_added_tokens": f.normalized_added_tokens,
+    }
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(tmp, d / f"{key}.json")
+    except OSError:
+        pass  # a read-only home only costs the next run its start-up time
+
+
+def choose_engine_cached(tokenizer_dir: str, force: str | None = None) -> tuple[EngineSpec, bool]:
+    """(spec, came from the cache): `choose_engine`, remembered per tokenizer and versions."""
+    if not Path(tokenizer_dir).is_dir():
+        raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
+    key = cache_key(tokenizer_identity(tokenizer_dir), force)
+    spec = load(key, tokenizer_dir)
+    if spec is not None:
+        return spec, True
+    spec = choose_engine(tokenizer_dir, force=force)
+    store(key, spec)
+    return spec, False

@@ -255,3 +255,28 @@ def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: Loca
         bad = make_plan(job, {"h0": s}, {"h0": []}, tmp_path / "hosts", image="q7x2-test/absent:0")
     with open_cluster(bad, ssh_factory()) as cluster, pytest.raises(DeployError, match="build-image"):
         deliver_image(cluster)
+
+
+def test_follow_logs_survives_a_dropped_connection(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s}, {
+        "h0": [("pretrain", "train", "for i in $(seq 1 12); do echo line$i; sleep 0.5; done")],
+    }, tmp_path / "hosts")
+    with open_cluster(plan, ssh_factory()) as cluster:
+        up(cluster, LogSink(job, stream=io.StringIO()), detach=True)
+        out = io.StringIO()
+        stop = threading.Event()
+        sink = LogSink(job, stream=out, keep_files=False)
+        follower = threading.Thread(target=follow_logs, args=(cluster, sink), kwargs={"stop": stop})
+        follower.start()
+        deadline = time.monotonic() + 30
+        while "[h0 0] line3" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cluster.transport("h0").connect().close()  # the connection drops mid-stream
+        while "[h0 0] line12" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        follower.join(10)
+    lines = out.getvalue().splitlines()
+    assert any("reconnecting" in ln for ln in lines)
+    assert [ln for ln in lines if ln.startswith("[h0 0]")] == [f"[h0 0] line{i}" for i in range(1, 13)]

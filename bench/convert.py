@@ -81,7 +81,7 @@ def generate(out: Path, dims: ModelDims, shards: int) -> int:
 
 
 def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
+    """Wall seconds and peak RSS (bytes) of one child process; prints its CPU seconds."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -89,6 +89,7 @@ def timed(argv: list[str]) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} exited with {proc.returncode}")
+    print(f"  ({Path(argv[0]).name}: wall {wall:.1f}s, user {usage.ru_utime:.1f}s, sys {usage.ru_stime:.1f}s)", flush=True)
     return wall, usage.ru_maxrss * 1024
 
 

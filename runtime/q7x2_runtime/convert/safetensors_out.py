@@ -45,10 +45,16 @@ class SafetensorsWriter:
         self._next += 1
         self._file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
-    def finish(self) -> str:
+    def finish(self) -> None:
+        """Close the file; with a worker, `sha256` is set once the worker is drained."""
         if self._next != len(self._order):
             raise RuntimeError("not every tensor was written")
-        return self._file.close()
+        self._file.close()
+
+    @property
+    def sha256(self) -> str:
+        assert self._file.sha256 is not None, "file not finished"
+        return self._file.sha256
 
     def abort(self) -> None:
         self._file.abort()

@@ -1,9 +1,9 @@
-"""Sequential file output that hashes as it writes and runs in a background thread.
+"""Sequential file output that hashes as it writes, in background threads.
 
 Each output file is written front to back exactly once, so its sha256 is computed from the
-bytes on their way to disk instead of by reading the file again. The writing happens on a
-worker thread (hashlib, zlib.crc32 and os.write all release the GIL) so that reading and
-re-arranging the next tensor overlaps with hashing and writing the previous one.
+bytes on their way to disk instead of by reading the file again. Hashing and writing run on
+two worker threads (hashlib, zlib.crc32 and os.write all release the GIL) so that preparing
+the next tensor, hashing the previous one and writing the one before overlap.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def disk_full(path: Path) -> UserError:
 class HashedFile:
     """A write-only file that keeps a running sha256 and its own offset.
 
-    With a worker, the caller's thread hashes and the worker thread does the os.write calls
-    (in submission order), so hashing one tensor overlaps with writing the previous one.
-    Call worker.drain() before relying on the file being complete.
+    Without a worker everything happens on the calling thread. With one, the worker's hashing
+    thread updates the sha256 and its writing thread does the os.write calls, both in
+    submission order, so three cores' worth of work (preparing the next tensor, hashing,
+    writing) overlap. After close() and worker.drain(), `sha256` holds the file's digest.
     """
 
     def __init__(self, path: Path, worker: "Worker | None" = None) -> None:
@@ -40,15 +41,16 @@ class HashedFile:
         self._sha = hashlib.sha256()
         self._worker = worker
         self.offset = 0
+        self.sha256: str | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
-        self._sha.update(view)
         self.offset += view.nbytes
         if self._worker is None:
+            self._sha.update(view)
             self._write_all(view)
         else:
-            self._worker.submit(functools.partial(self._write_all, view), view.nbytes)
+            self._worker.submit(functools.partial(self._sha.update, view), functools.partial(self._write_all, view), view.nbytes)
 
     def _write_all(self, view: memoryview) -> None:
         try:
@@ -59,6 +61,9 @@ class HashedFile:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise disk_full(self.path) from None
             raise
+
+    def _digest(self) -> None:
+        self.sha256 = self._sha.hexdigest()
 
     def _sync_close(self) -> None:
         try:
@@ -71,13 +76,13 @@ class HashedFile:
             os.close(self._fd)
             self._fd = -1
 
-    def close(self) -> str:
-        """fsync and close (on the worker, if any); returns the hex sha256 of everything written."""
+    def close(self) -> None:
+        """Finish the digest, fsync and close (on the worker, if any)."""
         if self._worker is None:
+            self._digest()
             self._sync_close()
         else:
-            self._worker.submit(self._sync_close)
-        return self._sha.hexdigest()
+            self._worker.submit(self._digest, self._sync_close)
 
     def abort(self) -> None:
         def close_quietly() -> None:
@@ -94,64 +99,82 @@ class HashedFile:
             self._worker.submit_cleanup(close_quietly)
 
 
-class Worker:
-    """Runs submitted jobs in order on one thread; an error surfaces on the next call.
+def _noop() -> None:
+    pass
 
-    Submitting blocks while the jobs waiting hold more than `max_bytes` of tensors, so memory
-    stays bounded however far reading runs ahead of writing.
+
+class Worker:
+    """A two-thread pipeline: each job's first part runs on the hashing thread, then its
+    second part on the writing thread, both in submission order. The first failure stops
+    further jobs and is raised to the submitting thread on its next call.
+
+    Submitting blocks while queued jobs hold more than `max_bytes` of tensors, so memory stays
+    bounded however far reading runs ahead of writing.
     """
 
     def __init__(self, max_bytes: int = 512 << 20) -> None:
-        self._q: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._hash_q: queue.Queue = queue.Queue()
+        self._write_q: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._max = max_bytes
         self._pending = 0
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="ckpt-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._hash_q, self._write_q), name="ckpt-hash", daemon=True),
+            threading.Thread(target=self._run, args=(self._write_q, None), name="ckpt-write", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
+    def _run(self, inbox: queue.Queue, outbox: queue.Queue | None) -> None:
         while True:
-            item = self._q.get()
+            item = inbox.get()
             if item is None:
+                if outbox is not None:
+                    outbox.put(None)
                 return
-            job, nbytes, always = item
+            first, second, nbytes, always = item
             item = None
             if self._error is None or always:
                 try:
-                    job()
+                    first()
                 except BaseException as e:  # handed back to the submitting thread
-                    self._error = e
-            job = None  # drop the tensor the job held before waiting for the next one
-            with self._cond:
-                self._pending -= nbytes
-                self._cond.notify_all()
+                    self._error = self._error or e
+            first = None  # drop references to tensor memory as soon as possible
+            if outbox is not None:
+                outbox.put((second, _noop, nbytes, always))
+                second = None
+            else:
+                with self._cond:
+                    self._pending -= nbytes
+                    self._cond.notify_all()
 
     def _check(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
 
-    def submit(self, job: Callable[[], None], nbytes: int = 0) -> None:
+    def submit(self, first: Callable[[], None], second: Callable[[], None] = _noop, nbytes: int = 0) -> None:
         self._check()
         with self._cond:
             while self._pending and self._pending + nbytes > self._max and self._error is None:
                 self._cond.wait()
             self._pending += nbytes
         self._check()
-        self._q.put((job, nbytes, False))
+        self._hash_q.put((first, second, nbytes, False))
 
     def submit_cleanup(self, job: Callable[[], None]) -> None:
-        """Queue a job that runs even after a failure (closing files); never raises."""
-        self._q.put((job, 0, True))
+        """Queue a job for the writing thread that runs even after a failure; never raises."""
+        self._hash_q.put((_noop, job, 0, True))
 
     def drain(self) -> None:
         """Wait until every submitted job has run; re-raise the first failure."""
         done = threading.Event()
-        self._q.put((done.set, 0, True))
+        self._hash_q.put((_noop, done.set, 0, True))
         done.wait()
         self._check()
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
+        self._hash_q.put(None)
+        for t in self._threads:
+            t.join()

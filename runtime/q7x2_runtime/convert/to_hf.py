@@ -91,7 +91,8 @@ def shard_plan(names: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, max
 def _write_hashed(dst: Path, data: bytes) -> tuple[str, int]:
     out = HashedFile(dst)
     out.write(data)
-    return out.close(), len(data)
+    out.close()
+    return out.sha256, len(data)
 
 
 def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
@@ -103,7 +104,8 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
     except BaseException:
         out.abort()
         raise
-    return out.close(), dst.stat().st_size
+    out.close()
+    return out.sha256, dst.stat().st_size
 
 
 def convert_mcore_to_hf(
@@ -143,7 +145,6 @@ def convert_mcore_to_hf(
         out.meta = {"format": "hf-safetensors", "source": str(ckpt.iter_dir)}
         worker = Worker()
         writers: list[SafetensorsWriter | None] = [None] * n
-        results: dict[int, str] = {}
         try:
             for _unit, tensors in ckpt.units(dtype):
                 for name, tensor in tensors.items():
@@ -153,7 +154,7 @@ def convert_mcore_to_hf(
                     w = writers[i]
                     w.write(name, tensor)  # hashes here; the worker thread does the os.write
                     if name == shards[i][-1][0]:
-                        results[i] = w.finish()
+                        w.finish()
                 del tensors
             worker.drain()
         except BaseException:
@@ -164,7 +165,7 @@ def convert_mcore_to_hf(
         finally:
             worker.close()
         for i, fname in enumerate(file_names):
-            out.add(fname, results[i], (out.path / fname).stat().st_size)
+            out.add(fname, writers[i].sha256, (out.path / fname).stat().st_size)
         index = {"metadata": {"total_size": total}, "weight_map": {name: file_names[shard_of[name]] for name in shapes}}
         for fname, payload in ((INDEX, index), ("config.json", config)):
             out.add(fname, *_write_hashed(out.path / fname, (json.dumps(payload, indent=2) + "\n").encode()))

@@ -24,7 +24,7 @@ def rank_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype
         n = size
         for d in spec.shape:
             n *= d
-        total += n + 128
+        total += n + 192  # zip local header, name, alignment padding, directory entry
     return total + (1 << 16)
 
 
@@ -51,7 +51,6 @@ def write_stage(
     rels = {t: f"{rank_dir_name(t, pp_rank, par.pp)}/{RANK_FILE}" for t in tp_ranks}
     writers: dict[int, TorchZipWriter] = {}
     slots: dict[int, collections.OrderedDict[str, TensorSlot]] = {}
-    digests: dict[int, str] = {}
     try:
         for t in tp_ranks:
             path = iter_dir / rels[t]
@@ -73,13 +72,13 @@ def write_stage(
                 writers[t].write_tensor(slots[t][spec.name], assemble_parts(spec, source, dtype))
             source.release()
         for t in tp_ranks:
-            digests[t] = writers[t].finish()
+            writers[t].finish()
         worker.drain()
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
-    return {rels[t]: (digests[t], (iter_dir / rels[t]).stat().st_size) for t in tp_ranks}
+    return {rels[t]: (writers[t].sha256, (iter_dir / rels[t]).stat().st_size) for t in tp_ranks}
 
 
 def write_iteration(

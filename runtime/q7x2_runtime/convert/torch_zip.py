@@ -97,7 +97,8 @@ def _dos_time() -> tuple[int, int]:
 
 
 class TorchZipWriter:
-    """Usage: slots = [w.slot(shape, dtype) ...]; w.begin(obj); w.write_tensor(slot, t) in slot order; w.finish()."""
+    """Usage: slots = [w.slot(shape, dtype) ...]; w.begin(obj); w.write_tensor(slot, t) in slot
+    order; w.finish(); then w.sha256."""
 
     def __init__(self, path: Path, worker: Worker | None = None) -> None:
         self._file = HashedFile(path, worker)
@@ -131,15 +132,20 @@ class TorchZipWriter:
         self._next += 1
         self._record(f"data/{slot.key}", views, crc)
 
-    def finish(self) -> str:
-        """Write the trailing records and the zip directory; returns the file's sha256
-        (with a worker, the file is complete once the worker is drained)."""
+    def finish(self) -> None:
+        """Write the trailing records and the zip directory and close the file. With a
+        worker, the file is complete (and `sha256` set) once the worker is drained."""
         if self._next != len(self._slots):
             raise RuntimeError(f"{len(self._slots) - self._next} tensors were never written")
         self._record("version", b"3\n")
         self._record(".data/serialization_id", str(int.from_bytes(os.urandom(16), "big")).zfill(40).encode())
         self._central_directory()
-        return self._file.close()
+        self._file.close()
+
+    @property
+    def sha256(self) -> str:
+        assert self._file.sha256 is not None, "file not finished"
+        return self._file.sha256
 
     def abort(self) -> None:
         self._file.abort()

@@ -6,11 +6,9 @@ together and turns UserError into one line on stderr with a non-zero exit.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from q7x2_runtime.command_registry import register_commands
-from q7x2_runtime.errors import UserError
+from q7x2_runtime.command_registry import run_cli
 
 _COMMAND_MODULES = {
     "validate": "q7x2_deploy.commands.validate",
@@ -25,26 +23,10 @@ _COMMAND_MODULES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="q7x2-deploy", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_commands(sub, _COMMAND_MODULES, own_prefix="q7x2_deploy", extra="q7x2-deploy[deploy]")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        # An inventory with several violations reports each on its own line.
-        for line in getattr(e, "lines", None) or [f"q7x2-deploy {args.command}: error: {e}"]:
-            print(line, file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"q7x2-deploy {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_cli(
+        "q7x2-deploy", __doc__.splitlines()[0], _COMMAND_MODULES, own_prefix="q7x2_deploy", extra="q7x2-deploy[deploy]", argv=argv
+    )
 
 
 if __name__ == "__main__":

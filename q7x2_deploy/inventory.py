@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, ValidationError, field_validator
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.jobspec import Job, StrictModel
-from q7x2_runtime.safe_text import check_env_name, check_safe_path, check_safe_value
+from q7x2_runtime.jobspec import EnvMap, Job, StrictModel
+from q7x2_runtime.safe_text import check_safe_path
 
 # Host names become container names, labels and file names: keep them plain.
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
@@ -99,20 +99,12 @@ class HostSpec(StrictModel):
     ssh: SshSettings | None = None
     nic: NicName | None = None
     devices: Devices | None = None
-    env: dict[str, str] = {}
+    env: EnvMap = {}
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
         return _check_address(v)
-
-    @field_validator("env")
-    @classmethod
-    def _env_safe(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            check_env_name(k)
-            check_safe_value(val)
-        return v
 
 
 class MasterSpec(StrictModel):

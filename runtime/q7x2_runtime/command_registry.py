@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from q7x2_runtime.errors import UserError
 
@@ -34,3 +35,21 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
         raise UserError(f"this install lacks the Python package {missing!r}: pip install '{extra}'")
 
     p.set_defaults(func=_fail)
+
+
+def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix: str, extra: str, argv: list[str] | None) -> int:
+    """Parse, dispatch, and turn UserError into one line per problem on stderr."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_commands(sub, modules, own_prefix=own_prefix, extra=extra)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        # An inventory with several violations reports each on its own line.
+        for line in getattr(e, "lines", None) or [f"{prog} {args.command}: error: {e}"]:
+            print(line, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from q7x2_runtime.model_dims import ModelDims, dims_from_hf_config, preset_dims
-from q7x2_runtime.safe_text import check_env_name, check_safe_path, check_safe_value
+from q7x2_runtime.safe_text import check_env_mapping, check_safe_path
 
 Engine = Literal["mindspeed", "q7x2"]
+# Environment entries for containers: plain names, values without control characters.
+EnvMap = Annotated[dict[str, str], AfterValidator(check_env_mapping)]
 
 
 class StrictModel(BaseModel):
@@ -154,15 +156,7 @@ class Job(StrictModel):
     steps: Steps = Steps()
     tools: Tools = Tools()
     preprocess: Preprocess = Preprocess()
-    env: dict[str, str] = {}
-
-    @field_validator("env")
-    @classmethod
-    def _env_safe(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            check_env_name(k)
-            check_safe_value(val)
-        return v
+    env: EnvMap = {}
 
     def layer_list(self) -> list[int]:
         """Layers per pipeline stage: num_layer_list, or an even split."""

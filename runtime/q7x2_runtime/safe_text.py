@@ -34,3 +34,11 @@ def check_safe_path(path: str) -> None:
         )
     if any(part == ".." for part in path.split("/")):
         raise ValueError(f"path {path!r} must not contain '..'")
+
+
+def check_env_mapping(env: dict[str, str]) -> dict[str, str]:
+    """Names and values of an environment mapping (inventory `env:` sections)."""
+    for name, value in env.items():
+        check_env_name(name)
+        check_safe_value(value)
+    return env

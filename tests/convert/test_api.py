@@ -77,9 +77,12 @@ def test_mindspeed_argv_matches_the_official_example() -> None:
     ]
 
 
-def test_mindspeed_dir_from_env(monkeypatch) -> None:
+def test_mindspeed_dir_from_env_and_back_to_hf(monkeypatch) -> None:
     monkeypatch.setenv("MINDSPEED_LLM_DIR", "/srv/msllm")
-    assert mindspeed_convert_argv("mg", "hf", "/a", "/b")[1] == "/srv/msllm/convert_ckpt.py"
+    argv = mindspeed_convert_argv("mg", "hf", "/ckpt", "/apps/models/Qwen2.5-7B", params_dtype=None)
+    assert argv[1] == "/srv/msllm/convert_ckpt.py"
+    assert argv[argv.index("--target-tensor-parallel-size") + 1] == "1"
+    assert "--tokenizer-model" not in argv and "--params-dtype" not in argv
 
 
 def test_engine_mindspeed_missing_dir(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
         argv = mindspeed_convert_argv(
             args.load_model_type, save_type, str(args.load_dir), str(args.save_dir), args.tp, args.pp,
-            args.num_layer_list, args.params_dtype or "bf16", args.tokenizer_model, python=sys.executable,
+            args.num_layer_list, args.params_dtype or ("bf16" if save_type == "mg" else None), args.tokenizer_model,
+            python=sys.executable,
         )
         return run_mindspeed_convert(argv)
     start = time.monotonic()

@@ -29,15 +29,16 @@ def mindspeed_convert_argv(
     tp: int = 1,
     pp: int = 1,
     num_layer_list: list[int] | None = None,
-    params_dtype: str = "bf16",
+    params_dtype: str | None = "bf16",
     tokenizer_model: str | None = None,
     python: str = "python",
     mindspeed_llm_dir: str | None = None,
 ) -> list[str]:
     """argv for MindSpeed-LLM's convert_ckpt.py, to run with cwd = the MindSpeed-LLM dir.
 
-    hf -> mg takes the target TP/PP (which must equal training's); mg -> hf needs no parallel
-    sizes (they come from the checkpoint). MindSpeed-LLM reads tie_word_embeddings from the HF
+    hf -> mg takes the target TP/PP (which must equal training's). For mg -> hf, --save-dir is
+    the original HF folder (MindSpeed-LLM takes config and tokenizer from it and writes the
+    weights into a mg2hf/ subdirectory there). MindSpeed-LLM reads tie_word_embeddings from the HF
     config.json itself, so the small tied Qwen2.5 sizes use the same flags.
     """
     root = mindspeed_llm_dir or mindspeed_dir()
@@ -52,10 +53,15 @@ def mindspeed_convert_argv(
         argv += ["--target-tensor-parallel-size", str(tp), "--target-pipeline-parallel-size", str(pp)]
         if num_layer_list:
             argv += ["--num-layer-list", ",".join(map(str, num_layer_list))]
+    else:
+        # MindSpeed-LLM's mg -> hf examples pass 1/1 here (the source layout is read from the checkpoint).
+        argv += ["--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"]
     argv += ["--add-qkv-bias", "--load-dir", load_dir, "--save-dir", save_dir]
     if load_model_type == "hf":
         argv += ["--tokenizer-model", tokenizer_model or f"{load_dir.rstrip('/')}/tokenizer.json"]
-    argv += ["--model-type-hf", "llama2", "--params-dtype", params_dtype]
+    argv += ["--model-type-hf", "llama2"]
+    if params_dtype and (save_model_type == "mg" or params_dtype != "bf16"):
+        argv += ["--params-dtype", params_dtype]  # convert_ckpt.py defaults to fp16, so hf -> mg always says
     return argv
 
 

@@ -32,6 +32,9 @@ HOSTILE = [
     "def f(x):\n    return x**2  # comment\n\n\n",
     "\x00\x01\x7f control \x1b[31m escapes",
     "a" * 3000,
+    "ab" * 1500 + "aab" * 700,  # one long piece with many equal-rank pairs (tie order)
+    "".join(chr(0x61 + (i * 7919) % 26) for i in range(4000)),  # a long letters-only piece
+    "\u4e00\u4e8c" * 800,
 ]
 
 

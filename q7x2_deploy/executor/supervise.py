@@ -46,6 +46,7 @@ class Supervisor:
         self.stop = threading.Event()
         self.failure: Failure | None = None
         self._lock = threading.Lock()
+        self._current_step: dict[str, str] = {}  # host -> the step it is running, for messages
 
     # -- failure ----------------------------------------------------------------------
 
@@ -92,7 +93,8 @@ class Supervisor:
             except DeployError:
                 misses += 1
                 if misses >= HEARTBEAT_MISSES:
-                    self.fail(host, "heartbeat", f"host stopped answering (no SSH reply within "
+                    step = self._current_step.get(host.name, "its phase")
+                    self.fail(host, step, f"host stopped answering (no SSH reply within "
                               f"{HEARTBEAT_TIMEOUT_S:.0f}s, {misses} times in a row)", lost=True)
                     return
 
@@ -143,6 +145,7 @@ class Supervisor:
         for step in steps:
             if self.stop.is_set():
                 return
+            self._current_step[host.name] = step.name
             state = existing.get(step.container_name)
             if state is not None and state.succeeded:
                 self.sink.note(f"q7x2-deploy: {host.name}: {step.name} already done, skipped")

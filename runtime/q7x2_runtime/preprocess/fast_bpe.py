@@ -3,8 +3,10 @@
 HF `tokenizers` merges by merge-list priority; tiktoken merges the adjacent pair whose
 concatenation has the lowest rank (= token id). The two produce the same ids when
 
-  1. every vocabulary entry is a single byte or the result of exactly one merge, the merge
-     results' ids increase in merge order (so "lowest rank" and "earliest merge" agree), and
+  1. tiktoken is given only the 256 byte tokens and the merge results (HF's merging cannot
+     reach any other vocabulary entry either, e.g. special tokens kept in the vocabulary),
+     each merge produces a distinct token, and the results' ids increase in merge order
+     (so "lowest rank" and "earliest merge" agree), and
   2. for every merge (a, b) -> t, tiktoken's merging of t's bytes using only ranks below t
      ends in exactly [a, b].
 

@@ -69,6 +69,8 @@ def hf_config(dims: ModelDims, dtype: torch.dtype, template: dict[str, Any] | No
             "eos_token_id": 151643,
         }
     cfg["torch_dtype"] = _TORCH_DTYPE_NAME[dtype]
+    if "dtype" in cfg:  # transformers >= 5 writes this name and prefers it
+        cfg["dtype"] = _TORCH_DTYPE_NAME[dtype]
     return cfg
 
 

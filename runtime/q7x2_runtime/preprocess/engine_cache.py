@@ -14,10 +14,11 @@ import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine, tokenizer_identity
-from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec
+from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, MergeOrderCheck
 
 _FORMAT = "q7x2-engine-cache-1"
 _LIBRARIES = ("transformers", "tokenizers", "tiktoken")
@@ -41,7 +42,7 @@ def cache_key(tokenizer_sha256: str, force: str | None) -> str:
             versions.append(f"{lib}=none")
     # The module files themselves: a changed rule must not reuse an old verdict.
     here = Path(__file__).parent
-    code = b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py"))
+    code = b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py"))
     material = "\n".join([_FORMAT, tokenizer_sha256, str(force), *versions]).encode() + code
     return hashlib.sha256(material).hexdigest()
 
@@ -92,14 +93,18 @@ def store(key: str, spec: EngineSpec) -> None:
         pass  # a read-only home only costs the next run its start-up time
 
 
-def choose_engine_cached(tokenizer_dir: str, force: str | None = None) -> tuple[EngineSpec, bool]:
-    """(spec, came from the cache): `choose_engine`, remembered per tokenizer and versions."""
+def choose_engine_cached(
+    tokenizer_dir: str, force: str | None = None, merge_order: Callable[[], MergeOrderCheck] | None = None
+) -> tuple[EngineSpec, bool]:
+    """(spec, came from the cache): `choose_engine`, remembered per tokenizer and versions.
+
+    `merge_order` is called only when the engine must really be chosen."""
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
     key = cache_key(tokenizer_identity(tokenizer_dir), force)
     spec = load(key, tokenizer_dir)
     if spec is not None:
         return spec, True
-    spec = choose_engine(tokenizer_dir, force=force)
+    spec = choose_engine(tokenizer_dir, force=force, merge_order=merge_order() if merge_order else None)
     store(key, spec)
     return spec, False

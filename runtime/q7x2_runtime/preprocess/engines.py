@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, NotExact, fast_bpe_spec
+from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, MergeOrderCheck, NotExact, fast_bpe_spec
 
 FAST = "tiktoken-bpe"
 HF = "hf-tokenizers"
@@ -160,8 +160,13 @@ def _file_sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec:
-    """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts."""
+def choose_engine(
+    tokenizer_dir: str, *, force: str | None = None, merge_order: MergeOrderCheck | None = None
+) -> EngineSpec:
+    """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts.
+
+    `merge_order` replaces the local merge-order verification (e.g. by one already running
+    in worker processes)."""
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
     tok = load_auto_tokenizer(tokenizer_dir)
@@ -172,7 +177,7 @@ def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec
         tokenizer_sha256=tokenizer_identity(tokenizer_dir),
         tokenizer_json_sha256=_file_sha256(Path(tokenizer_dir) / "tokenizer.json"),
     )
-    fast, reason = _fast_spec(tok)
+    fast, reason = _fast_spec(tok, merge_order)
     if force == HF:
         fast, reason = None, "HF engine requested"
     elif force == FAST and fast is None:
@@ -188,14 +193,14 @@ def choose_engine(tokenizer_dir: str, *, force: str | None = None) -> EngineSpec
     return EngineSpec(name=FAST, fast=fast, fallback_reason=None, **common)
 
 
-def _fast_spec(tok) -> tuple[FastBpeSpec | None, str | None]:
+def _fast_spec(tok, merge_order: MergeOrderCheck | None) -> tuple[FastBpeSpec | None, str | None]:
     backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
     if backend is None:
         return None, "not a fast (tokenizers-backed) tokenizer"
     if getattr(tok, "split_special_tokens", False):
         return None, "split_special_tokens is set"
     try:
-        return fast_bpe_spec(json.loads(backend.to_str())), None
+        return fast_bpe_spec(json.loads(backend.to_str()), merge_order), None
     except NotExact as e:
         return None, str(e)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from q7x2_runtime.preprocess.bytelevel import byte_to_char
 
@@ -59,13 +59,21 @@ class FastBpeSpec:
     normalized_added_tokens: dict[str, int] = field(repr=False)  # then out of normalized pieces
 
 
-def fast_bpe_spec(tokenizer_json: dict[str, Any]) -> FastBpeSpec:
+# (piece, left, right, rank) per merge, in merge order
+MergeTable = list[tuple[bytes, bytes, bytes, int]]
+# Verifies condition (2) for a model; raises NotExact. Lets the caller run it elsewhere.
+MergeOrderCheck = Callable[[dict[str, Any], MergeTable, dict[bytes, int]], None]
+
+
+def fast_bpe_spec(tokenizer_json: dict[str, Any], merge_order: MergeOrderCheck | None = None) -> FastBpeSpec:
     """The fast-engine spec for an (effective) tokenizer.json, or NotExact(reason)."""
     nfc = _check_normalizer(tokenizer_json.get("normalizer"))
     pattern = _check_pre_tokenizer(tokenizer_json.get("pre_tokenizer"))
     _check_post_processor(tokenizer_json.get("post_processor"))
     raw, normalized = _check_added_tokens(tokenizer_json.get("added_tokens") or [], nfc)
-    ranks = _check_model(tokenizer_json.get("model") or {})
+    model = tokenizer_json.get("model") or {}
+    merged, ranks = merge_table(model)
+    (merge_order or _local_merge_order)(model, merged, ranks)
     return FastBpeSpec(
         pattern=pattern,
         pattern_name=KNOWN_PATTERNS[pattern],
@@ -147,7 +155,12 @@ def _check_added_tokens(added: list[dict[str, Any]], nfc: bool) -> tuple[dict[st
     return raw, normalized
 
 
-def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
+def _local_merge_order(model: dict[str, Any], merged: MergeTable, ranks: dict[bytes, int]) -> None:
+    check_merge_order(merged, ranks)
+
+
+def merge_table(model: dict[str, Any]) -> tuple[MergeTable, dict[bytes, int]]:
+    """Condition (1) and the tiktoken ranks; condition (2) is `check_merge_order`'s."""
     if model.get("type") != "BPE":
         raise NotExact(f"model type {model.get('type')} is not BPE")
     if model.get("dropout"):
@@ -165,8 +178,7 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
             raise NotExact(f"byte {b:#04x} has no vocabulary entry")
         ranks[bytes([b])] = vocab[ch]
 
-    # (piece, left, right, rank) per merge, in merge order
-    merged: list[tuple[bytes, bytes, bytes, int]] = []
+    merged: MergeTable = []
     spelled = _vocab_bytes(vocab)
     last_id = -1
     for m in merges:
@@ -191,8 +203,7 @@ def _check_model(model: dict[str, Any]) -> dict[bytes, int]:
     if extras and model.get("ignore_merges"):
         # HF would return such entries for a whole matching word; tiktoken never does.
         raise NotExact("ignore_merges with vocabulary entries no merge produces")
-    _check_merge_order(merged, ranks)
-    return ranks
+    return merged, ranks
 
 
 def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
@@ -209,7 +220,7 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
     return out
 
 
-def _check_merge_order(merged: list[tuple[bytes, bytes, bytes, int]], ranks: dict[bytes, int]) -> None:
+def check_merge_order(merged: MergeTable, ranks: dict[bytes, int]) -> None:
     """Condition (2) of the module docstring for every merge (about 1-2 s for 150k merges).
 
     A cheaper sufficient test (no pair of a's trailing and b's leading parts ranks below t)

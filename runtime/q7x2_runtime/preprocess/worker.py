@@ -58,6 +58,19 @@ def encode_with(spec_path: str, columns: dict[str, list[str | None]]) -> dict[st
     return encode_columns(columns)
 
 
+def check_merges(table_path: str, part: int, parts: int) -> str | None:
+    """Pool task: verify every `parts`-th merge from `part` on; the NotExact reason or None."""
+    from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order
+
+    with open(table_path, "rb") as f:
+        merged, ranks = pickle.load(f)
+    try:
+        check_merge_order(merged[part::parts], ranks)
+    except NotExact as e:
+        return str(e)
+    return None
+
+
 def encode_columns(columns: dict[str, list[str | None]]) -> dict[str, EncodedColumn]:
     assert _engine is not None, "worker not initialised"
     return {key: _encode(texts) for key, texts in columns.items()}

@@ -181,3 +181,34 @@ def test_engine_decision_is_cached_per_tokenizer(alpaca_parquet, qwen_tokenizer,
     cfg = json.loads((tok / "tokenizer_config.json").read_text())
     (tok / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 4096}))
     assert run(opts(alpaca_parquet, tok, tmp_path / "4" / "a")).manifest["tokenizer"]["engine_decision"] == "verified"
+
+
+def test_merge_order_is_verified_on_the_workers(alpaca_parquet, qwen_tokenizer, hf_tokenizer, tmp_path):
+    from tests.preprocess.conftest import edit_tokenizer
+    from tests.preprocess.test_engines import _break_reachability
+
+    broken = edit_tokenizer(qwen_tokenizer, tmp_path / "broken", _break_reachability, "PreTrainedTokenizerFast")
+    res = run(opts(alpaca_parquet, broken, tmp_path / "b" / "a", workers=2))
+    tok = res.manifest["tokenizer"]
+    assert tok["engine"] == "hf-tokenizers" and "not reached by its own merge" in tok["fallback_reason"]
+    good = run(opts(alpaca_parquet, qwen_tokenizer, tmp_path / "g" / "a", workers=2, engine="fast"))
+    assert good.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
+
+
+def test_precheck_applies_only_to_the_model_it_checked(qwen_tokenizer):
+    import json as _json
+
+    from q7x2_runtime.preprocess.fast_bpe import NotExact, merge_table
+    from q7x2_runtime.preprocess.merge_precheck import MergePrecheck
+    from q7x2_runtime.preprocess.parallel import WorkerPool
+    from tests.preprocess.test_engines import _break_reachability
+
+    model = _json.loads((qwen_tokenizer / "tokenizer.json").read_text())["model"]
+    with WorkerPool(2) as pool:
+        check = MergePrecheck(str(qwen_tokenizer), pool)
+        check(model, *merge_table(model))  # same model: the workers' verdict (exact)
+        other = _json.loads(_json.dumps(model))
+        _break_reachability({"model": other})
+        # A different model is checked locally, and this one is not rank-consistent.
+        with pytest.raises(NotExact, match="not reached"):
+            check(other, *merge_table(other))

@@ -33,8 +33,10 @@ def load_mcore_as_hf_state_dict(load_dir: Path, iteration: int | None = None) ->
     ckpt = McoreCheckpoint(Path(load_dir), iteration)
     dtype = ckpt.dtype()
     state: dict[str, torch.Tensor] = {}
-    for _unit, tensors in ckpt.units(dtype):
-        state.update(tensors)
+    for _unit, hf_parts in ckpt.units(dtype):
+        for name, parts in hf_parts.items():
+            # Parts may be read-only views of the files; the caller gets its own writable copy.
+            state[name] = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
     if not ckpt.dims.untie_embeddings:
         state[LM_HEAD] = state[EMBED]
     return ckpt.dims, state

@@ -219,17 +219,40 @@ def assemble(spec: McoreTensor, source: PieceReader, dtype: torch.dtype) -> torc
     return torch.cat(parts, dim=0).view(spec.shape)
 
 
-def scatter(spec: McoreTensor, tensor: torch.Tensor, dest: dict[str, torch.Tensor]) -> None:
-    """Copy one Megatron tensor's pieces into the full HF tensors in `dest` (preallocated)."""
+def split_back(spec: McoreTensor, tensor: torch.Tensor) -> list[tuple[Piece, torch.Tensor]]:
+    """The inverse of assemble_parts: each non-padding piece with its rows of the Megatron tensor."""
     if tuple(tensor.shape) != spec.shape:
         raise ValueError(f"{spec.name}: checkpoint shape {tuple(tensor.shape)}, model expects {spec.shape}")
+    out = []
     row = 0
     for piece in spec.pieces:
-        target = dest[piece.hf_name]
-        n = piece.rows(tuple(target.shape))
+        n = tensor.shape[0] if piece.dim == 1 else (piece.stop - piece.start) * piece.repeat
         if not piece.padding:
-            target.narrow(piece.dim, piece.start, piece.stop - piece.start).copy_(tensor[row : row + n])
+            out.append((piece, tensor[row : row + n]))
         row += n
+    return out
+
+
+def join_pieces(shape: tuple[int, ...], found: list[tuple[Piece, torch.Tensor]], dtype: torch.dtype) -> list[torch.Tensor]:
+    """One HF tensor from its pieces, as contiguous parts to write one after another.
+
+    When the pieces are row ranges that tile the tensor in order (everything split along
+    dim 0), the parts are the pieces themselves and nothing is copied; otherwise the pieces
+    are copied into one new tensor.
+    """
+    rows = sorted(found, key=lambda pt: pt[0].start)
+    tiled = all(p.dim == 0 and p.repeat == 1 for p, _ in rows) and rows[0][0].start == 0 and rows[-1][0].stop == shape[0]
+    tiled = tiled and all(a[0].stop == b[0].start for a, b in zip(rows, rows[1:]))
+    if tiled and all(t.dtype == dtype and t.is_contiguous() for _, t in rows):
+        return [t for _, t in rows]
+    out = torch.empty(shape, dtype=dtype)
+    covered = 0
+    for piece, t in found:
+        out.narrow(piece.dim, piece.start, piece.stop - piece.start).copy_(t)
+        covered += t.numel()
+    if covered != torch.Size(shape).numel():
+        raise ValueError(f"{found[0][0].hf_name}: checkpoint pieces cover {covered} of {torch.Size(shape).numel()} values")
+    return [out]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from q7x2_runtime.convert.layout import (
     read_latest_iteration,
     scan_ranks,
 )
-from q7x2_runtime.convert.mapping import MergeUnit, hf_shapes, merge_units, scatter
+from q7x2_runtime.convert.mapping import MergeUnit, hf_shapes, join_pieces, merge_units, split_back
+from q7x2_runtime.convert.torch_reader import LazyTensor, TorchFileReader
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.model_dims import ModelDims
 
@@ -25,14 +26,18 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 
 def load_rank_file(path: Path) -> dict[str, Any]:
+    """A rank file's content with LazyTensor values in 'model'.
+
+    Not torch.load (see torch_reader), but the same trust model as torch.load with
+    weights_only=False: the file holds Megatron's argparse.Namespace under 'args', which a
+    weights-only unpickler (torch >= 2.6's default) refuses, so the pickle is run as is.
+    These are checkpoints the user produced with this tool or Megatron; never point this at
+    untrusted files.
+    """
     if not path.exists():
         raise UserError(f"{path}: missing rank file")
     try:
-        # weights_only=False: the file holds Megatron's argparse.Namespace under 'args', which the
-        # weights-only unpickler (torch >= 2.6's default) refuses. These are checkpoints the user
-        # produced with this tool or Megatron; never point this at untrusted files.
-        # mmap=True: tensors stay in the page cache instead of being copied into memory.
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = TorchFileReader(path).obj
     except Exception as e:
         raise UserError(f"{path}: cannot read checkpoint file ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -80,7 +85,7 @@ class McoreCheckpoint:
             self._cache[key] = load_rank_file(self._path(tp_rank, pp_rank))
         return self._cache[key]
 
-    def model(self, tp_rank: int, pp_rank: int) -> dict[str, torch.Tensor]:
+    def model(self, tp_rank: int, pp_rank: int) -> dict[str, LazyTensor]:
         return self.state(tp_rank, pp_rank)["model"]
 
     def _layers_per_stage(self) -> list[int]:
@@ -94,24 +99,31 @@ class McoreCheckpoint:
 
     def dtype(self) -> torch.dtype:
         for t in self.model(0, 0).values():
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
+            if isinstance(t, LazyTensor) and t.dtype.is_floating_point:
                 return t.dtype
         return torch.bfloat16
 
-    def units(self, dtype: torch.dtype) -> Iterator[tuple[MergeUnit, dict[str, torch.Tensor]]]:
-        """Yield each merge unit with its full HF tensors, one unit in memory at a time."""
+    def units(self, dtype: torch.dtype) -> Iterator[tuple[MergeUnit, dict[str, list[torch.Tensor]]]]:
+        """Yield each merge unit with its HF tensors, each as contiguous parts in write order.
+
+        Parts may be read-only views of the checkpoint files: copy before changing them.
+        One unit (about one layer) is in memory at a time.
+        """
         shapes = hf_shapes(self.dims)
         for unit in merge_units(self.dims, self.par):
-            dest = {name: torch.empty(shapes[name], dtype=dtype) for name in unit.hf_names}
+            found: dict[str, list] = {name: [] for name in unit.hf_names}
             for tp_rank, pp_rank, spec in unit.sources:
                 model = self.model(tp_rank, pp_rank)
                 if spec.name not in model:
                     raise UserError(f"{self._path(tp_rank, pp_rank)}: lacks {spec.name}; checkpoint does not match its args")
                 try:
-                    scatter(spec, model[spec.name], dest)
+                    for piece, rows in split_back(spec, model[spec.name].load()):
+                        found[piece.hf_name].append((piece, rows))
                 except ValueError as e:
                     raise UserError(f"{self._path(tp_rank, pp_rank)}: {e}") from None
-            # Unmap the rank files after each unit (re-opening one is cheap): pages of a
-            # memory-mapped file count as this process's memory for as long as it is mapped.
-            self._cache.clear()
-            yield unit, dest
+            try:
+                parts = {name: join_pieces(shapes[name], found[name], dtype) for name in unit.hf_names}
+            except ValueError as e:
+                raise UserError(f"{self.iter_dir}: {e}") from None
+            del found
+            yield unit, parts

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from q7x2_runtime.convert.sink import HashedFile, Worker
+from q7x2_runtime.convert.torch_zip import tensor_bytes
 
 ST_DTYPE = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
@@ -38,12 +39,16 @@ class SafetensorsWriter:
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        want = self._order[self._next]
-        if (name, tuple(tensor.shape), tensor.dtype) != want:
-            raise RuntimeError(f"out of order or mismatched tensor {name}; expected {want[0]}")
+    def write(self, name: str, tensor: torch.Tensor | list[torch.Tensor]) -> None:
+        """Write the next tensor: whole, or as contiguous parts that concatenate to it."""
+        parts = [tensor] if isinstance(tensor, torch.Tensor) else tensor
+        want_name, shape, dtype = self._order[self._next]
+        size = sum(p.numel() for p in parts)
+        if name != want_name or size != torch.Size(shape).numel() or any(p.dtype != dtype for p in parts):
+            raise RuntimeError(f"out of order or mismatched tensor {name}; expected {want_name}")
         self._next += 1
-        self._file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        for p in parts:
+            self._file.write(tensor_bytes(p.contiguous()))
 
     def finish(self) -> None:
         """Close the file; with a worker, `sha256` is set once the worker is drained."""

@@ -148,16 +148,16 @@ def convert_mcore_to_hf(
         worker = Worker()
         writers: list[SafetensorsWriter | None] = [None] * n
         try:
-            for _unit, tensors in ckpt.units(dtype):
-                for name, tensor in tensors.items():
+            for _unit, hf_parts in ckpt.units(dtype):
+                for name, parts in hf_parts.items():
                     i = shard_of[name]
                     if writers[i] is None:
                         writers[i] = SafetensorsWriter(out.path / file_names[i], [(nm, sh, dtype) for nm, sh in shards[i]], worker)
                     w = writers[i]
-                    w.write(name, tensor)  # hashes here; the worker thread does the os.write
+                    w.write(name, parts)  # hashing and writing happen on the worker's threads
                     if name == shards[i][-1][0]:
                         w.finish()
-                del tensors
+                del hf_parts, parts
             worker.drain()
         except BaseException:
             for w in writers:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from types import TracebackType
 
+from q7x2_runtime.convert.sink import fsync_file
 from q7x2_runtime.errors import UserError
 
 MANIFEST = "q7x2-checksums.json"
@@ -74,9 +75,13 @@ class AtomicDir:
             raise
 
     def _commit(self) -> None:
+        for rel in self.files:
+            fsync_file(self.path / rel)
         manifest = {"algorithm": "sha256", **self.meta, "files": dict(sorted(self.files.items()))}
         (self.path / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        for sub in {self.path / Path(f).parent for f in self.files} | {self.path}:
+        fsync_file(self.path / MANIFEST)
+        dirs = {self.path} | {self.path / parent for f in self.files for parent in Path(f).parents if str(parent) != "."}
+        for sub in dirs:
             _fsync_dir(sub)
         old = None
         if self.final.exists():  # --force: move the old one aside first, delete only after the swap

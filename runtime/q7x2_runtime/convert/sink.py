@@ -22,6 +22,19 @@ from q7x2_runtime.errors import UserError
 _CHUNK = 64 << 20  # bytes per os.write: large enough to amortise syscalls, bounded for partial writes
 
 
+def fsync_file(path: Path) -> None:
+    """Make a finished file durable; a full disk surfaces as one clear error."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path) from None
+        raise
+    finally:
+        os.close(fd)
+
+
 def disk_full(path: Path) -> UserError:
     return UserError(f"disk full while writing {path}; free space on that filesystem (or choose another --save-dir) and retry")
 
@@ -65,24 +78,25 @@ class HashedFile:
     def _digest(self) -> None:
         self.sha256 = self._sha.hexdigest()
 
-    def _sync_close(self) -> None:
+    def _close(self) -> None:
+        # No fsync here: the output directory fsyncs every file once, just before it is
+        # renamed into place, so writeback of finished files overlaps with writing the rest.
         try:
-            os.fsync(self._fd)
+            os.close(self._fd)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise disk_full(self.path) from None
             raise
         finally:
-            os.close(self._fd)
             self._fd = -1
 
     def close(self) -> None:
-        """Finish the digest, fsync and close (on the worker, if any)."""
+        """Finish the digest and close (on the worker, if any)."""
         if self._worker is None:
             self._digest()
-            self._sync_close()
+            self._close()
         else:
-            self._worker.submit(self._digest, self._sync_close)
+            self._worker.submit(self._digest, self._close)
 
     def abort(self) -> None:
         def close_quietly() -> None:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-
-from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: building the runtime's parser must not load pyarrow and friends.
+    from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
+
     result = run(
         PreprocessOptions(
             input=args.input,

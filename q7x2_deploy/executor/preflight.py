@@ -25,17 +25,17 @@ WARN_FREE_GIB = 20.0
 # One round trip per host gathers everything but the NPU tools: the engine, the image, which
 # paths exist, which tools are installed, listening ports and free space. Everything from the
 # inventory arrives as positional parameters ($1 the image, then the paths), never as text.
+# A single docker CLI call answers both "does the engine answer?" and "is the image there?":
+# every docker invocation costs a process start on the host, which is what limits how many
+# hosts can be checked at once (`docker info`, the obvious engine probe, is also the slowest).
 _PROBE_SCRIPT = r"""
 img=$1; shift
-echo "@engine"; info=$(docker info --format '{{.ServerVersion}} {{.DockerRootDir}}' 2>&1); rc=$?
-echo "$info"; echo "@rc $rc"
-root=""; [ "$rc" = 0 ] && root=${info#* }
 echo "@image"; docker image inspect --format '{{.Id}}' "$img" 2>&1; echo "@rc $?"
 echo "@paths"; for p in "$@"; do [ -e "$p" ] || echo "$p"; done
 echo "@tools"; for t in npu-smi hccn_tool; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
 echo "@tcp"; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
 echo "@df"; echo "Filesystem 1024-blocks Used Available Capacity Mounted-on"
-for p in "$@" ${root:+"$root"}; do [ -d "$p" ] && df -Pk "$p" 2>/dev/null | tail -n +2; done
+for p in "$@" /var/lib/docker; do [ -d "$p" ] && df -Pk "$p" 2>/dev/null | tail -n +2; done
 echo "@end"
 """
 
@@ -145,18 +145,17 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     report.add("ssh", "ok", f"{host.ssh.get('user', 'root')}@{host.address}")
     sec = parse_probe(probe.stdout)
 
-    rc, engine = _rc(sec.get("engine", []))
-    if rc != 0 or not engine:
-        report.add("engine", "fail", f"docker engine not reachable: {(engine or ['no answer'])[-1]}")
-        return report
-    version, _, _root = engine[0].partition(" ")
-    report.add("engine", "ok", f"docker {version}")
-
     rc, image = _rc(sec.get("image", []))
+    answer = " ".join(image)
     if rc == 0 and image:
+        report.add("engine", "ok", "answers")
         report.add("image", "ok", image[0].strip())
-    else:
+    elif "No such image" in answer or "no such image" in answer:
+        report.add("engine", "ok", "answers")
         report.add("image", "warn", f"{plan.image_ref} not present; `up` delivers it")
+    else:
+        report.add("engine", "fail", f"docker engine not reachable: {answer[-200:] or 'no answer'}")
+        return report
 
     missing = sec.get("paths", [])
     if missing:

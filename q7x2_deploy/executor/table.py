@@ -20,8 +20,6 @@ def _cell(c: Check | None) -> Text:
         return Text(c.detail.removeprefix("sha256:")[:12], style="green")
     if c.name == "disk":
         return Text(c.detail.split(" GiB")[0].split(".")[0] + "G", style="green")
-    if c.name == "engine":
-        return Text(c.detail.removeprefix("docker ").split("+")[0], style="green")
     return Text("ok", style="green")
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engines import FAST, HF, build_engine, choose_engine
 from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, NotExact, fast_bpe_spec
 from tests.preprocess.conftest import SPECIALS, edit_tokenizer, write_tokenizer
@@ -203,14 +204,26 @@ def test_gpt2_style_pretokenizer_is_recognised():
 def test_unicode_classes_agree_between_hf_and_tiktoken_regex_engines():
     """The fast path relies on Oniguruma (HF) and fancy-regex (tiktoken) agreeing on \\p{L},
     \\p{N}, \\s and the case-insensitive contractions for every code point."""
-    import tiktoken
-    from tokenizers import Regex, pre_tokenizers
+    from q7x2_runtime.preprocess.unicode_classes import CLASSES, disagreement
 
-    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
-    byte_ranks = {bytes([b]): b for b in range(256)}
-    for pattern in (r"\p{L}", r"\p{N}", r"\s", r"(?i:[strevmld])"):
-        kept = "".join(p for p, _ in pre_tokenizers.Split(Regex(pattern), behavior="removed").pre_tokenize_str(text))
-        hf = set(text) - set(kept)
-        enc = tiktoken.Encoding("probe", pat_str=pattern, mergeable_ranks=byte_ranks, special_tokens={})
-        tt = set(enc.decode_bytes(enc.encode_ordinary(text)).decode("utf-8"))
-        assert hf == tt, f"{pattern}: {sorted(hex(ord(c)) for c in hf ^ tt)[:10]}"
+    assert [disagreement(c) for c in CLASSES] == [None] * len(CLASSES)
+
+
+def test_unicode_class_disagreement_means_hf(qwen_tokenizer):
+    from q7x2_runtime.preprocess.engines import EngineChecks
+
+    spec = choose_engine(str(qwen_tokenizer), checks=EngineChecks(unicode_classes=lambda: "classes differ"))
+    assert spec.name == HF and spec.fallback_reason == "classes differ"
+    with pytest.raises(UserError, match="classes differ"):
+        choose_engine(str(qwen_tokenizer), force=FAST, checks=EngineChecks(unicode_classes=lambda: "classes differ"))
+
+
+def test_unicode_verdict_is_kept_per_library_versions(tmp_path, monkeypatch):
+    from q7x2_runtime.preprocess import unicode_classes
+
+    calls = []
+    monkeypatch.setattr(unicode_classes, "disagreement", lambda c: calls.append(c) or None)
+    assert unicode_classes.cached_verdict(tmp_path) == (False, None)
+    assert unicode_classes.check(tmp_path) is None and len(calls) == len(unicode_classes.CLASSES)
+    assert unicode_classes.cached_verdict(tmp_path) == (True, None)
+    assert unicode_classes.check(tmp_path) is None and len(calls) == len(unicode_classes.CLASSES)

@@ -199,7 +199,7 @@ def test_precheck_applies_only_to_the_model_it_checked(qwen_tokenizer):
     import json as _json
 
     from q7x2_runtime.preprocess.fast_bpe import NotExact, merge_table
-    from q7x2_runtime.preprocess.merge_precheck import MergePrecheck
+    from q7x2_runtime.preprocess.prechecks import MergePrecheck
     from q7x2_runtime.preprocess.parallel import WorkerPool
     from tests.preprocess.test_engines import _break_reachability
 

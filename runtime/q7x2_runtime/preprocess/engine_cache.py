@@ -17,20 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess.engines import EngineSpec, choose_engine, tokenizer_identity
-from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, MergeOrderCheck
+from q7x2_runtime.preprocess.cache import cache_root
+from q7x2_runtime.preprocess.engines import EngineChecks, EngineSpec, choose_engine, tokenizer_identity
+from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec
 
 _FORMAT = "q7x2-engine-cache-1"
 _LIBRARIES = ("transformers", "tokenizers", "tiktoken")
 
 
 def cache_dir() -> Path | None:
-    if os.environ.get("Q7X2_PREPROCESS_CACHE", "1") == "0":
-        return None
-    root = os.environ.get("Q7X2_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "q7x2"
-    )
-    return Path(root) / "preprocess-engine"
+    root = cache_root()
+    return None if root is None else root / "preprocess-engine"
 
 
 def cache_key(tokenizer_sha256: str, force: str | None) -> str:
@@ -42,7 +39,9 @@ def cache_key(tokenizer_sha256: str, force: str | None) -> str:
             versions.append(f"{lib}=none")
     # The module files themselves: a changed rule must not reuse an old verdict.
     here = Path(__file__).parent
-    code = b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py"))
+    code = b"".join(
+        (here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py", "unicode_classes.py")
+    )
     material = "\n".join([_FORMAT, tokenizer_sha256, str(force), *versions]).encode() + code
     return hashlib.sha256(material).hexdigest()
 
@@ -94,17 +93,17 @@ def store(key: str, spec: EngineSpec) -> None:
 
 
 def choose_engine_cached(
-    tokenizer_dir: str, force: str | None = None, merge_order: Callable[[], MergeOrderCheck] | None = None
+    tokenizer_dir: str, force: str | None = None, checks: Callable[[], EngineChecks] | None = None
 ) -> tuple[EngineSpec, bool]:
     """(spec, came from the cache): `choose_engine`, remembered per tokenizer and versions.
 
-    `merge_order` is called only when the engine must really be chosen."""
+    `checks` is called only when the engine must really be chosen."""
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
     key = cache_key(tokenizer_identity(tokenizer_dir), force)
     spec = load(key, tokenizer_dir)
     if spec is not None:
         return spec, True
-    spec = choose_engine(tokenizer_dir, force=force, merge_order=merge_order() if merge_order else None)
+    spec = choose_engine(tokenizer_dir, force=force, checks=checks() if checks else None)
     store(key, spec)
     return spec, False

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, MergeOrderCheck, NotExact, fast_bpe_spec
@@ -58,6 +58,15 @@ class EngineSpec:
     vocab_size: int
     tokenizer_sha256: str  # all files that decide the ids
     tokenizer_json_sha256: str | None
+
+
+@dataclass
+class EngineChecks:
+    """Checks `choose_engine` may get from elsewhere (e.g. already running in worker
+    processes); None runs them here."""
+
+    merge_order: MergeOrderCheck | None = None
+    unicode_classes: Callable[[], str | None] | None = None  # disagreement reason or None
 
 
 class FastBpeEngine:
@@ -160,13 +169,8 @@ def _file_sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def choose_engine(
-    tokenizer_dir: str, *, force: str | None = None, merge_order: MergeOrderCheck | None = None
-) -> EngineSpec:
-    """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts.
-
-    `merge_order` replaces the local merge-order verification (e.g. by one already running
-    in worker processes)."""
+def choose_engine(tokenizer_dir: str, *, force: str | None = None, checks: EngineChecks | None = None) -> EngineSpec:
+    """Load the tokenizer, decide fast or HF, and prove the fast one on probe texts."""
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
     tok = load_auto_tokenizer(tokenizer_dir)
@@ -177,10 +181,13 @@ def choose_engine(
         tokenizer_sha256=tokenizer_identity(tokenizer_dir),
         tokenizer_json_sha256=_file_sha256(Path(tokenizer_dir) / "tokenizer.json"),
     )
-    fast, reason = _fast_spec(tok, merge_order)
-    if force == HF:
-        fast, reason = None, "HF engine requested"
-    elif force == FAST and fast is None:
+    checks = checks or EngineChecks()
+    fast, reason = (None, "HF engine requested") if force == HF else _fast_spec(tok, checks.merge_order)
+    if fast is not None:
+        reason = (checks.unicode_classes or _local_unicode_check)()
+        if reason is not None:
+            fast = None
+    if force == FAST and fast is None:
         raise UserError(f"the fast engine cannot reproduce this tokenizer exactly: {reason}")
     if fast is not None:
         reason = _probe_mismatch(FastBpeEngine(fast), tok)
@@ -191,6 +198,13 @@ def choose_engine(
     if fast is None:
         return EngineSpec(name=HF, fast=None, fallback_reason=reason, **common)
     return EngineSpec(name=FAST, fast=fast, fallback_reason=None, **common)
+
+
+def _local_unicode_check() -> str | None:
+    from q7x2_runtime.preprocess import unicode_classes
+    from q7x2_runtime.preprocess.cache import cache_root
+
+    return unicode_classes.check(cache_root())
 
 
 def _fast_spec(tok, merge_order: MergeOrderCheck | None) -> tuple[FastBpeSpec | None, str | None]:

@@ -4,7 +4,7 @@ The pool is spawned before the tokenizer is inspected, so starting Python and im
 engines in the workers overlaps with loading transformers in the parent. The engine spec
 reaches the workers through a temp file named in every task (a few MB would be too much
 to resend per task); each worker loads it once. Idle workers also verify the tokenizer's
-merges for the parent (see merge_precheck).
+merges for the parent (see prechecks).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class WorkerPool:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
         return path
+
+    def submit(self, fn, *args):
+        """Run a module-level function on a worker; its AsyncResult."""
+        assert self._pool is not None
+        return self._pool.apply_async(fn, args)
 
     def check_merges(self, merged: list, ranks: dict[bytes, int]) -> list:
         """Start verifying the merge order in every worker; AsyncResults of reasons/None."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engine_cache import choose_engine_cached
 from q7x2_runtime.preprocess.engines import FAST, HF, EngineSpec
-from q7x2_runtime.preprocess.merge_precheck import MergePrecheck
+from q7x2_runtime.preprocess.prechecks import pool_checks
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
@@ -61,8 +61,8 @@ def _run(
     opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
 ) -> PreprocessResult:
     force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
-    precheck = None if force == HF else (lambda: MergePrecheck(opts.tokenizer, pool))
-    spec, cached = choose_engine_cached(opts.tokenizer, force, precheck)
+    checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
+    spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
     eod = None
     if opts.append_eod:
         if spec.eos_token_id is None:

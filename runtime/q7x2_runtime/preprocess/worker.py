@@ -71,6 +71,13 @@ def check_merges(table_path: str, part: int, parts: int) -> str | None:
     return None
 
 
+def class_disagreement(pattern: str) -> str | None:
+    """Pool task: one character class compared between HF's and tiktoken's regex engines."""
+    from q7x2_runtime.preprocess.unicode_classes import disagreement
+
+    return disagreement(pattern)
+
+
 def encode_columns(columns: dict[str, list[str | None]]) -> dict[str, EncodedColumn]:
     assert _engine is not None, "worker not initialised"
     return {key: _encode(texts) for key, texts in columns.items()}

@@ -1,0 +1,16 @@
+"""Where preprocess keeps what it learned about tokenizers and libraries between runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path | None:
+    """$Q7X2_CACHE_DIR, else $XDG_CACHE_HOME/q7x2 (~/.cache/q7x2); None if Q7X2_PREPROCESS_CACHE=0."""
+    if os.environ.get("Q7X2_PREPROCESS_CACHE", "1") == "0":
+        return None
+    root = os.environ.get("Q7X2_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "q7x2"
+    )
+    return Path(root)

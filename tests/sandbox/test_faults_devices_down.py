@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -104,9 +103,7 @@ def test_second_up_is_idempotent_and_status_json(drill, capsys):
 
     cfg = SandboxConfig(NAME, SUBNET)
     before = cluster.status(cfg)
-    t0 = time.monotonic()
     cluster.up(cfg, 1, ascend_devices=2, inventory=drill.inventory, with_sample=False, log=print)
-    assert time.monotonic() - t0 < 30
     after = cluster.status(cfg)
     assert len(after["hosts"]) == 2  # asking for fewer hosts keeps the ones that are up
     assert [h["address"] for h in after["hosts"]] == [h["address"] for h in before["hosts"]]
@@ -125,10 +122,8 @@ def _mount_points() -> list[str]:
 def test_down_leaves_nothing_behind(drill):
     cfg = SandboxConfig(NAME, SUBNET)
     inventory = drill.inventory
-    t0 = time.monotonic()
     cluster.down(cfg, log=print)
     cluster.down(cfg, log=print)  # idempotent
-    assert time.monotonic() - t0 < 60
     assert not any(n.startswith(f"{NAME}-") for n in os.listdir("/run/netns")) if os.path.isdir("/run/netns") else True
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"{NAME}-" not in links

@@ -53,6 +53,16 @@ def preset_dims(name: str) -> ModelDims:
         raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(_PRESETS))}") from None
 
 
+def _rope_theta(cfg: dict) -> float:
+    # transformers 5 writes rope_theta inside rope_parameters; released Qwen2.5 configs at the top.
+    if "rope_theta" in cfg:
+        return cfg["rope_theta"]
+    nested = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if isinstance(nested, dict) and "rope_theta" in nested:
+        return nested["rope_theta"]
+    return 10000.0
+
+
 def dims_from_config_dict(cfg: dict) -> ModelDims:
     """Map HF Qwen2 config keys to Megatron's names."""
     missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size") if k not in cfg]
@@ -66,23 +76,37 @@ def dims_from_config_dict(cfg: dict) -> ModelDims:
         num_query_groups=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
         vocab_size=cfg["vocab_size"],
         max_position_embeddings=cfg.get("max_position_embeddings", 32768),
-        rotary_base=float(cfg.get("rope_theta", 10000.0)),
+        rotary_base=float(_rope_theta(cfg)),
         norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
         untie_embeddings=not cfg.get("tie_word_embeddings", False),
         qkv_bias=True,
     )
 
 
-def dims_from_hf_config(path: Path) -> ModelDims:
-    """Read a config.json file, or the config.json inside a checkpoint directory."""
+class ConfigMissing(ValueError):
+    """config.json does not exist (callers add what to give instead)."""
+
+
+def read_config_json(path: Path) -> dict:
+    """An HF config.json (or the one inside a checkpoint directory) as a dict."""
     if path.is_dir():
         path = path / "config.json"
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file; give the HF checkpoint's config.json") from None
+        raise ConfigMissing(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def dims_from_hf_config(path: Path) -> ModelDims:
+    try:
+        cfg = read_config_json(path)
+    except ConfigMissing as e:
+        raise ValueError(f"{e}; give the HF checkpoint's config.json") from None
     return dims_from_config_dict(cfg)

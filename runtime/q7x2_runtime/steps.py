@@ -8,12 +8,12 @@ ever needed for display, happens once in `shlex.join`.
 
 from __future__ import annotations
 
-import os
-
+from q7x2_runtime.convert.mindspeed import DEFAULT_DIR, mindspeed_convert_argv
 from q7x2_runtime.jobspec import Engine, Job, JobSpec
 
-# Where the ascend image puts MindSpeed-LLM (templates/Dockerfile.ascend.j2 clones it there).
-MINDSPEED_LLM_DIR = os.environ.get("MINDSPEED_LLM_DIR", "/opt/MindSpeed-LLM")
+# Where the ascend image puts MindSpeed-LLM (templates/Dockerfile.ascend.j2). The plan always
+# names the image's path; a process inside a container honours $MINDSPEED_LLM_DIR instead.
+MINDSPEED_LLM_DIR = DEFAULT_DIR
 # Where every container finds the job spec (the deployer mounts the host's job dir here).
 JOB_FILE_IN_CONTAINER = "/etc/q7x2/job.json"
 
@@ -48,7 +48,16 @@ def _logged(job: Job, log_name: str, argv: list[str]) -> list[str]:
 
 def convert_argv(job: Job, flavor: str) -> list[str]:
     p, paths = job.parallelism, job.paths
-    common = [
+    if step_tool(job, "convert", flavor) == "mindspeed":
+        argv = mindspeed_convert_argv(
+            "hf", "mg", paths.hf_weights, paths.mcore_weights, p.tp, p.pp, p.num_layer_list,
+            job.training.params_dtype,
+            tokenizer_model=f"{paths.tokenizer_path.rstrip('/')}/tokenizer.json",
+            mindspeed_llm_dir=MINDSPEED_LLM_DIR,
+        )  # fmt: skip
+        return _logged(job, f"convert_{job.name}.log", argv)
+    return [
+        "q7x2-runtime", "convert",
         "--load-model-type", "hf",
         "--save-model-type", "mg",
         "--target-tensor-parallel-size", str(p.tp),
@@ -58,19 +67,6 @@ def convert_argv(job: Job, flavor: str) -> list[str]:
         "--save-dir", paths.mcore_weights,
         "--params-dtype", job.training.params_dtype,
     ]  # fmt: skip
-    if step_tool(job, "convert", flavor) == "q7x2":
-        return ["q7x2-runtime", "convert", *common]
-    return _logged(
-        job,
-        f"convert_{job.name}.log",
-        [
-            "python", "convert_ckpt.py",
-            "--use-mcore-models", "--model-type", "GPT", "--model-type-hf", "llama2",
-            "--add-qkv-bias",
-            "--tokenizer-model", f"{paths.tokenizer_path.rstrip('/')}/tokenizer.json",
-            *common,
-        ],
-    )  # fmt: skip
 
 
 def preprocess_argv(job: Job, flavor: str) -> list[str]:

@@ -21,37 +21,24 @@ from safetensors import safe_open
 
 from q7x2_runtime.convert.mapping import Piece, hf_shapes
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.model_dims import ModelDims, dims_from_config_dict
+from q7x2_runtime.model_dims import ConfigMissing, ModelDims, dims_from_config_dict, read_config_json
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
 def read_config(hf_dir: Path) -> dict[str, Any]:
-    path = hf_dir / "config.json"
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file; --load-dir must be an HF checkpoint directory with config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return cfg
-
-
-def normalized_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Config keys as model_dims expects them: transformers 5 writes rope_theta inside
-    rope_parameters instead of at the top level (real Qwen2.5 checkpoints use the top level)."""
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if "rope_theta" not in cfg and isinstance(rope, dict) and "rope_theta" in rope:
-        cfg = {**cfg, "rope_theta": rope["rope_theta"]}
-    return cfg
+        return read_config_json(hf_dir / "config.json")
+    except ConfigMissing as e:
+        raise UserError(f"{e}; --load-dir must be an HF checkpoint directory with config.json") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def dims_of(hf_dir: Path) -> ModelDims:
     try:
-        return dims_from_config_dict(normalized_config(read_config(hf_dir)))
+        return dims_from_config_dict(read_config(hf_dir))
     except ValueError as e:
         raise UserError(f"{hf_dir / 'config.json'}: {e}") from None
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from q7x2_runtime.convert.ckpt_args import params_dtype
-from q7x2_runtime.convert.hf_source import INDEX, normalized_config, read_config
+from q7x2_runtime.convert.hf_source import INDEX, read_config
 from q7x2_runtime.convert.mapping import hf_shapes
 from q7x2_runtime.convert.mcore_source import McoreCheckpoint
 from q7x2_runtime.convert.output import AtomicDir, check_free_space
@@ -36,7 +36,7 @@ def hf_config(dims: ModelDims, dtype: torch.dtype, template: dict[str, Any] | No
     """The template's config.json (checked against the checkpoint) or one built from the dims."""
     if template is not None:
         try:
-            tdims = dims_from_config_dict(normalized_config(template))
+            tdims = dims_from_config_dict(template)
         except ValueError as e:
             raise UserError(f"template config.json: {e}") from None
         for field in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size", "untie_embeddings"):

@@ -40,9 +40,9 @@ def _run(args: argparse.Namespace) -> int:
     if engine == "mindspeed":
         argv = launch.mindspeed_argv(spec, placement)
         env = launch.mindspeed_environment(spec, os.environ)
-        from q7x2_runtime.steps import MINDSPEED_LLM_DIR
+        from q7x2_runtime.convert.mindspeed import mindspeed_dir
 
-        cwd: Path | None = Path(MINDSPEED_LLM_DIR)
+        cwd: Path | None = Path(mindspeed_dir())
     else:
         argv = launch.torch_argv(args.job.absolute(), placement, exit_interval=args.exit_interval)
         env = launch.torch_environment(spec, os.environ)

@@ -34,7 +34,7 @@ def status_table(job: str, rows: list[HostStatus]) -> Table:
         if not s.reachable:
             state = "unreachable"
         table.add_row(
-            s.host, str(s.rank), state, f"{s.phase}/{s.step}" if s.step != "-" else "-",
+            s.host, str(s.rank), state, s.step,
             f"{p.iteration}/{p.train_iters}" if p else "-",
             _fmt(p.lm_loss if p else None, ".4f"),
             _fmt(p.ms_per_iteration if p else None, ".1f"),

@@ -70,7 +70,13 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
     plan = cluster.plan
     with JobLock(run_dir(plan.job_name) / "up.lock", plan.job_name):
         (run_dir(plan.job_name) / "plan.json").write_text(plan.to_json())
-        existing = survey(cluster)
+        try:
+            existing = survey(cluster)
+        except DeployError as e:
+            # A host we cannot even ask: the preflight table says why, host by host.
+            reports = preflight(cluster)
+            hooks.on_preflight(reports)
+            raise DeployError(failure_message(reports) or str(e)) from None
         current = _running_phase(existing)
         if current is not None:
             hosts = sorted(n for n, cs in existing.items() if any(c.running for c in cs.values()))

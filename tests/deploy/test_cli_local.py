@@ -67,3 +67,9 @@ def test_unreachable_host_is_one_line_naming_it(sshd: LocalSSHD, tmp_path: Path)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("q7x2-deploy check: error: preflight failed on 1 host(s): local: ssh: cannot reach")
     assert "Traceback" not in r.stderr
+
+
+def test_up_on_an_unreachable_host_shows_the_preflight_reason(sshd: LocalSSHD, tmp_path: Path) -> None:
+    r = _cli("up", str(_inventory(tmp_path, sshd, port=1)), cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "preflight failed on 1 host(s): local: ssh: cannot reach root@127.0.0.1:1" in r.stderr

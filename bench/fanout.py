@@ -5,6 +5,11 @@ that is up, runs the same preflight `q7x2-deploy check` runs (fresh SSH connecti
 host keys verified) against the first host alone and against all 8, and prints
 time(8)/time(1). Target: <= 1.5, i.e. hosts are checked in parallel, not one after another.
 
+For scale it also times the floor: one bare `true` over a fresh SSH connection per host. All
+sandbox hosts share this machine's cores, and every SSH command runs the login shell's rc files
+(root's ~/.bashrc); when those are slow (pyenv init costs ~0.2 s of CPU), 8 hosts on 2 cores
+are CPU-bound and the floor's ratio is already well above 1 — the check cannot do better than it.
+
     python bench/fanout.py [--reuse NAME] [--keep] [--repeat 5]
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
+from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.preflight import preflight
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import build_plan
@@ -52,6 +58,14 @@ def _time_check(inventory: Path) -> float:
     return elapsed
 
 
+def _time_true(inventory: Path) -> float:
+    plan = build_plan(load_inventory(inventory))
+    t0 = time.perf_counter()
+    with open_cluster(plan, ssh_factory()) as cluster:
+        for_each(cluster.hosts, lambda h: cluster.transport(h).run(["true"], timeout=60), key=lambda h: h.name)
+    return time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", metavar="NAME", help="use this running sandbox (needs >= 8 hosts)")
@@ -77,12 +91,16 @@ def main() -> int:
             _time_check(one), _time_check(many)  # warm-up: page cache, sshd, engines
             t1 = [_time_check(one) for _ in range(args.repeat)]
             t8 = [_time_check(many) for _ in range(args.repeat)]
+            f1 = [_time_true(one) for _ in range(args.repeat)]
+            f8 = [_time_true(many) for _ in range(args.repeat)]
         finally:
             if owned and not args.keep:
                 sandbox.down(cfg, log=lambda _m: None)
     m1, m8 = statistics.median(t1), statistics.median(t8)
     print(f"check, 1 host : median {m1:.3f}s  ({', '.join(f'{x:.2f}' for x in t1)})")
     print(f"check, {HOSTS} hosts: median {m8:.3f}s  ({', '.join(f'{x:.2f}' for x in t8)})")
+    print(f"floor (bare `true` over SSH): 1 host {statistics.median(f1):.3f}s, {HOSTS} hosts "
+          f"{statistics.median(f8):.3f}s, ratio {statistics.median(f8) / statistics.median(f1):.2f}")
     print(f"time({HOSTS})/time(1) = {m8 / m1:.2f}  (target <= 1.5)")
     return 0
 

@@ -8,6 +8,7 @@ stops answering even when no command would ever return an error on its own.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class Supervisor:
         self.failure: Failure | None = None
         self._lock = threading.Lock()
         self._current_step: dict[str, str] = {}  # host -> the step it is running, for messages
+        self._runners: list[threading.Thread] = []
 
     # -- failure ----------------------------------------------------------------------
 
@@ -56,8 +58,17 @@ class Supervisor:
                 self.failure = Failure(host.name, host.node_rank, step, reason, lost)
             self.stop.set()
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for hosts still in the middle of `docker run`: a container created after the
+        stop would otherwise outlive the job. Watchers return at once once `stop` is set."""
+        deadline = time.monotonic() + timeout
+        for th in self._runners:
+            th.join(max(0.0, deadline - time.monotonic()))
+
     def stop_everywhere(self, skip: frozenset[str] = frozenset()) -> dict[str, str]:
         """Stop the job's running containers on every host that answers; returns errors by host."""
+        self.stop.set()
+        self.settle()
         job = self.cluster.plan.job_name
         hosts = [h for h in self.cluster.hosts if h.name not in skip]
         outcomes = for_each(hosts, lambda h: stop_job(self.cluster.transport(h), job), key=lambda h: h.name)
@@ -177,6 +188,7 @@ class Supervisor:
                  for h in self.cluster.hosts]
         runners = [threading.Thread(target=self._run_host, args=(h, steps, existing.get(h.name, {}), watch),
                                     daemon=True) for h, steps in work]
+        self._runners = runners
         for th in beats + runners:
             th.start()
         try:

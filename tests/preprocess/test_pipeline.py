@@ -187,10 +187,17 @@ def test_merge_order_is_verified_on_the_workers(alpaca_parquet, qwen_tokenizer, 
     from tests.preprocess.conftest import edit_tokenizer
     from tests.preprocess.test_engines import _break_reachability
 
+    from transformers import AutoTokenizer
+
+    # tokenizer.json looks fast-path shaped, so the run starts speculatively with tiktoken;
+    # the confirmation says otherwise, and the run is redone with HF.
     broken = edit_tokenizer(qwen_tokenizer, tmp_path / "broken", _break_reachability, "PreTrainedTokenizerFast")
-    res = run(opts(alpaca_parquet, broken, tmp_path / "b" / "a", workers=2))
+    res = run(opts(alpaca_parquet, broken, tmp_path / "b" / "a", workers=2, append_eod=True))
     tok = res.manifest["tokenizer"]
     assert tok["engine"] == "hf-tokenizers" and "not reached by its own merge" in tok["fallback_reason"]
+    hf = AutoTokenizer.from_pretrained(broken)
+    assert megatron_docs(res.outputs["text"]) == expected(hf, [r["text"] for r in ROWS], hf.eos_token_id)
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
     good = run(opts(alpaca_parquet, qwen_tokenizer, tmp_path / "g" / "a", workers=2, engine="fast"))
     assert good.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
 
@@ -212,3 +219,21 @@ def test_precheck_applies_only_to_the_model_it_checked(qwen_tokenizer):
         # A different model is checked locally, and this one is not rank-consistent.
         with pytest.raises(NotExact, match="not reached"):
             check(other, *merge_table(other))
+
+
+def test_speculative_start_is_confirmed(alpaca_parquet, qwen_tokenizer, hf_tokenizer, tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for f in qwen_tokenizer.iterdir():
+        (tok / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 12345}))  # never seen
+    fresh = run(opts(alpaca_parquet, tok, tmp_path / "s" / "a", workers=2, append_eod=True))
+    assert fresh.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
+    assert fresh.manifest["tokenizer"]["engine_decision"] == "verified"
+    texts = [r["text"] for r in ROWS]
+    assert megatron_docs(fresh.outputs["text"]) == expected(hf_tokenizer, texts, hf_tokenizer.eos_token_id)
+    again = run(opts(alpaca_parquet, tok, tmp_path / "t" / "a", workers=2, append_eod=True))
+    assert again.manifest["tokenizer"]["engine_decision"] == "cached"
+    for ext in (".bin", ".idx"):
+        assert open(fresh.outputs["text"] + ext, "rb").read() == open(again.outputs["text"] + ext, "rb").read()

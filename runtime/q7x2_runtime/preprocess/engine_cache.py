@@ -92,18 +92,23 @@ def store(key: str, spec: EngineSpec) -> None:
         pass  # a read-only home only costs the next run its start-up time
 
 
+def cached_engine(tokenizer_dir: str, force: str | None = None) -> EngineSpec | None:
+    """The remembered decision for this tokenizer, or None."""
+    if not Path(tokenizer_dir).is_dir():
+        raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
+    return load(cache_key(tokenizer_identity(tokenizer_dir), force), tokenizer_dir)
+
+
 def choose_engine_cached(
     tokenizer_dir: str, force: str | None = None, checks: Callable[[], EngineChecks] | None = None
 ) -> tuple[EngineSpec, bool]:
     """(spec, came from the cache): `choose_engine`, remembered per tokenizer and versions.
 
     `checks` is called only when the engine must really be chosen."""
-    if not Path(tokenizer_dir).is_dir():
-        raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
-    key = cache_key(tokenizer_identity(tokenizer_dir), force)
-    spec = load(key, tokenizer_dir)
+    spec = cached_engine(tokenizer_dir, force)
     if spec is not None:
         return spec, True
+    key = cache_key(tokenizer_identity(tokenizer_dir), force)
     spec = choose_engine(tokenizer_dir, force=force, checks=checks() if checks else None)
     store(key, spec)
     return spec, False

@@ -9,16 +9,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess.engine_cache import choose_engine_cached
+from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
 from q7x2_runtime.preprocess.engines import FAST, HF, EngineSpec
 from q7x2_runtime.preprocess.prechecks import pool_checks
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
 from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
+from q7x2_runtime.preprocess.speculation import Confirmation, candidate_spec
 
 NO_EOD_WARNING = (
     "warning: --append-eod not given: documents are written without an end-of-document token, so "
@@ -61,15 +62,41 @@ def _run(
     opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
 ) -> PreprocessResult:
     force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
+    if not opts.append_eod:
+        print(NO_EOD_WARNING, file=sys.stderr)
+    if force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
+        candidate = candidate_spec(opts.tokenizer)
+        if candidate is not None and (candidate.eos_token_id is not None or not opts.append_eod):
+            with Confirmation(opts.tokenizer, force) as confirmation:
+                result = _write(
+                    opts, keys, sources, pool, start, candidate, False,
+                    confirm=lambda: confirmation.confirmed(candidate, opts.append_eod),
+                )  # fmt: skip
+            if result is not None:
+                return result
+            # Not the engine tokenizer.json suggested: the confirmed decision is cached now.
+            print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
     checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
     spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
+    return _write(opts, keys, sources, pool, start, spec, cached)
+
+
+def _write(
+    opts: PreprocessOptions,
+    keys: list[str],
+    sources: list[SourceFile],
+    pool: WorkerPool,
+    start: float,
+    spec: EngineSpec,
+    cached: bool,
+    confirm: Callable[[], EngineSpec | None] | None = None,
+) -> PreprocessResult | None:
+    """Tokenize everything with `spec`; None (nothing written) if `confirm` rejects it."""
     eod = None
     if opts.append_eod:
         if spec.eos_token_id is None:
             raise UserError(f"--append-eod: the tokenizer in {opts.tokenizer} defines no eos token")
         eod = int(spec.eos_token_id)
-    else:
-        print(NO_EOD_WARNING, file=sys.stderr)
 
     hashing = _SourceHasher(sources)
     total_rows = sum(s.rows for s in sources) if all(s.rows is not None for s in sources) else None
@@ -94,6 +121,11 @@ def _run(
             seconds = time.perf_counter() - start
             if all(c["documents"] == 0 for c in counts.values()):
                 raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
+            if confirm is not None:
+                confirmed = confirm()
+                if confirmed is None:
+                    return None  # the OutputSet removes its temp files
+                spec = confirmed
             manifest = _manifest(opts, keys, spec, cached, eod, sources, hashing.result(), counts, rows, seconds)
             out.commit(manifest)
     finally:

@@ -88,3 +88,35 @@ def test_tee_keeps_feeding_others_when_one_consumer_dies() -> None:
     tee.feed(iter([b"x"] * 500))  # far more than one queue holds
     t.join(5)
     assert b"".join(out) == b"x" * 500
+
+
+def test_probe_sections() -> None:
+    from q7x2_deploy.executor.preflight import _rc, parse_probe
+
+    sec = parse_probe("@image\nsha256:abc\n@rc 0\n@paths\n/dev/davinci9\n@tools\nnpu-smi\n@df\nFilesystem\n@end\n")
+    assert _rc(sec["image"]) == (0, ["sha256:abc"])
+    assert sec["paths"] == ["/dev/davinci9"] and sec["tools"] == ["npu-smi"] and sec["end"] == []
+
+
+def test_converge_decisions_from_container_states() -> None:
+    from deploy_fixtures import make_plan
+
+    from q7x2_deploy.executor.cluster import Cluster
+    from q7x2_deploy.executor.containers import ContainerState
+    from q7x2_deploy.executor.up import _all_done, _running_phase
+
+    plan = make_plan("j", {"a": {}, "b": {}}, {"a": [("convert", "prepare", "x"), ("pretrain", "train", "x")],
+                                               "b": [("pretrain", "train", "x")]}, Path("/tmp/none"))
+
+    def st(name: str, phase: str, status: str, code: int = 0) -> ContainerState:
+        return ContainerState(name, "id", status, code, {"q7x2.phase": phase}, "img", "", "")
+
+    done = {"a": {"q7x2-j-convert-0": st("q7x2-j-convert-0", "prepare", "exited"),
+                  "q7x2-j-pretrain-0": st("q7x2-j-pretrain-0", "train", "exited")},
+            "b": {"q7x2-j-pretrain-1": st("q7x2-j-pretrain-1", "train", "exited")}}
+    cluster = Cluster(plan)
+    assert _all_done(cluster, done) and _running_phase(done) is None
+    failed = {**done, "b": {"q7x2-j-pretrain-1": st("q7x2-j-pretrain-1", "train", "exited", 1)}}
+    assert not _all_done(cluster, failed)
+    preparing = {"a": {"q7x2-j-convert-0": st("q7x2-j-convert-0", "prepare", "running")}}
+    assert _running_phase(preparing) == "prepare"

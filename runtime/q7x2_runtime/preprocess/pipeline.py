@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -64,7 +65,8 @@ def _run(
     force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
     if not opts.append_eod:
         print(NO_EOD_WARNING, file=sys.stderr)
-    if force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
+    speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
+    if speculate and force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
         candidate = candidate_spec(opts.tokenizer)
         if candidate is not None and (candidate.eos_token_id is not None or not opts.append_eod):
             with Confirmation(opts.tokenizer, force) as confirmation:

@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, style="dim")
 
+    if flavor == "ascend" and args.vendor is None:
+        # Checked before the (long) wheelhouse step: nothing can be cloned inside the build.
+        raise DeployError("the ascend image needs --vendor DIR holding MindSpeed/, MindSpeed-LLM/ and "
+                          "Megatron-LM/ (the build has no network)")
     client = docker_client()
     base = args.base_image or _default_base_image(flavor, say)
     if not image_present(client, base):

@@ -37,6 +37,8 @@ class AscendStack:
 
 
 CPU_TORCH_VERSION = "2.13.0"
+# The project's own wheel as `pip wheel` names it (build contexts keep it in wheels/project/).
+PROJECT_WHEEL = f"q7x2_deploy-{__version__}-py3-none-any.whl"
 
 
 def render_dockerfile(
@@ -52,7 +54,7 @@ def render_dockerfile(
     megatron: the URLs of the operator's source mirrors)."""
     if flavor == "cpu":
         return _ENV.get_template("Dockerfile.cpu.j2").render(
-            base_image=base_image, torch_version=CPU_TORCH_VERSION, project_version=__version__
+            base_image=base_image, torch_version=CPU_TORCH_VERSION, project_wheel=PROJECT_WHEEL
         )
     if flavor != "ascend":
         raise ValueError(f"unknown flavor {flavor!r}")
@@ -67,7 +69,7 @@ def render_dockerfile(
         mindspeed_repo=repos.get("mindspeed", ""),
         mindspeed_llm_repo=repos.get("mindspeed_llm", ""),
         megatron_repo=repos.get("megatron", ""),
-        project_version=__version__,
+        project_wheel=PROJECT_WHEEL,
         **stack.__dict__,
     )
 

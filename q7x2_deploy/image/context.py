@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.image.wheelhouse import link_tree
+from q7x2_deploy.image.wheelhouse import PROJECT_DIST, link_tree
 from q7x2_deploy.render import render_dockerfile
 from q7x2_deploy.resources import images_dir
 
@@ -29,7 +29,10 @@ def assemble_context(dest: Path, *, flavor: str, base_image: str, wheelhouse: Pa
     except ValueError as e:
         raise DeployError(f"cannot render the {flavor} Dockerfile: {e} (pass --vendor DIR)") from e
     (dest / "Dockerfile").write_text(dockerfile)
-    link_tree(wheelhouse, dest / "wheels")
+    # The project's wheel apart from its dependencies: the Dockerfiles install the dependencies
+    # in an earlier layer, which then stays cached while only the project changes.
+    link_tree(wheelhouse, dest / "wheels" / "deps", exclude_prefix=PROJECT_DIST)
+    link_tree(wheelhouse, dest / "wheels" / "project", only_prefix=PROJECT_DIST)
     shutil.copy2(images_dir() / "entrypoint.sh", dest / "entrypoint.sh")
     (dest / "entrypoint.sh").chmod(0o755)
     (dest / ".dockerignore").write_text("**/.git\n**/__pycache__\n")

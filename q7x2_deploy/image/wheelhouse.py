@@ -128,10 +128,14 @@ def prepare_wheelhouse(spec: WheelhouseSpec, directory: Path | None = None,
     return wh
 
 
-def link_tree(src: Path, dest: Path) -> None:
-    """Copy src's files into dest as hard links where possible (the wheelhouse is large)."""
+def link_tree(src: Path, dest: Path, *, only_prefix: str | None = None, exclude_prefix: str | None = None) -> None:
+    """Copy src's wheels into dest as hard links where possible (the wheelhouse is large)."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
+        if only_prefix is not None and not f.name.startswith(f"{only_prefix}-"):
+            continue
+        if exclude_prefix is not None and f.name.startswith(f"{exclude_prefix}-"):
+            continue
         if f.is_file() and f.suffix == ".whl":
             try:
                 os.link(f, dest / f.name)

@@ -66,6 +66,8 @@ def convert_argv(job: Job, flavor: str) -> list[str]:
         "--load-dir", paths.hf_weights,
         "--save-dir", paths.mcore_weights,
         "--params-dtype", job.training.params_dtype,
+        # Re-running a job reuses a finished conversion with the same settings.
+        "--skip-existing",
     ]  # fmt: skip
 
 

@@ -165,6 +165,7 @@ def test_cpu_flavor_runs_the_runtime_commands(tmp_path):
         "q7x2-runtime", "convert", "--load-model-type", "hf", "--save-model-type", "mg",
         "--target-tensor-parallel-size", "4", "--target-pipeline-parallel-size", "2",
         "--load-dir", "/apps/models/Qwen2.5-7B", "--save-dir", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2", "--params-dtype", "bf16",
+        "--skip-existing",
     ]  # fmt: skip
     assert host.step("preprocess").argv[:2] == ["q7x2-runtime", "preprocess"]
     assert host.step("pretrain").argv == ["q7x2-runtime", "pretrain", "--job", "/etc/q7x2/job.json"]

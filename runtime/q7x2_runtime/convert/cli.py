@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only-stage", type=_int_list, default=None, help="hf->mg: write only these pipeline stages")
     p.add_argument("--only-ranks", type=_int_list, default=None, help="hf->mg: write only these tensor-parallel ranks")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="hf->mg: succeed without work when the output is a finished conversion of the same "
+                        "checkpoint with the same settings (re-running a job)")
     p.add_argument("--engine", choices=("q7x2", "mindspeed"), default="q7x2",
                    help="mindspeed: run MindSpeed-LLM's convert_ckpt.py ($MINDSPEED_LLM_DIR, default /opt/MindSpeed-LLM)")
     # convert_ckpt.py flags people type out of habit; accepted and ignored (the model is
@@ -75,8 +78,14 @@ def run(args: argparse.Namespace) -> int:
         return run_mindspeed_convert(argv)
     start = time.monotonic()
     if save_type == "mg":
-        from q7x2_runtime.convert.to_mcore import convert_hf_to_mcore
+        from q7x2_runtime.convert.to_mcore import convert_hf_to_mcore, existing_conversion_matches
 
+        if args.skip_existing and not args.force and existing_conversion_matches(
+            args.load_dir, args.save_dir, args.tp, args.pp, args.num_layer_list, args.params_dtype or "bf16",
+            args.only_stage, args.only_ranks,
+        ):
+            print(f"{args.save_dir}: already a finished conversion of {args.load_dir} with these settings; skipped", file=sys.stderr)
+            return 0
         out = convert_hf_to_mcore(
             args.load_dir, args.save_dir, args.tp, args.pp, args.num_layer_list, args.params_dtype or "bf16",
             args.force, args.only_stage, args.only_ranks,

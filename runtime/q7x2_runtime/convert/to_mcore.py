@@ -112,6 +112,63 @@ def write_iteration(
     return out
 
 
+def _conversion_meta(
+    load_dir: Path, tp: int, pp: int, layers_per_stage: list[int] | tuple[int, ...], dtype_name: str, ranks: list[tuple[int, int]]
+) -> dict[str, object]:
+    """What a finished conversion records in its manifest, and what --skip-existing compares."""
+    return {
+        "format": "megatron-mcore",
+        "source": str(load_dir.resolve()),
+        "tp": tp,
+        "pp": pp,
+        "layers_per_stage": list(layers_per_stage),
+        "params_dtype": dtype_name,
+        "ranks": [f"{t},{p}" for t, p in ranks],
+        "complete": len(ranks) == tp * pp,
+    }
+
+
+def _selected_ranks(tp: int, pp: int, only_stages: list[int] | None, only_tp_ranks: list[int] | None) -> list[tuple[int, int]]:
+    return [
+        (t, p)
+        for p in range(pp)
+        if only_stages is None or p in only_stages
+        for t in range(tp)
+        if only_tp_ranks is None or t in only_tp_ranks
+    ]
+
+
+def existing_conversion_matches(
+    load_dir: Path,
+    save_dir: Path,
+    tp: int,
+    pp: int,
+    num_layer_list: list[int] | None,
+    dtype_name: str,
+    only_stages: list[int] | None = None,
+    only_tp_ranks: list[int] | None = None,
+) -> bool:
+    """True when save_dir holds a finished conversion of load_dir with exactly these settings.
+
+    Output directories appear only by an atomic rename after their manifest is written, so a
+    manifest whose settings match means a complete, usable conversion: re-running a job can
+    skip the step. Any other existing directory is left for the caller to refuse or replace.
+    """
+    import json
+
+    from q7x2_runtime.convert.hf_source import dims_of
+    from q7x2_runtime.convert.layout import plan_parallel
+    from q7x2_runtime.convert.output import MANIFEST
+
+    try:
+        recorded = json.loads((save_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    par = plan_parallel(dims_of(load_dir), tp, pp, num_layer_list)
+    expected = _conversion_meta(load_dir, tp, pp, par.layers_per_stage, dtype_name, _selected_ranks(tp, pp, only_stages, only_tp_ranks))
+    return all(recorded.get(k) == v for k, v in expected.items())
+
+
 def convert_hf_to_mcore(
     load_dir: Path,
     save_dir: Path,
@@ -139,28 +196,14 @@ def convert_hf_to_mcore(
         bad = [x for x in chosen or [] if not 0 <= x < limit]
         if bad:
             raise UserError(f"{name} {bad[0]} is out of range 0..{limit - 1}")
-    ranks = [
-        (t, p)
-        for p in range(pp)
-        if only_stages is None or p in only_stages
-        for t in range(tp)
-        if only_tp_ranks is None or t in only_tp_ranks
-    ]
+    ranks = _selected_ranks(tp, pp, only_stages, only_tp_ranks)
     needed = sum(rank_bytes(dims, par, t, p, dtype) for t, p in ranks)
     args = checkpoint_args(dims, par, dtype_name, {"tokenizer_name_or_path": str(load_dir.resolve())})
     with HFCheckpoint(load_dir, dims) as source:
         out = AtomicDir(save_dir, force, describe="output directory")
         with out:
             check_free_space(out.path, needed)
-            out.meta = {
-                "format": "megatron-mcore",
-                "tp": tp,
-                "pp": pp,
-                "layers_per_stage": list(par.layers_per_stage),
-                "params_dtype": dtype_name,
-                "ranks": [f"{t},{p}" for t, p in ranks],
-                "complete": len(ranks) == tp * pp,
-            }
+            out.meta = _conversion_meta(load_dir, tp, pp, par.layers_per_stage, dtype_name, ranks)
             iter_name = iteration_dir_name(iteration)
             write_iteration(
                 out.path / iter_name, dims, par, source, dtype, args, iteration, ranks,

@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A fresh machine: Debian packages and the root Docker engine, then the project's venv.
+if [ "$(id -u)" != 0 ]; then
+  echo "demo.sh: the sandbox needs root (network namespaces, Docker engines); run it as root" >&2
+  exit 1
+fi
+bash scripts/install-host-deps.sh
+bash scripts/setup-venv.sh
+
 if [ -n "${Q7X2_DEPLOY:-}" ]; then Q=$Q7X2_DEPLOY
 elif [ -x .venv/bin/q7x2-deploy ]; then Q=.venv/bin/q7x2-deploy
 else Q=q7x2-deploy; fi

@@ -119,7 +119,9 @@ def _docker_save(ref: str) -> Iterator[bytes]:
     import docker
 
     image = docker.from_env().images.get(ref)
-    return image.save(chunk_size=1 << 20, named=True)
+    # The archive must name exactly `ref`: `named=True` would take the image's first tag, which
+    # is another name whenever the same image ID is also tagged differently (rebuilt with cache).
+    return image.save(chunk_size=1 << 20, named=ref)
 
 
 def deliver_image(

@@ -32,11 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from q7x2_runtime.sample.tokenizer import SPECIAL_TOKENS as SPECIALS
+from q7x2_runtime.sample.tokenizer import train_tokenizer as train_qwen2_style
+from q7x2_runtime.sample.tokenizer import write_tokenizer as save_tokenizer
 OUT = Path(__file__).resolve().parent / "out"
 
 # ---------------------------------------------------------------------------------------
@@ -165,38 +163,8 @@ def make_parquet(path: Path, rows: int, seed: int) -> None:
 
 
 def train_tokenizer(out_dir: Path, texts: list[str], vocab_size: int) -> int:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.add_special_tokens(SPECIALS)  # after the BPE vocabulary, as in Qwen2's layout
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out_dir / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "add_prefix_space": False,
-        "bos_token": None,
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "errors": "replace",
-        "model_max_length": 131072,
-        "split_special_tokens": False,
-        "clean_up_tokenization_spaces": False,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    tok = train_qwen2_style(texts, vocab_size=vocab_size, min_frequency=0)
+    save_tokenizer(tok, out_dir, model_max_length=131072)
     return tok.get_vocab_size()
 
 

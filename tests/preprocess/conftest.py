@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from q7x2_runtime.sample.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+SPECIALS = list(SPECIAL_TOKENS)
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It's 2024 and we'll test tokenizers!",
@@ -26,29 +24,11 @@ CORPUS = [
 
 
 def write_tokenizer(out: Path, *, specials_in_vocab: bool = False, vocab_size: int = 600, repeat: int = 30) -> Path:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=SPECIALS if specials_in_vocab else [],
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * repeat, trainer)
-    if not specials_in_vocab:
-        tok.add_special_tokens(SPECIALS)  # Qwen2 layout: specials after the BPE vocabulary
+    tok = train_tokenizer(CORPUS * repeat, vocab_size=vocab_size, min_frequency=0, specials_in_vocab=specials_in_vocab)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
+    # A minimal config (no added_tokens_decoder): tests edit tokenizer.json's added tokens and
+    # need transformers to take them from there.
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "add_prefix_space": False,

@@ -20,8 +20,11 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BPE_VOCAB_SIZE = 1021
 
 
-def train_tokenizer(texts: list[str]):
-    """Return a trained `tokenizers.Tokenizer` with the Qwen2 special tokens appended."""
+def train_tokenizer(texts: list[str], *, vocab_size: int = BPE_VOCAB_SIZE, min_frequency: int = 2, specials_in_vocab: bool = False):
+    """Return a trained `tokenizers.Tokenizer` with the Qwen2 special tokens appended.
+
+    specials_in_vocab: train with the special tokens at the start of the vocabulary instead
+    (a layout some tokenizers use; preprocessing must handle both)."""
     # Single-threaded training: the result must not depend on thread scheduling.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -37,14 +40,15 @@ def train_tokenizer(texts: list[str]):
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
-        min_frequency=2,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
+        special_tokens=list(SPECIAL_TOKENS) if specials_in_vocab else [],
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    if not specials_in_vocab:
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # Qwen2 layout: after the BPE vocabulary
     return tok
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from q7x2_runtime.convert.sink import HashedFile, Worker
+from q7x2_runtime.convert.sink import HashedFile, HashedWriter, Worker
 from q7x2_runtime.convert.torch_zip import tensor_bytes
 
 ST_DTYPE = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
-class SafetensorsWriter:
+class SafetensorsWriter(HashedWriter):
     def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]], worker: Worker | None = None) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -56,10 +56,3 @@ class SafetensorsWriter:
             raise RuntimeError("not every tensor was written")
         self._file.close()
 
-    @property
-    def sha256(self) -> str:
-        assert self._file.sha256 is not None, "file not finished"
-        return self._file.sha256
-
-    def abort(self) -> None:
-        self._file.abort()

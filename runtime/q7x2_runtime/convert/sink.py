@@ -117,6 +117,20 @@ def _noop() -> None:
     pass
 
 
+class HashedWriter:
+    """Base of the output formats written through a HashedFile: checksum and abort are the file's."""
+
+    _file: HashedFile
+
+    @property
+    def sha256(self) -> str:
+        assert self._file.sha256 is not None, "file not finished"
+        return self._file.sha256
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
 class Worker:
     """A two-thread pipeline: each job's first part runs on the hashing thread, then its
     second part on the writing thread, both in submission order. The first failure stops

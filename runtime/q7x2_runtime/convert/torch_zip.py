@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from q7x2_runtime.convert.sink import HashedFile, Worker
+from q7x2_runtime.convert.sink import HashedFile, HashedWriter, Worker
 
 _ALIGN = 64
 _U32 = 0xFFFFFFFF
@@ -96,7 +96,7 @@ def _dos_time() -> tuple[int, int]:
             (((t.tm_year - 1980) & 0x7F) << 9) | (t.tm_mon << 5) | t.tm_mday)
 
 
-class TorchZipWriter:
+class TorchZipWriter(HashedWriter):
     """Usage: slots = [w.slot(shape, dtype) ...]; w.begin(obj); w.write_tensor(slot, t) in slot
     order; w.finish(); then w.sha256."""
 
@@ -142,13 +142,6 @@ class TorchZipWriter:
         self._central_directory()
         self._file.close()
 
-    @property
-    def sha256(self) -> str:
-        assert self._file.sha256 is not None, "file not finished"
-        return self._file.sha256
-
-    def abort(self) -> None:
-        self._file.abort()
 
     # -- zip format (PKWARE APPNOTE 6.3), stored entries, zip64 where sizes demand it --
 

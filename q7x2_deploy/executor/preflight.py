@@ -24,18 +24,20 @@ WARN_FREE_GIB = 20.0
 
 # One round trip per host gathers everything but the NPU tools: the engine, the image, which
 # paths exist, which tools are installed, listening ports and free space. Everything from the
-# inventory arrives as positional parameters ($1 the image, then the paths), never as text.
-# A single docker CLI call answers both "does the engine answer?" and "is the image there?":
-# every docker invocation costs a process start on the host, which is what limits how many
-# hosts can be checked at once (`docker info`, the obvious engine probe, is also the slowest).
+# inventory arrives as positional parameters ($1 the image, $2 whether to list listening
+# ports, then the paths), never as text. On a busy cluster every process the probe starts is
+# paid on every host, so it starts few: one docker CLI call answers both "does the engine
+# answer?" and "is the image there?" (`docker info`, the obvious engine probe, is the slowest
+# docker command); the port table is read on the master only (the kernel walks every socket
+# of the machine to produce it); one df covers every directory.
 _PROBE_SCRIPT = r"""
-img=$1; shift
+img=$1; want_ports=$2; shift 2
 echo "@image"; docker image inspect --format '{{.Id}}' "$img" 2>&1; echo "@rc $?"
 echo "@paths"; for p in "$@"; do [ -e "$p" ] || echo "$p"; done
 echo "@tools"; for t in npu-smi hccn_tool; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
-echo "@tcp"; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
-echo "@df"; echo "Filesystem 1024-blocks Used Available Capacity Mounted-on"
-for p in "$@" /var/lib/docker; do [ -d "$p" ] && df -Pk "$p" 2>/dev/null | tail -n +2; done
+echo "@tcp"; [ "$want_ports" = 1 ] && cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
+echo "@df"; n=$#; for p in "$@" /var/lib/docker; do [ -d "$p" ] && set -- "$@" "$p"; done; shift "$n"
+[ "$#" -gt 0 ] && df -Pk -- "$@" 2>/dev/null
 echo "@end"
 """
 
@@ -136,9 +138,10 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     t: Transport = cluster.transport(host)
     report = HostReport(host.name, host.node_rank)
     needs = host_needs(host)
+    wants_port = check_port and host.name == cluster.master.name
     try:
-        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, *needs.devices, *needs.mounts],
-                      timeout=60)
+        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, "1" if wants_port else "0",
+                       *needs.devices, *needs.mounts], timeout=60)
     except DeployError as e:
         report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
         return report
@@ -182,7 +185,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     else:
         report.add("links", "skip", "hccn_tool not installed" if "hccn_tool" not in tools else "no NPUs")
 
-    if host.name == cluster.master.name and check_port:
+    if wants_port:
         if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):
             report.add("port", "fail", f"master port {plan.master_port} already in use")
         else:

@@ -31,6 +31,33 @@ from q7x2_deploy.transport.hostkeys import (
 _CHUNK = 1 << 16
 
 
+class _PromptAckSocket(socket.socket):
+    """A TCP socket that acknowledges what it reads at once instead of ~40 ms later.
+
+    sshd sends exec-channel replies with Nagle's algorithm on, so a small reply waits until
+    the previous one is acknowledged, and Linux delays that acknowledgement by 40 ms. Right
+    after login that cost every first command on a connection ~45 ms (a fresh `check` of one
+    host took 0.13 s, of which 0.08 s was waiting). TCP_QUICKACK is not sticky, so it is
+    re-armed after every read; paramiko reads only through recv().
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
+
+
+def _low_latency_socket(sock: socket.socket) -> socket.socket:
+    """TCP_NODELAY (paramiko never sets it) and, where the OS has it, prompt ACKs."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not hasattr(socket, "TCP_QUICKACK"):  # Linux-only option
+        return sock
+    timeout = sock.gettimeout()
+    prompt = _PromptAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    prompt.settimeout(timeout)
+    return prompt
+
+
 @dataclass(frozen=True)
 class SSHConfig:
     host: str  # the inventory's name, used in every message
@@ -135,8 +162,12 @@ class SSHTransport(Transport):
             VerifyingPolicy(c.host, c.known_hosts_path, c.accept_new_host_keys)
         )
         where = f"{c.user}@{c.address}:{c.port}"
+        sock: socket.socket | None = None
         try:
+            sock = _low_latency_socket(socket.create_connection((c.address, c.port),
+                                                               timeout=c.connect_timeout))
             client.connect(
+                sock=sock,
                 hostname=c.address,
                 port=c.port,
                 username=c.user,
@@ -148,31 +179,39 @@ class SSHTransport(Transport):
                 allow_agent=False,
                 look_for_keys=c.identity is None,
             )
-        except HostKeyRefused:
+        except BaseException as e:
             client.close()
-            raise
-        except paramiko.BadHostKeyException as e:
-            client.close()
-            raise HostKeyRefused(
-                f"{c.host}: host key for {known_hosts_name(c.address, c.port)} CHANGED "
-                f"(offers {fingerprint(e.key)}, {c.known_hosts_path} expects "
-                f"{fingerprint(e.expected_key)}); refusing to connect"
-            ) from e
-        except paramiko.AuthenticationException as e:
-            client.close()
-            raise DeployError(
-                f"{c.host}: SSH login to {where} refused (identity {c.identity or 'default keys'}): {e}"
-            ) from e
-        except FileNotFoundError as e:
-            client.close()
-            raise DeployError(f"{c.host}: SSH identity file not found: {e.filename}") from e
-        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
-            client.close()
-            raise HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}") from e
+            if sock is not None:
+                sock.close()
+            err = self._connect_error(e, where)
+            if err is e:
+                raise
+            raise err from e
         t = client.get_transport()
         assert t is not None
         t.set_keepalive(c.keepalive_interval)
         return client
+
+    def _connect_error(self, e: BaseException, where: str) -> BaseException:
+        """The one-line error a failed connect becomes (`e` itself when it already is one)."""
+        c = self.config
+        if isinstance(e, paramiko.BadHostKeyException):
+            return HostKeyRefused(
+                f"{c.host}: host key for {known_hosts_name(c.address, c.port)} CHANGED "
+                f"(offers {fingerprint(e.key)}, {c.known_hosts_path} expects "
+                f"{fingerprint(e.expected_key)}); refusing to connect"
+            )
+        if isinstance(e, paramiko.AuthenticationException):
+            return DeployError(
+                f"{c.host}: SSH login to {where} refused (identity {c.identity or 'default keys'}): {e}"
+            )
+        if isinstance(e, FileNotFoundError):
+            return DeployError(f"{c.host}: SSH identity file not found: {e.filename}")
+        if isinstance(e, HostKeyRefused) or not isinstance(
+            e, (OSError, socket.timeout, paramiko.SSHException, EOFError)
+        ):
+            return e
+        return HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}")
 
     def _channel(self, argv: Sequence[str], merge_stderr: bool, open_timeout: float | None = None) -> paramiko.Channel:
         command = quote_argv(argv)

@@ -105,3 +105,18 @@ def test_reconnects_after_the_connection_drops(ssh: SSHTransport) -> None:
     ssh.ping()
     ssh.connect().close()  # simulate a dropped connection
     ssh.ping()
+
+
+def test_connection_sends_small_packets_at_once_and_acknowledges_promptly(ssh: SSHTransport) -> None:
+    """Without these options every first command on a connection waited ~45 ms for a delayed ACK."""
+    import socket
+
+    ssh.ping()
+    sock = ssh.connect().sock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    if hasattr(socket, "TCP_QUICKACK"):
+        from q7x2_deploy.transport.ssh import _PromptAckSocket
+
+        assert isinstance(sock, _PromptAckSocket)
+    ssh.close()
+    ssh.ping()  # a fresh connection through the same path still works

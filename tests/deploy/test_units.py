@@ -98,6 +98,35 @@ def test_probe_sections() -> None:
     assert sec["paths"] == ["/dev/davinci9"] and sec["tools"] == ["npu-smi"] and sec["end"] == []
 
 
+@pytest.mark.parametrize("want_ports", ["0", "1"])
+def test_probe_script_quotes_hostile_paths_and_lists_ports_only_when_asked(tmp_path: Path, want_ports: str) -> None:
+    """The probe as a host runs it (sh), with the docker CLI replaced by a stand-in on PATH."""
+    import os
+    import subprocess
+
+    from q7x2_deploy.executor.preflight import _PROBE_SCRIPT, parse_probe
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\necho "sha256:feed $*"\n')
+    (bin_dir / "docker").chmod(0o755)
+    present = [tmp_path / "with space", tmp_path / "q'uote", tmp_path / "$(touch pwned)"]
+    for d in present:
+        d.mkdir()
+    missing = [str(tmp_path / "gone; touch pwned2"), str(tmp_path / "-rf")]
+    out = subprocess.run(["sh", "-c", _PROBE_SCRIPT, "sh", "img:1", want_ports, *map(str, present), *missing],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=tmp_path).stdout
+    sec = parse_probe(out)
+    assert sec["image"] == ["sha256:feed image inspect --format {{.Id}} img:1", "@rc 0"]
+    assert sec["paths"] == missing
+    assert not list(tmp_path.glob("pwned*"))
+    free = _df_free_gib("\n".join(sec["df"]))
+    assert free and all(v > 0 for v in free.values())
+    assert (len(sec["tcp"]) > 0) == (want_ports == "1")
+    assert sec["end"] == []
+
+
 def test_converge_decisions_from_container_states() -> None:
     from deploy_fixtures import make_plan
 

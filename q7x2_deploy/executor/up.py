@@ -6,7 +6,6 @@ skipped, a running job is attached to, failed or stopped containers are replaced
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.preflight import HostReport, failure_message, preflight
-from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.executor.rundir import mark_finished, run_dir, start_attempt
 from q7x2_deploy.executor.supervise import Supervisor
 from q7x2_deploy.image.delivery import deliver_image
 
@@ -91,6 +90,8 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
                           "`q7x2-deploy down` removes its containers to start over")
                 return 0
             started = time.monotonic()
+            if (earlier := start_attempt(plan.job_name)) is not None:
+                sink.note(f"q7x2-deploy: new attempt; the previous one's logs are in {earlier}")
             reports = preflight(cluster)
             hooks.on_preflight(reports)
             if (msg := failure_message(reports)) is not None:
@@ -117,5 +118,5 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
                       f"follow it with `q7x2-deploy logs -f`, stop it with `q7x2-deploy down`")
         else:
             sink.note(f"q7x2-deploy: job {plan.job_name} finished on every host")
-            (run_dir(plan.job_name) / "result.json").write_text(json.dumps({"status": "finished"}))
+            mark_finished(plan.job_name)
         return 0

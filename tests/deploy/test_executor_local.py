@@ -112,6 +112,19 @@ def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path
             removed = [remove_job(cluster.transport(h), job) for h in cluster.hosts]
             assert sum(removed) == 3
             assert [remove_job(cluster.transport(h), job) for h in cluster.hosts] == [0, 0]  # idempotent
+            assert (run_dir(job) / "result.json").exists()
+
+            # Starting over is a new attempt: its logs do not mix with the first one's.
+            out3 = io.StringIO()
+            sink3 = LogSink(job, stream=out3)
+            assert up(cluster, sink3) == 0
+            sink3.close()
+            earlier = [d for d in (run_dir(job) / "earlier").iterdir()]
+            assert len(earlier) == 1 and f"previous one's logs are in {earlier[0]}" in out3.getvalue()
+            assert (earlier[0] / "h1.log").read_text().count("iteration        3/") == 1
+            assert (run_dir(job) / "h1.log").read_text().count("iteration        3/") == 1
+            assert (run_dir(job) / "result.json").exists()
+            assert sum(remove_job(cluster.transport(h), job) for h in cluster.hosts) == 3
         state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", bystander],
                                capture_output=True, text=True).stdout.strip()
         assert state == "true"  # never touches other containers

@@ -149,3 +149,24 @@ def test_converge_decisions_from_container_states() -> None:
     assert not _all_done(cluster, failed)
     preparing = {"a": {"q7x2-j-convert-0": st("q7x2-j-convert-0", "prepare", "running")}}
     assert _running_phase(preparing) == "prepare"
+
+
+def test_each_attempt_sets_the_previous_logs_aside_and_keeps_the_last_ten(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from q7x2_deploy.executor.rundir import KEPT_ATTEMPTS, mark_finished, run_dir, start_attempt
+
+    monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
+    assert start_attempt("j") is None  # nothing to set aside
+    moved = []
+    for i in range(KEPT_ATTEMPTS + 2):
+        (run_dir("j") / "h0.log").write_text(f"attempt {i}\n")
+        mark_finished("j")
+        for f in ("h0.log", "result.json"):  # every attempt ended in the same second
+            os.utime(run_dir("j") / f, (1_700_000_000, 1_700_000_000))
+        moved.append(start_attempt("j"))
+        assert not (run_dir("j") / "h0.log").exists() and not (run_dir("j") / "result.json").exists()
+    kept = sorted((run_dir("j") / "earlier").iterdir())
+    assert len(kept) == KEPT_ATTEMPTS and len(set(moved)) == KEPT_ATTEMPTS + 2
+    assert {(d / "h0.log").read_text() for d in kept} == {f"attempt {i}\n" for i in range(2, KEPT_ATTEMPTS + 2)}

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Literal
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.npu_health import check_npus
+from q7x2_deploy.executor.probe import Check, Level, parse_probe, split_rc
 from q7x2_deploy.plan import HostPlan
 from q7x2_deploy.transport import Transport
 
-Level = Literal["ok", "warn", "fail", "skip"]
 CHECK_NAMES = ("ssh", "engine", "image", "devices", "npu", "links", "port", "disk")
 MIN_FREE_GIB = 2.0  # below this, image delivery or a checkpoint save will fail
 WARN_FREE_GIB = 20.0
@@ -40,31 +40,6 @@ echo "@df"; n=$#; for p in "$@" /var/lib/docker; do [ -d "$p" ] && set -- "$@" "
 [ "$#" -gt 0 ] && df -Pk -- "$@" 2>/dev/null
 echo "@end"
 """
-
-
-def parse_probe(output: str) -> dict[str, list[str]]:
-    """Sections of the probe's output by name; a section's `@rc N` line is kept as its last line."""
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in output.splitlines():
-        if line.startswith("@") and not line.startswith("@rc "):
-            current = sections.setdefault(line[1:].strip(), [])
-        elif current is not None:
-            current.append(line)
-    return sections
-
-
-def _rc(lines: list[str]) -> tuple[int, list[str]]:
-    if lines and lines[-1].startswith("@rc "):
-        return int(lines[-1][4:]), lines[:-1]
-    return 1, lines
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: Level
-    detail: str
 
 
 @dataclass
@@ -148,7 +123,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     report.add("ssh", "ok", f"{host.ssh.get('user', 'root')}@{host.address}")
     sec = parse_probe(probe.stdout)
 
-    rc, image = _rc(sec.get("image", []))
+    rc, image = split_rc(sec.get("image", []))
     answer = " ".join(image)
     if rc == 0 and image:
         report.add("engine", "ok", "answers")
@@ -167,23 +142,9 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
         report.add("devices", "ok", f"{len(needs.devices)} devices, {len(needs.mounts)} mounts")
 
     tools = set(sec.get("tools", []))
-    if "npu-smi" in tools:
-        smi = t.run(["npu-smi", "info"], timeout=120)
-        report.add("npu", "ok" if smi.ok else "fail",
-                   "npu-smi info ok" if smi.ok else f"npu-smi info failed: {smi.last_lines(1)}")
-    else:
-        report.add("npu", "warn" if plan.flavor == "ascend" else "skip", "npu-smi not installed")
-
-    if "hccn_tool" in tools and needs.npu_indices:
-        down = []
-        for i in needs.npu_indices:
-            r = t.run(["hccn_tool", "-i", str(i), "-link", "-g"], timeout=60)
-            if not r.ok or "UP" not in r.stdout.upper():
-                down.append(str(i))
-        report.add("links", "fail" if down else "ok",
-                   f"link down on NPU {', '.join(down)}" if down else f"{len(needs.npu_indices)} links up")
-    else:
-        report.add("links", "skip", "hccn_tool not installed" if "hccn_tool" not in tools else "no NPUs")
+    for c in check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
+                        npus=needs.npu_indices, ascend=plan.flavor == "ascend"):
+        report.checks.append(c)
 
     if wants_port:
         if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):

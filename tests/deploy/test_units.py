@@ -91,7 +91,7 @@ def test_tee_keeps_feeding_others_when_one_consumer_dies() -> None:
 
 
 def test_probe_sections() -> None:
-    from q7x2_deploy.executor.preflight import _rc, parse_probe
+    from q7x2_deploy.executor.probe import parse_probe, split_rc as _rc
 
     sec = parse_probe("@image\nsha256:abc\n@rc 0\n@paths\n/dev/davinci9\n@tools\nnpu-smi\n@df\nFilesystem\n@end\n")
     assert _rc(sec["image"]) == (0, ["sha256:abc"])
@@ -104,7 +104,8 @@ def test_probe_script_quotes_hostile_paths_and_lists_ports_only_when_asked(tmp_p
     import os
     import subprocess
 
-    from q7x2_deploy.executor.preflight import _PROBE_SCRIPT, parse_probe
+    from q7x2_deploy.executor.preflight import _PROBE_SCRIPT
+    from q7x2_deploy.executor.probe import parse_probe
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -170,3 +171,76 @@ def test_each_attempt_sets_the_previous_logs_aside_and_keeps_the_last_ten(tmp_pa
     kept = sorted((run_dir("j") / "earlier").iterdir())
     assert len(kept) == KEPT_ATTEMPTS and len(set(moved)) == KEPT_ATTEMPTS + 2
     assert {(d / "h0.log").read_text() for d in kept} == {f"attempt {i}\n" for i in range(2, KEPT_ATTEMPTS + 2)}
+
+
+NPU_SMI_TABLE = """\
++------------------------------------------------------------------------------------------------+
+| npu-smi 23.0.1                   Version: 23.0.1                                               |
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     910B3               | OK            | 90.1        38                0    / 0             |
+| 0                         | 0000:C1:00.0  | 0           0    / 0          3300 / 65536         |
++===========================+===============+====================================================+
+| 1     910B3               | Warning       | 91.0        39                0    / 0             |
+| 0                         | 0000:C2:00.0  | 0           0    / 0          3300 / 65536         |
++===========================+===============+====================================================+
+| 2     910B3               | Alarm         | 92.0        40                0    / 0             |
+| 0                         | 0000:81:00.0  | 0           0    / 0          3300 / 65536         |
++===========================+===============+====================================================+
++---------------------------+---------------+----------------------------------------------------+
+| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |
++===========================+===============+====================================================+
+| No running processes found in NPU 0                                                            |
++===========================+===============+====================================================+
+"""
+
+
+def test_npu_smi_health_per_npu_and_verdicts() -> None:
+    from q7x2_deploy.executor.npu_health import judge_npu_smi, parse_npu_smi
+
+    assert parse_npu_smi(NPU_SMI_TABLE) == {0: "OK", 1: "Warning", 2: "Alarm"}
+    lines = NPU_SMI_TABLE.splitlines() + ["@rc 0"]
+    assert judge_npu_smi(lines, [0]).level == "ok"
+    assert (judge_npu_smi(lines, [0, 1]).level, judge_npu_smi(lines, [0, 1]).detail) == ("warn", "NPU 1 Warning")
+    bad = judge_npu_smi(lines, [0, 1, 2])
+    assert (bad.level, bad.detail) == ("fail", "unhealthy: NPU 2 Alarm, NPU 1 Warning")
+    assert judge_npu_smi(lines, [0, 7]).detail == "NPU 7 not listed by npu-smi"
+    failed = judge_npu_smi(["dcmi module initialize failed. ret is -8005", "@rc 8"], [0])
+    assert (failed.level, failed.detail) == ("fail", "npu-smi info failed (exit 8): dcmi module initialize failed. ret is -8005")
+    assert judge_npu_smi([], [0]).level == "fail"  # the probe never got to the end
+
+
+def test_link_states_from_hccn_tool_lines() -> None:
+    from q7x2_deploy.executor.npu_health import judge_links
+
+    lines = ["1 0 link status: UP ", "0 0 link status: DOWN ", "3 255 hccn_tool: device 3 not found "]
+    r = judge_links(lines, [0, 1, 2, 3])
+    assert (r.level, r.detail) == ("fail", "link down on NPU 0, 2, 3")
+    assert judge_links(lines, [1]).level == "ok"
+
+
+def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
+    import subprocess
+
+    from q7x2_deploy.executor.npu_health import judge_links, judge_npu_smi
+    from q7x2_deploy.sandbox import ascend
+
+    faults = tmp_path / "faults"
+    smi, hccn = tmp_path / "npu-smi", tmp_path / "hccn_tool"
+    smi.write_text(ascend._NPU_SMI.format(last=3, faults=faults))
+    hccn.write_text(ascend._HCCN_TOOL.format(faults=faults))
+    smi.chmod(0o755)
+    hccn.chmod(0o755)
+
+    def probe() -> tuple[str, str]:
+        out = subprocess.run([str(smi), "info"], capture_output=True, text=True)
+        links = [f"{i} 0 " + subprocess.run([str(hccn), "-i", str(i), "-link", "-g"], capture_output=True,
+                                            text=True).stdout.strip() for i in range(4)]
+        return (judge_npu_smi(out.stdout.splitlines() + [f"@rc {out.returncode}"], [0, 1, 2, 3]).detail,
+                judge_links(links, [0, 1, 2, 3]).detail)
+
+    assert probe() == ("4 NPUs healthy", "4 links up")
+    faults.write_text("health 2 Critical\nlink 1 DOWN\n")
+    assert probe() == ("unhealthy: NPU 2 Critical", "link down on NPU 1")

@@ -19,6 +19,7 @@ from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
 from q7x2_deploy.image.delivery import deliver_image, local_image_id
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import build_plan
+from q7x2_deploy.sandbox.ascend import FAULTS_FILE
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -76,6 +77,27 @@ def test_ascend_run_spec_starts_with_its_devices(own_sandbox, tmp_path: Path) ->
                 assert dev in out.split(), out
             assert f"NODE_RANK={h.node_rank}" in out and "/usr/local/Ascend/driver" in out
     print(f"\nssh delivery of {IMAGE} to 2 hosts: {took:.1f}s")
+
+
+def test_check_names_an_unhealthy_npu_and_a_down_link(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _cfg, _cluster, sbx = own_sandbox
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job="e2e-npu", image_ref=IMAGE, port=6224,
+                           distribution="ssh", image__flavor="ascend", container__devices=DEVICES,
+                           job__parallelism__npus_per_node=DEVICES)
+    plan = build_plan(load_inventory(inv))
+    with open_cluster(plan, ssh_factory()) as cl:
+        sbx2 = cl.transport("sbx-2")
+        sbx2.write_file(FAULTS_FILE, b"health 1 Alarm\nlink 0 DOWN\n")
+        try:
+            r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+        finally:
+            sbx2.check(["rm", "-f", FAULTS_FILE])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "sbx-2: npu: unhealthy: NPU 1 Alarm" in out and "sbx-2: links: link down on NPU 0" in out, out
+    assert "sbx-1:" not in out.split("preflight failed")[-1], out  # the healthy host is not blamed
+    r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _start_training(sbx, tmp_path: Path, job: str, port: int):  # type: ignore[no-untyped-def]

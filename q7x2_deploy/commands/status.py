@@ -1,4 +1,5 @@
-"""`q7x2-deploy status INVENTORY [--json]`: per host state, phase, iteration, loss, throughput."""
+"""`q7x2-deploy status INVENTORY [--json]`: per host state, step, time since its last output line,
+iteration, loss, throughput."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.status import HostStatus, job_status
+from q7x2_deploy.executor.table import compact_table, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,9 +26,21 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def quiet_for(seconds: float | None) -> str:
+    """How long a running container has printed nothing: 4s, 3m07s, 2h05m."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def status_table(job: str, rows: list[HostStatus]) -> Table:
-    table = Table(title=f"job {job}")
-    for col in ("host", "rank", "state", "step", "iteration", "loss", "ms/it", "TFLOP/s"):
+    table = compact_table(f"job {job}")
+    for col in ("host", "rank", "state", "step", "quiet", "iteration", "loss", "ms/it", "TFLOP/s"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("host", "state", "step") else "right")
     for s in rows:
         p = s.progress
@@ -34,7 +48,7 @@ def status_table(job: str, rows: list[HostStatus]) -> Table:
         if not s.reachable:
             state = "unreachable"
         table.add_row(
-            s.host, str(s.rank), state, s.step,
+            s.host, str(s.rank), state, s.step, quiet_for(s.quiet_s),
             f"{p.iteration}/{p.train_iters}" if p else "-",
             _fmt(p.lm_loss if p else None, ".4f"),
             _fmt(p.ms_per_iteration if p else None, ".1f"),
@@ -51,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows]}, indent=2))
     else:
         console = Console()
-        console.print(status_table(job, rows))
+        print_table(console, status_table(job, rows))
         for r in rows:
             if not r.reachable:
                 console.print(f"  {r.host}: {r.error}", style="red", markup=False)

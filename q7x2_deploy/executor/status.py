@@ -1,12 +1,21 @@
-"""`status`: per host, the job's containers, phase and training progress."""
+"""`status`: per host, the job's containers, phase, training progress and when it last spoke.
+
+Megatron prints iteration lines on the last rank only, so the other hosts show no progress;
+how long ago their current container last wrote a line is what tells a live host from a hung
+one. The age is computed on the host (its engine's timestamps against its own clock), so the
+operator's clock does not matter.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.logs import Line, split_stamp
 from q7x2_deploy.executor.metrics import Progress, last_progress
 from q7x2_deploy.plan import HostPlan
 
@@ -25,13 +34,40 @@ class HostStatus:
     exit_code: int | None = None
     steps: dict[str, str] = field(default_factory=dict)
     progress: Progress | None = None
+    quiet_s: float | None = None  # seconds since the current step's container last wrote a line
 
     def to_dict(self) -> dict[str, object]:
         return {
             "host": self.host, "rank": self.rank, "reachable": self.reachable, "error": self.error,
             "state": self.state, "step": self.step, "phase": self.phase, "exit_code": self.exit_code,
             "steps": self.steps, "progress": self.progress.to_dict() if self.progress else None,
+            "quiet_s": self.quiet_s,
         }
+
+
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(.*)$")
+_TAIL_SCRIPT = 'docker logs --timestamps --tail "$1" "$2" 2>&1; echo "@now $(date +%s)"'
+
+
+def _split_tail(output: str) -> tuple[list[Line], float | None]:
+    lines: list[Line] = []
+    now: float | None = None
+    for raw in output.splitlines():
+        if raw.startswith("@now "):
+            now = float(raw[5:])
+        else:
+            lines.append(split_stamp(raw))
+    return lines, now
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of an RFC 3339 timestamp with up to nanoseconds (Docker's);
+    datetime parses at most microseconds, so the fraction is added separately."""
+    m = _RFC3339.match(stamp.replace("Z", "+00:00"))
+    if m is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {stamp!r}")
+    base = datetime.fromisoformat(m[1] + (m[3] or "+00:00"))
+    return base.timestamp() + (float("0." + m[2]) if m[2] else 0.0)
 
 
 def _describe(c: ContainerState) -> str:
@@ -52,10 +88,17 @@ def host_status(cluster: Cluster, host: HostPlan) -> HostStatus:
     if current is not None:
         st.state, st.step, st.phase = current.status, current.step, current.phase
         st.exit_code = current.exit_code if current.status == "exited" else None
-    pretrain = host.step("pretrain")
-    if pretrain is not None and pretrain.container_name in found:
-        r = t.run(["docker", "logs", "--tail", str(LOG_TAIL), pretrain.container_name], timeout=60)
-        st.progress = last_progress((r.stdout + "\n" + r.stderr).splitlines())
+    if current is not None:
+        # One command: the container's last lines with the engine's timestamps, then the
+        # host's clock, so the age of the newest line needs no clock agreement with us.
+        r = t.run(["sh", "-c", _TAIL_SCRIPT, "sh", str(LOG_TAIL), current.name], timeout=60)
+        lines, now = _split_tail(r.stdout)
+        if current.step == "pretrain":
+            st.progress = last_progress([ln.text for ln in lines])
+        if current.status == "running" and now is not None:
+            newest = max((ln.stamp for ln in lines if ln.stamp), default="")
+            if newest:
+                st.quiet_s = max(0.0, now - _epoch(newest))
     return st
 
 

@@ -1,7 +1,10 @@
-"""Rich tables for preflight: one short cell per check, the details of anything not ok below."""
+"""Rich tables: the compact style `check` and `status` share, and printing that never cuts a
+cell short in a pipe or a log file; the preflight table (one short cell per check, the details
+of anything not ok below)."""
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -9,6 +12,17 @@ from rich.text import Text
 from q7x2_deploy.executor.preflight import CHECK_NAMES, Check, HostReport
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def compact_table(title: str) -> Table:
+    """No vertical rules or outer edge: a table of ten short columns fits 80 columns."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+
+
+def print_table(console: Console, table: Table) -> None:
+    """On a terminal, its width; anywhere else (default 80 columns) as wide as the cells need."""
+    width = None if console.is_terminal else max(console.width, console.measure(table).maximum)
+    console.print(table, width=width)
 
 
 def _cell(c: Check | None) -> Text:
@@ -24,7 +38,7 @@ def _cell(c: Check | None) -> Text:
 
 
 def preflight_table(reports: list[HostReport]) -> Table:
-    table = Table(title="preflight")
+    table = compact_table("preflight")
     table.add_column("host")
     table.add_column("rank", justify="right")
     for name in CHECK_NAMES:
@@ -36,7 +50,7 @@ def preflight_table(reports: list[HostReport]) -> Table:
 
 def print_preflight(reports: list[HostReport], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(preflight_table(reports))
+    print_table(console, preflight_table(reports))
     for r in reports:
         for c in r.checks:
             if c.level in ("warn", "fail"):

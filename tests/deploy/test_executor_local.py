@@ -196,13 +196,18 @@ def _children(pid: int) -> list[int]:
 def test_detach_then_rerun_attaches_and_lock_refuses_second_up(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
     s = _settings(sshd, tmp_path)
     plan = make_plan(job, {"h0": s, "h1": s}, {
-        "h0": [("pretrain", "train", "sleep 15; echo finished-0")],
-        "h1": [("pretrain", "train", "sleep 15; echo finished-1")],
+        "h0": [("pretrain", "train", "echo started-0; sleep 15; echo finished-0")],
+        "h1": [("pretrain", "train", "echo started-1; sleep 15; echo finished-1")],
     }, tmp_path / "hosts")
     with open_cluster(plan, ssh_factory()) as cluster:
         t0 = time.monotonic()
         assert up(cluster, LogSink(job, stream=io.StringIO()), detach=True) == 0
         assert time.monotonic() - t0 < 12  # returned while the steps still run (they sleep 15 s)
+        time.sleep(2.5)
+        rows = job_status(cluster)
+        assert [(r.state, r.step) for r in rows] == [("running", "pretrain")] * 2
+        # Each printed one line, then nothing: status says for how long (host clock, whole seconds).
+        assert all(r.quiet_s is not None and 1 <= r.quiet_s < 15 for r in rows), [r.quiet_s for r in rows]
         with JobLock(run_dir(job) / "up.lock", job):
             with pytest.raises(DeployError, match="another `up` for job .* is running"):
                 up(cluster, LogSink(job, stream=io.StringIO()))

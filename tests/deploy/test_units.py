@@ -244,3 +244,17 @@ def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
     assert probe() == ("4 NPUs healthy", "4 links up")
     faults.write_text("health 2 Critical\nlink 1 DOWN\n")
     assert probe() == ("unhealthy: NPU 2 Critical", "link down on NPU 1")
+
+
+def test_status_reads_the_newest_line_age_against_the_hosts_clock() -> None:
+    from q7x2_deploy.commands.status import quiet_for
+    from q7x2_deploy.executor.status import _epoch, _split_tail
+
+    assert _epoch("1970-01-01T00:00:10.5Z") == 10.5
+    assert _epoch("1970-01-01T00:00:10.123456789Z") == pytest.approx(10.123456789)
+    assert _epoch("1970-01-01T08:00:10+08:00") == 10.0
+    with pytest.raises(ValueError):
+        _epoch("yesterday")
+    lines, now = _split_tail("1970-01-01T00:00:01.000000000Z hello\nError: No such container\n@now 42\n")
+    assert [ln.text for ln in lines] == ["hello", "Error: No such container"] and now == 42.0
+    assert [quiet_for(x) for x in (None, 4.9, 187, 7500)] == ["-", "4s", "3m07s", "2h05m"]

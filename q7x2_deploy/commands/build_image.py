@@ -15,6 +15,7 @@ from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.session import add_inventory_argument
 from q7x2_deploy.image.build import build_image, docker_client, image_present, push_image
 from q7x2_deploy.image.context import assemble_context
+from q7x2_deploy.image.delivery import short_id
 from q7x2_deploy.image.wheelhouse import WheelhouseSpec, prepare_wheelhouse
 from q7x2_deploy.render import CPU_TORCH_VERSION, AscendStack
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         ctx = assemble_context(Path(tmp), flavor=flavor, base_image=base, wheelhouse=wheelhouse,
                                vendor=args.vendor)
         image_id = build_image(ctx, ref, progress=say, client=client)
-    console.print(f"built {ref} ({image_id.removeprefix('sha256:')[:12]}) from {base} "
+    console.print(f"built {ref} ({short_id(image_id)}) from {base} "
                   f"in {time.monotonic() - started:.0f}s (wheelhouse {t_wheels:.0f}s)")
     if args.push:
         with console.status(f"[bold]pushing {ref}"):

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from q7x2_deploy.executor.preflight import CHECK_NAMES, Check, HostReport
+from q7x2_deploy.image.delivery import short_id
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -31,7 +32,7 @@ def _cell(c: Check | None) -> Text:
     if c.level != "ok":
         return Text(c.level, style=_STYLE[c.level])
     if c.name == "image":
-        return Text(c.detail.removeprefix("sha256:")[:12], style="green")
+        return Text(short_id(c.detail), style="green")
     if c.name == "disk":
         return Text(c.detail.split(" GiB")[0].split(".")[0] + "G", style="green")
     return Text("ok", style="green")

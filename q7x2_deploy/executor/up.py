@@ -99,7 +99,7 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
             deliveries = deliver_image(cluster, progress=lambda s: sink.note(f"q7x2-deploy: {s}"),
                                        known_ids={r.host: r.image_id for r in reports})
             for d in deliveries:
-                sink.note(f"q7x2-deploy: {d.host}: image {d.action} ({d.image_id.removeprefix('sha256:')[:12]})")
+                sink.note(f"q7x2-deploy: {d.host}: {d.describe()}")
             _write_job_files(cluster)
             sink.note(f"q7x2-deploy: preflight, image and job files ready in {time.monotonic() - started:.1f}s")
             phases = PHASES

@@ -1,6 +1,11 @@
 """Getting the image onto every host: `docker pull` from a registry, or, for sites without
 one, the local engine's `docker save` streamed over SSH into each host's `docker load`.
 
+A new build under the same reference leaves the host's previous image without a name; an
+image is gigabytes (tens of them with CANN), so after the new one has arrived the previous one
+is removed, with a plain `docker image rm` that refuses while any container (even a stopped
+one) or another tag still uses it.
+
 One `docker save` feeds all hosts at once (a tee with a bounded queue per host), so the image
 is read once however many hosts there are. Hosts that already hold the same image ID are
 skipped either way.
@@ -11,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
@@ -30,6 +35,19 @@ class Delivery:
     host: str
     action: str  # skipped | pulled | loaded
     image_id: str
+    previous: str | None = None  # the image the host had under this reference before, if replaced
+    previous_removed: bool = False
+
+    def describe(self) -> str:
+        text = f"image {self.action} ({short_id(self.image_id)})"
+        if self.previous:
+            text += (f"; previous image {short_id(self.previous)} removed" if self.previous_removed else
+                     f"; previous image {short_id(self.previous)} kept (a container or another tag uses it)")
+        return text
+
+
+def short_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
 
 
 def remote_image_id(t: Transport, ref: str) -> str | None:
@@ -170,4 +188,15 @@ def deliver_image(
             before = known_ids.get(h.name)
             action = "loaded" if plan.distribution == "ssh" else ("pulled" if got_id != before else "skipped")
             results[h.name] = Delivery(h.name, action, got_id)
+        replaced = [h for h in todo if known_ids.get(h.name) and known_ids.get(h.name) != results[h.name].image_id]
+        removed = for_each(replaced, lambda h: _remove_unused(cluster.transport(h), known_ids[h.name] or ""),
+                           key=lambda h: h.name)
+        for h in replaced:
+            results[h.name] = replace(results[h.name], previous=known_ids[h.name],
+                                      previous_removed=bool(removed[h.name].value))
     return [results[h.name] for h in cluster.hosts]
+
+
+def _remove_unused(t: Transport, image_id: str) -> bool:
+    """`docker image rm` without force: refused while a container or another tag uses it."""
+    return t.run(["docker", "image", "rm", image_id], timeout=300).ok

@@ -8,6 +8,7 @@ Powering hosts off would disturb the shared session sandbox, hence the separate 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -98,6 +99,45 @@ def test_check_names_an_unhealthy_npu_and_a_down_link(own_sandbox, tmp_path: Pat
     assert "sbx-1:" not in out.split("preflight failed")[-1], out  # the healthy host is not blamed
     r = cli("check", str(inv), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_new_build_replaces_the_hosts_previous_image_unless_it_is_in_use(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from q7x2_deploy.sandbox.base_image import ensure_base_image
+
+    _cfg, _cluster, sbx = own_sandbox
+    base, ref = ensure_base_image(log=lambda _m: None), "q7x2-test/rebuilt:e2e"
+
+    def build(version: int) -> str:  # a small image of its own under the same reference each time
+        subprocess.run(["docker", "build", "-q", "-t", ref, "-"], input=f"FROM {base}\nLABEL v={version}\n",
+                       text=True, check=True, capture_output=True)
+        return local_image_id(ref) or ""
+
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job="e2e-rebuilt", image_ref=ref, port=6225,
+                           distribution="ssh")
+    plan = build_plan(load_inventory(inv))
+    with open_cluster(plan, ssh_factory()) as cl:
+        def on_hosts(image_id: str) -> list[bool]:
+            return [cl.transport(h).run(["docker", "image", "inspect", image_id]).ok for h in plan.hosts]
+
+        first = build(1)
+        assert [d.action for d in deliver_image(cl)] == ["loaded", "loaded"]
+        second = build(2)
+        done = deliver_image(cl)
+        assert [(d.action, d.image_id, d.previous, d.previous_removed) for d in done] == [("loaded", second, first, True)] * 2
+        assert on_hosts(first) == [False, False] and on_hosts(second) == [True, True]
+        # A (stopped) container still uses the image on sbx-1: there it stays.
+        holder = cl.transport("sbx-1").check(["docker", "create", "--label", "q7x2.test=holder", ref, "true"]).stdout.strip()
+        try:
+            third = build(3)
+            done = deliver_image(cl)
+            assert [(d.previous, d.previous_removed) for d in done] == [(second, False), (second, True)]
+            assert "kept (a container or another tag uses it)" in done[0].describe()
+            assert on_hosts(second) == [True, False] and on_hosts(third) == [True, True]
+        finally:
+            cl.transport("sbx-1").run(["docker", "rm", "-f", holder])
+        for h in plan.hosts:
+            cl.transport(h).run(["docker", "image", "rm", "-f", ref, second])
+    subprocess.run(["docker", "image", "rm", "-f", ref], capture_output=True)
 
 
 def _start_training(sbx, tmp_path: Path, job: str, port: int):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
-from q7x2_deploy.executor.status import HostStatus, job_status
+from q7x2_deploy.executor.status import HostStatus, job_status, quiet_for
 from q7x2_deploy.executor.table import compact_table, print_table
 
 
@@ -24,18 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
-
-
-def quiet_for(seconds: float | None) -> str:
-    """How long a running container has printed nothing: 4s, 3m07s, 2h05m."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def status_table(job: str, rows: list[HostStatus]) -> Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import IO, TextIO
@@ -26,6 +27,7 @@ class LogSink:
         self._lock = threading.Lock()
         self._files: dict[str, IO[str]] = {}
         self._tails: dict[str, deque[str]] = {}
+        self.last_line_at = time.monotonic()  # when any host last printed a line
 
     def _file(self, host: str) -> IO[str]:
         f = self._files.get(host)
@@ -37,6 +39,7 @@ class LogSink:
     def line(self, host: str, rank: int | str, text: str) -> None:
         prefixed = f"[{host} {rank}] {text}"
         with self._lock:
+            self.last_line_at = time.monotonic()
             self._tails.setdefault(host, deque(maxlen=TAIL_LINES)).append(text)
             if self.echo:
                 self.stream.write(prefixed + "\n")

@@ -70,6 +70,18 @@ def _epoch(stamp: str) -> float:
     return base.timestamp() + (float("0." + m[2]) if m[2] else 0.0)
 
 
+def quiet_for(seconds: float | None) -> str:
+    """How long a running container has printed nothing: 4s, 3m07s, 2h05m."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def _describe(c: ContainerState) -> str:
     return c.status if c.status != "exited" else f"exited({c.exit_code})"
 

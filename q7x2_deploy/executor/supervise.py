@@ -2,7 +2,9 @@
 
 Each watched container has two SSH commands on its host: `docker logs -f` (its lines go to the
 merged output) and `docker wait` (its exit status). A heartbeat per host notices a host that
-stops answering even when no command would ever return an error on its own.
+stops answering even when no command would ever return an error on its own. A job whose hosts
+all answer but none prints anything for a long time is the other silent failure (a rank stuck
+in a collective waits for HCCL_EXEC_TIMEOUT, 1836 s by default, forever at 0): the deployer says so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.containers import ContainerState, remove_containers, stop_job
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.executor.status import quiet_for
 from q7x2_deploy.plan import HostPlan, StepPlan
 from q7x2_deploy.transport import HostUnreachable
 
@@ -25,6 +28,8 @@ from q7x2_deploy.transport import HostUnreachable
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TIMEOUT_S = 6.0
 HEARTBEAT_MISSES = 2  # consecutive misses before a host counts as lost
+# Long enough for a 7B checkpoint save or a slow conversion shard, short enough to matter.
+QUIET_WARNING_S = 600.0
 
 
 class JobFailed(DeployError):
@@ -41,9 +46,10 @@ class Failure:
 
 
 class Supervisor:
-    def __init__(self, cluster: Cluster, sink: LogSink) -> None:
+    def __init__(self, cluster: Cluster, sink: LogSink, *, quiet_warning_s: float = QUIET_WARNING_S) -> None:
         self.cluster = cluster
         self.sink = sink
+        self.quiet_warning_s = quiet_warning_s
         self.stop = threading.Event()
         self.failure: Failure | None = None
         self._lock = threading.Lock()
@@ -191,15 +197,37 @@ class Supervisor:
         self._runners = runners
         for th in beats + runners:
             th.start()
+        watch_quiet = _QuietWatch(self.sink, phase, self.quiet_warning_s)
         try:
             for th in runners:
                 while th.is_alive():  # short joins keep Ctrl-C deliverable to the main thread
                     th.join(0.5)
                     if self.stop.is_set():
                         break
+                    if watch:
+                        watch_quiet.check()
                 if self.stop.is_set():
                     break
         finally:
             done.set()
         if self.failure is not None:
             self.raise_failure()
+
+
+class _QuietWatch:
+    """Says when no host has printed a line for `every` seconds, and again each `every` after."""
+
+    def __init__(self, sink: LogSink, phase: str, every: float) -> None:
+        self.sink, self.phase, self.every = sink, phase, every
+        self.since = time.monotonic()  # lines from before this phase do not count
+        self.next_warning = every
+
+    def check(self) -> None:
+        quiet = time.monotonic() - max(self.sink.last_line_at, self.since)
+        if quiet < self.every:
+            self.next_warning = self.every
+        elif quiet >= self.next_warning:
+            self.sink.note(f"q7x2-deploy: no output from any host for {quiet_for(quiet)} in phase {self.phase}, "
+                           "though every host answers; a rank stuck in a collective looks like this "
+                           "(`q7x2-deploy status` shows how long each host has been quiet)")
+            self.next_warning += self.every

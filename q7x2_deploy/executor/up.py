@@ -18,7 +18,7 @@ from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.preflight import HostReport, failure_message, preflight
 from q7x2_deploy.executor.rundir import mark_finished, run_dir, start_attempt
-from q7x2_deploy.executor.supervise import Supervisor
+from q7x2_deploy.executor.supervise import QUIET_WARNING_S, Supervisor
 from q7x2_deploy.image.delivery import deliver_image
 
 PHASES = ("prepare", "train")
@@ -64,7 +64,8 @@ def _all_done(cluster: Cluster, existing: dict[str, dict[str, ContainerState]]) 
     return True
 
 
-def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks | None = None) -> int:
+def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks | None = None,
+       quiet_warning_s: float = QUIET_WARNING_S) -> int:
     hooks = hooks or UpHooks()
     plan = cluster.plan
     with JobLock(run_dir(plan.job_name) / "up.lock", plan.job_name):
@@ -103,7 +104,7 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
             _write_job_files(cluster)
             sink.note(f"q7x2-deploy: preflight, image and job files ready in {time.monotonic() - started:.1f}s")
             phases = PHASES
-        supervisor = Supervisor(cluster, sink)
+        supervisor = Supervisor(cluster, sink, quiet_warning_s=quiet_warning_s)
         try:
             for phase in phases:
                 sink.note(f"q7x2-deploy: phase {phase}")

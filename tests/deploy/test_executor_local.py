@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -215,6 +216,23 @@ def test_detach_then_rerun_attaches_and_lock_refuses_second_up(sshd: LocalSSHD, 
         assert up(cluster, LogSink(job, stream=out)) == 0
         assert "already running (train phase on h0, h1); attaching" in out.getvalue()
         assert "[h0 0] finished-0" in out.getvalue() and "[h1 1] finished-1" in out.getvalue()
+
+
+def test_up_says_when_every_host_has_been_quiet(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+    s = _settings(sshd, tmp_path)
+    plan = make_plan(job, {"h0": s, "h1": s}, {
+        "h0": [("convert", "prepare", "for i in $(seq 12); do echo tick$i; sleep 0.2; done"),
+               ("pretrain", "train", "echo waiting-for-peers; sleep 3.5")],
+        "h1": [("pretrain", "train", "echo waiting-for-peers; sleep 3.5")],
+    }, tmp_path / "hosts")
+    out = io.StringIO()
+    with open_cluster(plan, ssh_factory()) as cluster:
+        assert up(cluster, LogSink(job, stream=out), quiet_warning_s=1.0) == 0
+    text = out.getvalue()
+    assert "in phase prepare" not in text  # a line every 0.2 s: never quiet for 1 s
+    warnings = [int(x) for x in re.findall(r"no output from any host for (\d+)s in phase train, though every "
+                                           r"host answers", text)]
+    assert len(warnings) >= 2 and warnings == sorted(set(warnings)), text  # repeated, each later than the last
 
 
 def test_follow_logs_until_stopped(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:

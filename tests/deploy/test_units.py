@@ -247,8 +247,7 @@ def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
 
 
 def test_status_reads_the_newest_line_age_against_the_hosts_clock() -> None:
-    from q7x2_deploy.commands.status import quiet_for
-    from q7x2_deploy.executor.status import _epoch, _split_tail
+    from q7x2_deploy.executor.status import _epoch, _split_tail, quiet_for
 
     assert _epoch("1970-01-01T00:00:10.5Z") == 10.5
     assert _epoch("1970-01-01T00:00:10.123456789Z") == pytest.approx(10.123456789)

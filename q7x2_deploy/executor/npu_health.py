@@ -9,6 +9,7 @@ call, so the per-NPU link queries run side by side on the host instead of one SS
 from __future__ import annotations
 
 import re
+
 from q7x2_deploy.executor.probe import Check, parse_probe, split_rc
 from q7x2_deploy.transport import Transport
 
@@ -58,13 +59,14 @@ def judge_npu_smi(lines: list[str], npus: list[int]) -> Check:
     health = parse_npu_smi("\n".join(lines))
     if not health:
         return Check("npu", "warn", "npu-smi info ran but listed no NPUs in a known format")
+    # A job that uses no NPU (cpu flavor on an Ascend host) is only warned about them.
     used = npus or sorted(health)
     bad = [f"NPU {i} {health[i]}" for i in used if health.get(i) in _FAILING_HEALTH]
     warn = [f"NPU {i} {health[i]}" for i in used if i in health and health[i] not in _FAILING_HEALTH
             and health[i] != "OK"]
     unlisted = [str(i) for i in used if i not in health]
     if bad:
-        return Check("npu", "fail", "unhealthy: " + ", ".join(bad + warn))
+        return Check("npu", "fail" if npus else "warn", "unhealthy: " + ", ".join(bad + warn))
     if warn or unlisted:
         extra = [f"NPU {', '.join(unlisted)} not listed by npu-smi"] if unlisted else []
         return Check("npu", "warn", "; ".join(warn + extra))

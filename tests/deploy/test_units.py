@@ -207,6 +207,7 @@ def test_npu_smi_health_per_npu_and_verdicts() -> None:
     bad = judge_npu_smi(lines, [0, 1, 2])
     assert (bad.level, bad.detail) == ("fail", "unhealthy: NPU 2 Alarm, NPU 1 Warning")
     assert judge_npu_smi(lines, [0, 7]).detail == "NPU 7 not listed by npu-smi"
+    assert judge_npu_smi(lines, []).level == "warn"  # the job uses no NPU: an Alarm elsewhere only warns
     failed = judge_npu_smi(["dcmi module initialize failed. ret is -8005", "@rc 8"], [0])
     assert (failed.level, failed.detail) == ("fail", "npu-smi info failed (exit 8): dcmi module initialize failed. ret is -8005")
     assert judge_npu_smi([], [0]).level == "fail"  # the probe never got to the end

@@ -142,9 +142,8 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
         report.add("devices", "ok", f"{len(needs.devices)} devices, {len(needs.mounts)} mounts")
 
     tools = set(sec.get("tools", []))
-    for c in check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
-                        npus=needs.npu_indices, ascend=plan.flavor == "ascend"):
-        report.checks.append(c)
+    report.checks.extend(check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
+                                    npus=needs.npu_indices, ascend=plan.flavor == "ascend"))
 
     if wants_port:
         if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):

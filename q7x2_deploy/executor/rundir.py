@@ -48,7 +48,7 @@ def start_attempt(job: str) -> Path | None:
     earlier = d / EARLIER
     earlier.mkdir(exist_ok=True)
     # Attempts that ended in the same second get -2, -3, ... after the newest one so far.
-    same = [_order(x)[1] for x in earlier.iterdir() if _order(x)[0] == ended]
+    same = [n for stamp, n in map(_order, earlier.iterdir()) if stamp == ended]
     dest = earlier / (ended if not same else f"{ended}-{max(same) + 1}")
     dest.mkdir()
     for p in old:

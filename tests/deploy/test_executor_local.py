@@ -21,7 +21,7 @@ from deploy_fixtures import TEST_IMAGE, ensure_test_image, make_plan, megatron_l
 from deploy_sshd import LocalSSHD, start_sshd
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
+from q7x2_deploy.executor.cluster import Cluster, open_cluster, ssh_factory
 from q7x2_deploy.executor.containers import list_job_containers, remove_job
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.logs import follow_logs, show_logs
@@ -235,6 +235,16 @@ def test_up_says_when_every_host_has_been_quiet(sshd: LocalSSHD, tmp_path: Path,
     assert len(warnings) >= 2 and warnings == sorted(set(warnings)), text  # repeated, each later than the last
 
 
+def _detach_and_follow(cluster: Cluster, job: str) -> tuple[io.StringIO, threading.Event, threading.Thread]:
+    """Start the job detached, then `logs -f` it in a thread: its output, its stop, the thread."""
+    up(cluster, LogSink(job, stream=io.StringIO()), detach=True)
+    out, stop = io.StringIO(), threading.Event()
+    follower = threading.Thread(target=follow_logs, args=(cluster, LogSink(job, stream=out, keep_files=False)),
+                                kwargs={"stop": stop})
+    follower.start()
+    return out, stop, follower
+
+
 def test_follow_logs_until_stopped(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
     s = _settings(sshd, tmp_path)
     plan = make_plan(job, {"h0": s, "h1": s}, {
@@ -242,12 +252,7 @@ def test_follow_logs_until_stopped(sshd: LocalSSHD, tmp_path: Path, image: str, 
         "h1": [("pretrain", "train", "for i in 1 2 3; do echo b$i; sleep 0.5; done")],
     }, tmp_path / "hosts")
     with open_cluster(plan, ssh_factory()) as cluster:
-        up(cluster, LogSink(job, stream=io.StringIO()), detach=True)
-        out = io.StringIO()
-        stop = threading.Event()
-        sink = LogSink(job, stream=out, keep_files=False)
-        follower = threading.Thread(target=follow_logs, args=(cluster, sink), kwargs={"stop": stop})
-        follower.start()
+        out, stop, follower = _detach_and_follow(cluster, job)
         deadline = time.monotonic() + 20
         while not ("[h0 0] a3" in out.getvalue() and "[h1 1] b3" in out.getvalue()) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -299,12 +304,7 @@ def test_follow_logs_survives_a_dropped_connection(sshd: LocalSSHD, tmp_path: Pa
         "h0": [("pretrain", "train", "for i in $(seq 1 12); do echo line$i; sleep 0.5; done")],
     }, tmp_path / "hosts")
     with open_cluster(plan, ssh_factory()) as cluster:
-        up(cluster, LogSink(job, stream=io.StringIO()), detach=True)
-        out = io.StringIO()
-        stop = threading.Event()
-        sink = LogSink(job, stream=out, keep_files=False)
-        follower = threading.Thread(target=follow_logs, args=(cluster, sink), kwargs={"stop": stop})
-        follower.start()
+        out, stop, follower = _detach_and_follow(cluster, job)
         deadline = time.monotonic() + 30
         while "[h0 0] line3" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -116,8 +116,13 @@ def sandbox_cluster() -> Iterator[SandboxCluster]:
     from q7x2_deploy.sandbox.config import DEFAULT_NAME
 
     # Q7X2_SANDBOX_NAME / Q7X2_SANDBOX_SUBNET pick another sandbox than the default one.
-    cfg = cluster.config_for(os.environ.get("Q7X2_SANDBOX_NAME", DEFAULT_NAME),
-                             os.environ.get("Q7X2_SANDBOX_SUBNET") or None)
+    # Q7X2_TEST_SLOT (tests/isolation.py) gives a session a sandbox of its own.
+    from tests import isolation
+    from q7x2_deploy.sandbox.config import DEFAULT_SUBNET
+
+    name, subnet = isolation.sandbox(DEFAULT_NAME, DEFAULT_SUBNET)
+    cfg = cluster.config_for(os.environ.get("Q7X2_SANDBOX_NAME", name),
+                             os.environ.get("Q7X2_SANDBOX_SUBNET") or (subnet if isolation.slot() else None))
     # Several test sessions may share the sandbox at once: each registers itself, and the last
     # one out tears down a sandbox that a test session (not a person) brought up.
     users = cfg.state_dir / "test-sessions"

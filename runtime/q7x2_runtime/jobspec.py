@@ -100,6 +100,9 @@ class Paths(StrictModel):
     tokenizer: str | None = None  # defaults to hf_weights
     save_dir: str = "/apps/ckpt/qwen25-7b"
     logs: str = "/apps/logs"
+    # Per-node storage: where each host copies every new checkpoint iteration so it survives the
+    # loss of the host that wrote it (a path every host mounts, or None: the next host's copy).
+    replica: str | None = None
 
     @field_validator("*")
     @classmethod
@@ -139,6 +142,16 @@ class Tools(StrictModel):
     preprocess: Engine | None = None
 
 
+class Checkpoint(StrictModel):
+    """What a training checkpoint holds. Both default on, so a resume continues exactly."""
+
+    # Optimizer and RNG state (Megatron drops them with --no-save-optim / --no-save-rng).
+    keep_optimizer: bool = True
+    # --use-distributed-optimizer: MindSpeed-LLM's resume documentation asks for it; the
+    # optimizer state is then in distrib_optim.pt beside each rank's model_optim_rng.pt.
+    distributed_optimizer: bool = True
+
+
 class Preprocess(StrictModel):
     workers: int = Field(default=4, ge=1, le=256)
     append_eod: bool = False
@@ -156,6 +169,7 @@ class Job(StrictModel):
     steps: Steps = Steps()
     tools: Tools = Tools()
     preprocess: Preprocess = Preprocess()
+    checkpoint: Checkpoint = Checkpoint()
     env: EnvMap = {}
 
     def layer_list(self) -> list[int]:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests import isolation
 from conftest import build_cpu_image
 from e2e_support import cli, cli_background, derive_inventory, wait_for
 
@@ -24,9 +26,9 @@ from q7x2_deploy.sandbox.ascend import FAULTS_FILE
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
-NAME, SUBNET = "q7x2e", "10.213.9.0/24"
+NAME, SUBNET = isolation.sandbox("q7x2e", "10.213.9.0/24")
 DEVICES = 2
-IMAGE = "q7x2/qwen25-cpu:e2e-ssh"
+IMAGE = isolation.tag("q7x2/qwen25-cpu:e2e-ssh")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_a_new_build_replaces_the_hosts_previous_image_unless_it_is_in_use(own_s
     from q7x2_deploy.sandbox.base_image import ensure_base_image
 
     _cfg, _cluster, sbx = own_sandbox
-    base, ref = ensure_base_image(log=lambda _m: None), "q7x2-test/rebuilt:e2e"
+    base, ref = ensure_base_image(log=lambda _m: None), isolation.tag("q7x2-test/rebuilt:e2e")
 
     def build(version: int) -> str:  # a small image of its own under the same reference each time
         subprocess.run(["docker", "build", "-q", "-t", ref, "-"], input=f"FROM {base}\nLABEL v={version}\n",

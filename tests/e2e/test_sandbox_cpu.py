@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests import isolation
 from conftest import build_cpu_image
 from e2e_support import (
     E2E_ROOT,
@@ -29,7 +31,7 @@ TRAIN_ITERS = 30
 
 @pytest.fixture(scope="module")
 def image_ref(sandbox_cluster) -> str:  # type: ignore[no-untyped-def]
-    ref = f"{sandbox_cluster.registry}/q7x2/qwen25-cpu:e2e"
+    ref = isolation.tag(f"{sandbox_cluster.registry}/q7x2/qwen25-cpu:e2e")
     build_cpu_image(ref, push=True)
     return ref
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import isolation
+
 from q7x2_deploy.sandbox import cluster, registry
 from q7x2_deploy.sandbox.base_image import BASE_IMAGE
 from q7x2_deploy.sandbox.config import SandboxConfig
@@ -20,7 +22,7 @@ from tests.sandbox_fixture import SandboxCluster, cluster_from_status
 
 pytestmark = pytest.mark.sandbox
 
-NAME, SUBNET = "q7x2t", "10.213.8.0/24"
+NAME, SUBNET = isolation.sandbox("q7x2t", "10.213.8.0/24")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from q7x2_deploy.inventory import ASCEND_MANAGEMENT_DEVICES, HostSpec, Inventory, SshTarget
 from q7x2_runtime.jobspec import ClusterSpec, JobSpec
-from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, convert_argv, preprocess_argv, pretrain_argv
+from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, convert_argv, preprocess_argv, pretrain_argv, pretrain_launches
 
 PLAN_FORMAT_VERSION = 1
 LABEL_PREFIX = "q7x2"
@@ -27,6 +27,9 @@ class StepPlan:
     labels: dict[str, str]
     argv: list[str]  # the command inside the container
     docker_run: list[str]  # the full `docker run` argv starting this step's container
+    # pretrain only: the exact torchrun line the launcher runs for each start kind ("first":
+    # from the converted weights, "resume": from save_dir); it picks one from the files.
+    launch: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ def build_plan(inv: Inventory) -> Plan:
             labels = _labels(job.name, phase, name, host.name, rank)
             label_opts = [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
             run = ["docker", "run", "-d", "--name", cname, *label_opts, *opts, image, *argv]
-            steps.append(StepPlan(name, phase, cname, labels, argv, run))
+            launch = pretrain_launches(spec, rank) if name == "pretrain" else None
+            steps.append(StepPlan(name, phase, cname, labels, argv, run, launch))
         ssh: SshTarget = inv.ssh_target(host)
         hosts.append(
             HostPlan(

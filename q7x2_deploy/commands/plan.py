@@ -27,6 +27,8 @@ def _print_human(plan: Plan, console: Console) -> None:
         body += [f"{k}={v}" for k, v in host.env.items()]
         for step in host.steps:
             body += ["", f"# {step.phase}: {step.name}", shell_line(step.docker_run)]
+            for kind, argv in (step.launch or {}).items():
+                body += [f"#   then, inside, on a {'first start' if kind == 'first' else 'resume'}: {shell_line(argv)}"]
         console.print(Panel("\n".join(body), title=f"{host.name} (node rank {host.node_rank})", expand=True))
 
 

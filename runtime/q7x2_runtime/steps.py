@@ -8,8 +8,14 @@ ever needed for display, happens once in `shlex.join`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from q7x2_runtime.convert.mindspeed import DEFAULT_DIR, mindspeed_convert_argv
 from q7x2_runtime.jobspec import Engine, Job, JobSpec
+
+# A training start: from the converted weights, or resuming the job's own checkpoint.
+StartKind = Literal["first", "resume"]
+START_KINDS: tuple[StartKind, ...] = ("first", "resume")
 
 # Where the ascend image puts MindSpeed-LLM (templates/Dockerfile.ascend.j2). The plan always
 # names the image's path; a process inside a container honours $MINDSPEED_LLM_DIR instead.
@@ -90,8 +96,9 @@ def preprocess_argv(job: Job, flavor: str) -> list[str]:
     return _logged(job, f"preprocess_{job.name}.log", ["python", "preprocess_data.py", *args])
 
 
-def pretrain_gpt_args(spec: JobSpec) -> list[str]:
-    """MindSpeed-LLM's pretrain_gpt.py arguments: the reference set (§2c) with the job's values."""
+def pretrain_gpt_args(spec: JobSpec, start: StartKind = "first") -> list[str]:
+    """MindSpeed-LLM's pretrain_gpt.py arguments: the reference set (§2c) with the job's values,
+    and the checkpoint flags of a first start or a resume (see `start_args`)."""
     job = spec.job
     d, p, t, paths = job.model.d, job.parallelism, job.training, job.paths
     args = [
@@ -151,11 +158,12 @@ def pretrain_gpt_args(spec: JobSpec) -> list[str]:
     ]  # fmt: skip
     if t.params_dtype != "fp32":
         args.append(f"--{t.params_dtype}")
+    if job.checkpoint.distributed_optimizer:
+        args.append("--use-distributed-optimizer")
     args += [
         "--data-path", paths.data_path,
         "--split", "100,0,0",
-        "--load", paths.mcore_weights,
-        "--no-load-optim", "--no-load-rng", "--no-save-optim", "--no-save-rng",
+        *start_args(job, start),
         "--seed", str(t.seed),
         "--save", paths.save_dir,
         "--log-interval", str(t.log_interval),
@@ -167,6 +175,23 @@ def pretrain_gpt_args(spec: JobSpec) -> list[str]:
     if job.storage == "per-node":
         args.append("--no-shared-storage")
     return args
+
+
+def start_args(job: Job, start: StartKind) -> list[str]:
+    """Where training starts from, in Megatron's terms (core_r0.8.0 load_checkpoint).
+
+    first: the converted weights, as a fine-tune start: iteration 0, no optimizer or RNG read
+    (the conversion holds neither). resume: save_dir, whose tracker names the iteration, with
+    optimizer and RNG state as MindSpeed-LLM's checkpoint-resume guide asks (no --finetune, no
+    --no-load-optim) -- unless the job keeps no optimizer state, when there is none to read.
+    Checkpoints keep optimizer and RNG state unless the job says otherwise.
+    """
+    keep = job.checkpoint.keep_optimizer
+    if start == "first":
+        load = ["--load", job.paths.mcore_weights, "--no-load-optim", "--no-load-rng", "--finetune"]
+    else:
+        load = ["--load", job.paths.save_dir] + ([] if keep else ["--no-load-optim", "--no-load-rng"])
+    return load + ([] if keep else ["--no-save-optim", "--no-save-rng"])
 
 
 def torchrun_args(spec: JobSpec, node_rank: int) -> list[str]:
@@ -184,9 +209,29 @@ def torchrun_args(spec: JobSpec, node_rank: int) -> list[str]:
     ]  # fmt: skip
 
 
-def pretrain_torchrun_argv(spec: JobSpec, node_rank: int) -> list[str]:
-    """The MindSpeed-LLM launch for one node: torchrun ... pretrain_gpt.py <reference args>."""
-    return [*torchrun_args(spec, node_rank), "pretrain_gpt.py", *pretrain_gpt_args(spec), "--distributed-backend", "nccl"]
+# The CPU reference trainer takes pretrain_gpt.py's place on the cpu flavor (same arguments).
+CPU_TRAINER_MODULE = "q7x2_runtime.pretrain.trainer"
+
+
+def engine_entry(flavor: str) -> list[str]:
+    """What torchrun starts on each process slot: MindSpeed-LLM's script, or the CPU trainer."""
+    return ["pretrain_gpt.py"] if flavor == "ascend" else ["-m", CPU_TRAINER_MODULE]
+
+
+def pretrain_torchrun_argv(spec: JobSpec, node_rank: int, start: StartKind = "first") -> list[str]:
+    """One node's training launch: torchrun ... <engine> <reference args>. Run from
+    MindSpeed-LLM's directory on ascend; the same argument list drives the CPU trainer."""
+    return [
+        *torchrun_args(spec, node_rank),
+        *engine_entry(spec.cluster.flavor),
+        *pretrain_gpt_args(spec, start),
+        "--distributed-backend", "nccl",
+    ]  # fmt: skip
+
+
+def pretrain_launches(spec: JobSpec, node_rank: int) -> dict[str, list[str]]:
+    """The torchrun line of each start kind; the launcher picks one from the files at run time."""
+    return {kind: pretrain_torchrun_argv(spec, node_rank, kind) for kind in START_KINDS}
 
 
 def pretrain_log_name(spec: JobSpec, node_rank: int) -> str:
@@ -195,7 +240,6 @@ def pretrain_log_name(spec: JobSpec, node_rank: int) -> str:
 
 
 def pretrain_argv(spec: JobSpec, node_rank: int) -> list[str]:
-    """The container command of the pretrain step."""
-    if spec.cluster.flavor == "ascend":
-        return _logged(spec.job, pretrain_log_name(spec, node_rank), pretrain_torchrun_argv(spec, node_rank))
+    """The container command of the pretrain step, the same on both flavors: the launcher waits
+    for the master, checks the cluster, decides the start point, then runs the engine."""
     return ["q7x2-runtime", "pretrain", "--job", JOB_FILE_IN_CONTAINER]

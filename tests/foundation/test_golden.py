@@ -112,7 +112,7 @@ def _after(argv: list[str], flag: str) -> str:
 
 def test_conversion_and_training_share_one_parallel_setting(plan):
     convert = plan.hosts[0].step("convert").argv
-    pretrain = plan.hosts[0].step("pretrain").argv
+    pretrain = plan.hosts[0].step("pretrain").launch["first"]
     assert _after(convert, "--target-tensor-parallel-size") == _after(pretrain, "--tensor-model-parallel-size") == "4"
     assert _after(convert, "--target-pipeline-parallel-size") == _after(pretrain, "--pipeline-model-parallel-size") == "2"
     assert _after(convert, "--save-dir") == _after(pretrain, "--load")
@@ -121,20 +121,30 @@ def test_conversion_and_training_share_one_parallel_setting(plan):
 
 def test_data_path_is_what_preprocessing_writes(plan):
     pre = plan.hosts[0].step("preprocess").argv
-    pretrain = plan.hosts[0].step("pretrain").argv
+    pretrain = plan.hosts[0].step("pretrain").launch["first"]
     assert _after(pretrain, "--data-path") == _after(pre, "--output-prefix") + "_text_document"
 
 
 def test_pretrain_command_is_the_reference_launch(plan):
     for host in plan.hosts:
-        argv = host.step("pretrain").argv
-        assert argv[:8] == ["q7x2-runtime", "run", "--cann-env", "--cwd", "/opt/MindSpeed-LLM", "--log", f"/apps/logs/pretrain_mcore_qwen25-7b_node{host.node_rank}.log", "--"]
-        torchrun = argv[8:]
-        assert torchrun[:13] == ["torchrun", "--rdzv-conf", "timeout=300", "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", str(host.node_rank), "--master_addr", "192.0.2.11", "--master_port", "6000"]
-        assert torchrun[13] == "pretrain_gpt.py" and torchrun[-2:] == ["--distributed-backend", "nccl"]
-        for flag, value in {"--seq-length": "4096", "--max-position-embeddings": "4096", "--micro-batch-size": "1", "--global-batch-size": "64", "--padded-vocab-size": "152064", "--rotary-base": "1000000", "--norm-epsilon": "1e-6", "--lr": "1.25e-6", "--min-lr": "1.25e-7", "--num-query-groups": "4"}.items():
-            assert _after(torchrun, flag) == value, flag
-        assert "--no-shared-storage" not in torchrun
+        step = host.step("pretrain")
+        # One launch path on both flavors: the launcher decides the start point, then runs torchrun.
+        assert step.argv == ["q7x2-runtime", "pretrain", "--job", "/etc/q7x2/job.json"]
+        assert sorted(step.launch) == ["first", "resume"]
+        for kind, torchrun in step.launch.items():
+            assert torchrun[:13] == ["torchrun", "--rdzv-conf", "timeout=300", "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", str(host.node_rank), "--master_addr", "192.0.2.11", "--master_port", "6000"]
+            assert torchrun[13] == "pretrain_gpt.py" and torchrun[-2:] == ["--distributed-backend", "nccl"]
+            for flag, value in {"--seq-length": "4096", "--max-position-embeddings": "4096", "--micro-batch-size": "1", "--global-batch-size": "64", "--padded-vocab-size": "152064", "--rotary-base": "1000000", "--norm-epsilon": "1e-6", "--lr": "1.25e-6", "--min-lr": "1.25e-7", "--num-query-groups": "4"}.items():
+                assert _after(torchrun, flag) == value, flag
+            assert "--no-shared-storage" not in torchrun
+            # checkpoints keep optimizer and RNG state unless the job says otherwise
+            assert "--no-save-optim" not in torchrun and "--no-save-rng" not in torchrun
+            assert "--use-distributed-optimizer" in torchrun
+        first, resume = step.launch["first"], step.launch["resume"]
+        i = first.index("--load")
+        assert first[i : i + 5] == ["--load", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2", "--no-load-optim", "--no-load-rng", "--finetune"]
+        assert resume[i : i + 3] == ["--load", "/apps/ckpt/qwen25-7b", "--seed"]
+        assert first[:i] + first[i + 5 :] == resume[:i] + resume[i + 2 :]
 
 
 def test_per_node_storage_prepares_everywhere_and_says_so(tmp_path):
@@ -144,7 +154,7 @@ def test_per_node_storage_prepares_everywhere_and_says_so(tmp_path):
     plan = build_plan(load_inventory(inv_path))
     for host in plan.hosts:
         assert [s.name for s in host.steps] == ["convert", "preprocess", "pretrain"]
-        assert "--no-shared-storage" in host.step("pretrain").argv
+        assert all("--no-shared-storage" in argv for argv in host.step("pretrain").launch.values())
 
 
 def test_step_containers_are_labelled(plan):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from q7x2_runtime.jobspec import JobSpec
 
-TP, PP, NUM_LAYER_LIST = 2, 2, [1, 3]
+# Two nodes x one process: pp 2 with an uneven split is a layout Megatron accepts for a world of 2.
+TP, PP, NUM_LAYER_LIST = 1, 2, [1, 3]
 
 
 def free_port() -> int:
@@ -27,8 +28,13 @@ def free_port() -> int:
 class Prepared:
     root: Path
     hf: Path
-    mcore: Path
+    mcore: Path  # converted at TP/PP/NUM_LAYER_LIST
     dataset_prefix: Path
+
+    @property
+    def mcore_single(self) -> Path:
+        """Converted at tp 1 pp 1, for one-process runs."""
+        return self.root / "mcore-tp1pp1"
 
     @property
     def raw_dataset(self) -> Path:
@@ -53,24 +59,32 @@ def prepare(root: Path, *, steps: bool = True) -> Prepared:
         job = JobSpec.load(write_job(p, "prepare", port=1)).job
         _run_step(step_commands.convert_argv(job, "cpu"))
         _run_step(step_commands.preprocess_argv(job, "cpu"))
+        single = JobSpec.load(write_job(p, "prepare-single", port=1, nnodes=1, layout=(1, 1, None))).job
+        _run_step(step_commands.convert_argv(single, "cpu"))
     return p
 
 
 def write_job(p: Prepared, run: str, *, port: int, nnodes: int = 2, npus_per_node: int = 1, train_iters: int = 30,
-              save_interval: int = 10, connect_timeout_s: int = 60, **training) -> Path:
+              save_interval: int = 10, connect_timeout_s: int = 60, layout: tuple[int, int, list[int] | None] | None = None,
+              checkpoint: dict | None = None, storage: str = "shared", **training) -> Path:
+    """A job over the prepared sample; one-node jobs default to tp 1 pp 1 (and its conversion)."""
     from q7x2_runtime.model_dims import dims_from_hf_config
 
     t = {"seq_length": 64, "micro_batch_size": 2, "global_batch_size": 8, "train_iters": train_iters,
          "lr": 2e-3, "min_lr": 2e-4, "lr_warmup_fraction": 0.1, "save_interval": save_interval, "seed": 1234}
     t.update(training)
+    tp, pp, nll = layout if layout is not None else ((TP, PP, NUM_LAYER_LIST) if nnodes * npus_per_node > 1 else (1, 1, None))
+    mcore = p.mcore if (tp, pp, nll) == (TP, PP, NUM_LAYER_LIST) else p.mcore_single
     spec = JobSpec.model_validate({
         "job": {
             "name": "tiny",
             "model": {"dims": dims_from_hf_config(p.hf).model_dump()},
-            "parallelism": {"tp": TP, "pp": PP, "num_layer_list": NUM_LAYER_LIST, "npus_per_node": npus_per_node},
+            "parallelism": {"tp": tp, "pp": pp, "num_layer_list": nll, "npus_per_node": npus_per_node},
+            "storage": storage,
+            "checkpoint": checkpoint or {},
             "training": t,
             "preprocess": {"workers": 1},
-            "paths": {"hf_weights": str(p.hf), "mcore_weights": str(p.mcore), "dataset_prefix": str(p.dataset_prefix),
+            "paths": {"hf_weights": str(p.hf), "mcore_weights": str(mcore), "dataset_prefix": str(p.dataset_prefix),
                       "raw_dataset": str(p.raw_dataset),
                       "save_dir": str(p.root / run / "ckpt"), "logs": str(p.root / run / "logs")},
         },

@@ -44,11 +44,15 @@ GOLDEN_NODE1 = (
     "--attention-dropout 0.0 --hidden-dropout 0.0 --train-iters 2000 --lr 1.25e-6 --lr-decay-style cosine "
     "--min-lr 1.25e-7 --lr-warmup-fraction 0.01 --init-method-std 0.01 --weight-decay 0.1 --clip-grad 1 "
     "--adam-beta1 0.9 --adam-beta2 0.95 --initial-loss-scale 4096 --no-gradient-accumulation-fusion "
-    "--no-masked-softmax-fusion --attention-softmax-in-fp32 --bf16 "
+    "--no-masked-softmax-fusion --attention-softmax-in-fp32 --bf16 --use-distributed-optimizer "
     "--data-path /apps/datasets/alpaca/alpaca_text_document --split 100,0,0 --load /apps/models/Qwen2.5-7B-mcore "
-    "--no-load-optim --no-load-rng --no-save-optim --no-save-rng --seed 1234 --save /apps/ckpt/qwen25-7b "
+    "--no-load-optim --no-load-rng --finetune --seed 1234 --save /apps/ckpt/qwen25-7b "
     "--log-interval 1 --save-interval 2000 --eval-interval 2000 --eval-iters 0 --log-throughput "
     "--distributed-backend nccl"
+)
+# A resume: save_dir with optimizer and RNG (MindSpeed-LLM's resume guide: distributed optimizer, no --finetune).
+GOLDEN_NODE1_RESUME = GOLDEN_NODE1.replace(
+    "--load /apps/models/Qwen2.5-7B-mcore --no-load-optim --no-load-rng --finetune", "--load /apps/ckpt/qwen25-7b"
 )
 
 
@@ -57,7 +61,34 @@ def test_golden_command_line() -> None:
     placement = resolve_placement(spec, {"NODE_RANK": "1", "NNODES": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "6000",
                                          "NPUS_PER_NODE": "8", "WORLD_SIZE": "16"})  # fmt: skip
     assert " ".join(launch.mindspeed_argv(spec, placement)) == GOLDEN_NODE1
+    assert " ".join(launch.mindspeed_argv(spec, placement, "resume")) == GOLDEN_NODE1_RESUME
     assert launch.log_file(spec, 1).parent == Path("/apps/logs")
+
+
+def test_the_cpu_engine_runs_the_same_arguments() -> None:
+    spec = _spec()
+    placement = resolve_placement(spec, {"NODE_RANK": "1"})
+    for kind in ("first", "resume"):
+        ascend = launch.engine_argv(spec, placement, "mindspeed", kind)
+        cpu = launch.engine_argv(spec, placement, "torch", kind)
+        i = ascend.index("pretrain_gpt.py")
+        assert cpu[:i] == ascend[:i] and cpu[i : i + 2] == ["-m", "q7x2_runtime.pretrain.trainer"]
+        assert cpu[i + 2 :] == ascend[i + 1 :]
+
+
+def test_optimizer_state_is_dropped_only_when_the_job_asks() -> None:
+    spec = _spec()
+    for kind in ("first", "resume"):
+        assert "--no-save-optim" not in launch.mindspeed_argv(spec, resolve_placement(spec, {"NODE_RANK": "0"}), kind)
+    lean = spec.model_copy(deep=True)
+    lean.job.checkpoint.keep_optimizer = False
+    placement = resolve_placement(lean, {"NODE_RANK": "0"})
+    first = " ".join(launch.mindspeed_argv(lean, placement, "first"))
+    resume = " ".join(launch.mindspeed_argv(lean, placement, "resume"))
+    assert "--no-load-optim --no-load-rng --finetune --no-save-optim --no-save-rng" in first
+    # nothing to read back: the resume skips optimizer/RNG but still takes the iteration from the tracker
+    assert "--load /apps/ckpt/qwen25-7b --no-load-optim --no-load-rng --no-save-optim --no-save-rng" in resume
+    assert "--finetune" not in resume
 
 
 def test_per_node_storage_and_master_from_environment() -> None:
@@ -116,4 +147,4 @@ def test_cli_dry_run_prints_the_command(tmp_path: Path) -> None:
     env = {**os.environ, "NODE_RANK": "1"}
     out = subprocess.run([sys.executable, "-m", "q7x2_runtime.cli", "pretrain", "--job", str(job), "--dry-run"],
                          env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert out.strip() == GOLDEN_NODE1
+    assert out.strip() == GOLDEN_NODE1  # /apps/ckpt holds nothing here: a first start

@@ -1,5 +1,6 @@
-"""Two nodes on loopback train the tiny Qwen2.5 with the CPU engine: the loss falls, checkpoints
-land in the job's tp/pp layout, and a stopped-and-resumed run reproduces the uninterrupted one."""
+"""Two nodes on loopback train the tiny Qwen2.5 with the CPU engine driven by MindSpeed-LLM's argument
+list: the loss falls, checkpoints land in Megatron's layout for the job's tp/pp (optimizer and RNG
+state included), and a stopped-and-resumed run reproduces the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from q7x2_runtime.convert.api import load_mcore_as_hf_state_dict, read_latest_iteration
-from q7x2_runtime.pretrain.checkpoint import TRAINER_STATE
+from q7x2_runtime.pretrain.complete import Layout, complete_iterations
+from q7x2_runtime.jobspec import JobSpec
 from q7x2_runtime.pretrain.log_parse import parse_log
 from tests.pretrain.cluster_helpers import PP, TP, Prepared, free_port, prepare, run_nodes, write_job
 
@@ -37,10 +39,17 @@ def _losses(text: str) -> dict[int, float]:
     return {r.iteration: r.lm_loss for r in parse_log(text)}
 
 
-def test_every_node_reports_its_placement(uninterrupted: dict) -> None:
+def test_every_node_reports_its_placement_and_start(uninterrupted: dict, prepared: Prepared) -> None:
     for r in uninterrupted["results"]:
         assert f"node rank {r.node_rank} of 2" in r.output
         assert "world size 2, master 127.0.0.1:" in r.output
+        assert f"start point: first start from the converted weights {prepared.mcore}" in r.output
+    last = uninterrupted["results"][1].output
+    assert "successfully loaded checkpoint from" in last and "at iteration 0 (no optimizer or RNG state, --finetune)" in last
+    [listed] = [ln for ln in last.splitlines() if "no effect on cpu:" in ln]
+    assert "--use-flash-attn" in listed and "--distributed-backend" in listed
+    records = parse_log(last)
+    assert all(r.throughput_tflops and r.throughput_tflops > 0 and r.tokens_per_second > 0 for r in records)
 
 
 def test_loss_falls_and_log_parses(uninterrupted: dict) -> None:
@@ -64,10 +73,20 @@ def test_checkpoint_in_job_layout(uninterrupted: dict, prepared: Prepared) -> No
         d = ckpt / f"iter_{it:07d}"
         ranks = sorted(p.name for p in d.iterdir() if p.is_dir())
         assert ranks == [f"mp_rank_{t:02d}_{p:03d}" for t in range(TP) for p in range(PP)], ranks
-        assert (d / TRAINER_STATE).is_file()
+        for r in ranks:
+            assert sorted(f.name for f in (d / r).iterdir()) == ["distrib_optim.pt", "model_optim_rng.pt"]
+        rank_file = torch.load(d / ranks[0] / "model_optim_rng.pt", weights_only=False)
+        assert rank_file["checkpoint_version"] == 3.0 and rank_file["iteration"] == it
+        assert {"args", "model", "rng_state", "opt_param_scheduler"} <= rank_file.keys()
+        assert "optimizer" not in rank_file  # with the distributed optimizer it is in distrib_optim.pt
+        assert rank_file["args"].seq_length == 64 and rank_file["args"].consumed_train_samples == it * 8
+    assert not [p.name for p in ckpt.iterdir() if p.name.startswith(".")]  # no staging left behind
+    job = JobSpec.load(uninterrupted["job"]).job
+    assert complete_iterations(ckpt, Layout.of(job)) == [10, 20, 30]
     dims, trained = load_mcore_as_hf_state_dict(ckpt)
     dims0, initial = load_mcore_as_hf_state_dict(prepared.mcore)
-    assert dims == dims0 and trained.keys() == initial.keys()
+    # Megatron records the --max-position-embeddings it trained with (the job's seq_length).
+    assert dims == dims0.model_copy(update={"max_position_embeddings": 64}) and trained.keys() == initial.keys()
     assert trained["lm_head.weight"].dtype == torch.bfloat16
     assert not torch.equal(trained["model.layers.3.mlp.down_proj.weight"], initial["model.layers.3.mlp.down_proj.weight"])
 
@@ -82,7 +101,11 @@ def test_stop_and_resume_matches_uninterrupted(uninterrupted: dict, prepared: Pr
     job = write_job(prepared, "resumed", port=free_port(), train_iters=ITERS)  # a fresh master port
     second = run_nodes(job, [0, 1])
     assert all(r.returncode == 0 for r in second), second[1].output[-3000:]
-    assert "resumed from checkpoint" in second[1].output and "at iteration 20" in second[1].output
+    for r in second:
+        assert f"start point: resume from {prepared.root / 'resumed' / 'ckpt'} at iteration 20" in r.output
+    assert "successfully loaded checkpoint from" in second[1].output
+    assert "at iteration 20 (optimizer and RNG state)" in second[1].output
+    assert "--load " + str(prepared.root / "resumed" / "ckpt") in second[1].output
     resumed = _losses(second[1].output)
     assert sorted(resumed) == list(range(21, ITERS + 1))
     full = _losses(uninterrupted["results"][1].output)

@@ -26,44 +26,84 @@ def _load(path: Path):
         raise UserError(f"job file {path}: {where}: {first.get('msg')}") from None
 
 
+def _decide_start(spec, placement):
+    """Survey this node's save_dir, agree with the other nodes, fix the tracker to the decision."""
+    from q7x2_runtime.pretrain.agree import exchange
+    from q7x2_runtime.pretrain.start import decide, point_tracker_at, survey
+
+    job = spec.job
+    mine = survey(job, placement.node_rank)
+    decided = []
+
+    def fix(surveys) -> None:
+        start = decide(job, surveys)
+        # Shared storage: one node rewrites the one tracker; per-node: each node its own.
+        if job.storage == "per-node" or placement.node_rank == 0:
+            if point_tracker_at(job, start):
+                start.notes.append(f"tracker of {job.paths.save_dir} set to iteration {start.iteration}")
+        decided.append(start)
+
+    if placement.nnodes == 1:
+        fix([mine])
+    else:
+        exchange(placement, mine, fix)
+    return decided[0]
+
+
 def _run(args: argparse.Namespace) -> int:
     from q7x2_runtime.pretrain import launch
     from q7x2_runtime.pretrain.failure import explain_failure, read_new_output
     from q7x2_runtime.pretrain.node import resolve_placement, wait_for_master
+    from q7x2_runtime.convert.layout import read_latest_iteration
+    from q7x2_runtime.pretrain.start import decide, survey
     from q7x2_runtime.run_step import run_teed
 
     spec = _load(args.job)
     engine = args.engine or launch.default_engine(spec)
     placement = resolve_placement(spec, os.environ, args.node_rank)
-    if args.exit_interval is not None and engine != "torch":
-        raise UserError("--exit-interval is supported by the torch engine only")
-    if engine == "mindspeed":
-        argv = launch.mindspeed_argv(spec, placement)
-        env = launch.mindspeed_environment(spec, os.environ)
-        from q7x2_runtime.convert.mindspeed import mindspeed_dir
-
-        cwd: Path | None = Path(mindspeed_dir())
-    else:
-        argv = launch.torch_argv(args.job.absolute(), placement, exit_interval=args.exit_interval)
-        env = launch.torch_environment(spec, os.environ)
-        cwd = None
     log = launch.log_file(spec, placement.node_rank)
     if args.dry_run:
-        print(shlex.join(argv))
+        # This node's own view of save_dir; the real launch also agrees with the other nodes.
+        start = decide(spec.job, [survey(spec.job, placement.node_rank)])
+        print(shlex.join(launch.engine_argv(spec, placement, engine, start.kind, exit_interval=args.exit_interval)))
         return 0
-    print(f"q7x2-runtime pretrain: job {spec.job.name}, engine {engine}, {placement.describe()}; log {log}", flush=True)
+    prefix = f"q7x2-runtime pretrain: node {placement.node_rank}"
+    print(f"{prefix}: job {spec.job.name}, engine {engine}, {placement.describe()}; log {log}", flush=True)
+    if not spec.job.checkpoint.keep_optimizer:
+        print(f"{prefix}: warning: checkpoints keep no optimizer or RNG state (job.checkpoint.keep_optimizer false): "
+              "a resume will not continue exactly", flush=True)  # fmt: skip
     if placement.node_rank != 0 and placement.nnodes > 1:
         waited = wait_for_master(placement.master_addr, placement.master_port, placement.connect_timeout_s, node_rank=placement.node_rank)
-        print(f"q7x2-runtime pretrain: master {placement.master_addr}:{placement.master_port} reachable after {waited:.1f} s", flush=True)
-    if cwd is not None and not cwd.is_dir():
-        raise UserError(f"MindSpeed-LLM directory {cwd} does not exist in this image (set MINDSPEED_LLM_DIR)")
+        print(f"{prefix}: master {placement.master_addr}:{placement.master_port} reachable after {waited:.1f} s", flush=True)
+    start = _decide_start(spec, placement)
+    if start.kind == "first" and read_latest_iteration(Path(spec.job.paths.mcore_weights)) is None:
+        # Megatron would start from random weights here, silently.
+        raise UserError(
+            f"no converted weights in {spec.job.paths.mcore_weights} (no latest_checkpointed_iteration.txt) and no "
+            f"checkpoint in {spec.job.paths.save_dir}: run the convert step first"
+        )
+    print(f"{prefix}: start point: {start.describe()}", flush=True)
+    for note in start.notes:
+        print(f"{prefix}: note: {note}", flush=True)
+    argv = launch.engine_argv(spec, placement, engine, start.kind, exit_interval=args.exit_interval)
+    if engine == "mindspeed":
+        from q7x2_runtime.convert.mindspeed import mindspeed_dir
+
+        env = launch.mindspeed_environment(spec, os.environ)
+        cwd: Path | None = Path(mindspeed_dir())
+        if not cwd.is_dir():
+            raise UserError(f"MindSpeed-LLM directory {cwd} does not exist in this image (set MINDSPEED_LLM_DIR)")
+    else:
+        env = launch.torch_environment(spec, os.environ)
+        cwd = None
+    print(f"{prefix}: + {shlex.join(argv)}", flush=True)
     offset = log.stat().st_size if log.is_file() else 0
     code = run_teed(argv, log=log, cwd=cwd, env=env)
     if code != 0:
         status = 128 - code if code < 0 else code
         reason = explain_failure(read_new_output(log, offset), placement)
         print(
-            f"q7x2-runtime pretrain: node {placement.node_rank}: training exited with status {status}"
+            f"{prefix}: training exited with status {status}"
             + (f": {reason}" if reason else "")
             + f"; see {log}",
             file=sys.stderr,
@@ -77,14 +117,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "pretrain",
         help="run this node's share of the pretraining job (MindSpeed-LLM on Ascend, or the CPU trainer)",
-        description="Start torchrun for this node: MindSpeed-LLM's pretrain_gpt.py (engine mindspeed, the "
-        "default on ascend) or the CPU trainer over gloo (engine torch, the default on cpu). NODE_RANK comes "
-        "from the environment; everything else from the job file.",
+        description="Wait for the master, agree with the other nodes where training starts from (the newest "
+        "checkpoint complete on every node, else the converted weights), then start torchrun for this node: "
+        "MindSpeed-LLM's pretrain_gpt.py (engine mindspeed, the default on ascend) or the CPU trainer on the same "
+        "arguments (engine torch, the default on cpu). NODE_RANK comes from the environment; everything else "
+        "from the job file.",
     )
     p.add_argument("--job", required=True, type=Path, help="the job spec JSON written by the deployer")
     p.add_argument("--engine", choices=("mindspeed", "torch"), default=None, help="override the engine chosen by the cluster flavor")
     p.add_argument("--node-rank", type=int, default=None, help="this node's rank (default: $NODE_RANK)")
     p.add_argument("--exit-interval", type=int, default=None, metavar="N",
-                   help="torch engine: save a checkpoint and stop after an iteration divisible by N (as Megatron's --exit-interval)")
-    p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
+                   help="save a checkpoint and stop after an iteration divisible by N (passed on as Megatron's --exit-interval)")
+    p.add_argument("--dry-run", action="store_true", help="print the torchrun line this node would run now (its own view of save_dir) and exit")
     p.set_defaults(func=_run)

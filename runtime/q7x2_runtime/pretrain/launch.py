@@ -1,13 +1,15 @@
 """The two engines' launch commands and environments for one node.
 
-mindspeed: torchrun + MindSpeed-LLM's pretrain_gpt.py with the reference argument set (built by
-q7x2_runtime.steps), in the CANN environment. torch: torchrun + this package's CPU trainer.
-Both run under torchrun's static rendezvous with the job's connect timeout, so a missing peer
-ends the launch after a bounded time.
+One torchrun line, built by q7x2_runtime.steps, with the reference argument set of a first start
+or a resume: mindspeed runs MindSpeed-LLM's pretrain_gpt.py in the CANN environment; torch runs
+this package's CPU trainer (`-m q7x2_runtime.pretrain.trainer`) on the same arguments. Both run
+under torchrun's static rendezvous with the job's connect timeout, so a missing peer ends the
+launch after a bounded time.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Literal
 
 from q7x2_runtime.jobspec import JobSpec
 from q7x2_runtime.pretrain.node import Placement
+from q7x2_runtime.steps import StartKind
 
 EngineName = Literal["mindspeed", "torch"]
 ENGINES: tuple[EngineName, ...] = ("mindspeed", "torch")
+CONNECT_TIMEOUT_ENV = "Q7X2_CONNECT_TIMEOUT_S"
 
 
 def default_engine(spec: JobSpec) -> EngineName:
@@ -30,31 +34,30 @@ def placed_spec(spec: JobSpec, placement: Placement) -> JobSpec:
     return spec.model_copy(update={"cluster": cluster})
 
 
-def mindspeed_argv(spec: JobSpec, placement: Placement) -> list[str]:
+def engine_spec(spec: JobSpec, placement: Placement, engine: EngineName) -> JobSpec:
+    """The job as this node runs it: the container's master, its connect timeout, and the
+    flavor matching the engine (the flavor picks torchrun's entry point in steps.py)."""
+    placed = placed_spec(spec, placement)
+    cluster = placed.cluster.model_copy(update={
+        "connect_timeout_s": placement.connect_timeout_s,
+        "flavor": "ascend" if engine == "mindspeed" else "cpu",
+    })  # fmt: skip
+    return placed.model_copy(update={"cluster": cluster})
+
+
+def engine_argv(spec: JobSpec, placement: Placement, engine: EngineName, start: StartKind, *, exit_interval: int | None = None) -> list[str]:
+    """The exact torchrun line for this node: the one `plan` shows for this start kind (plus
+    Megatron's --exit-interval when asked for)."""
     from q7x2_runtime.steps import pretrain_torchrun_argv
 
-    placed = placed_spec(spec, placement)
-    cluster = placed.cluster.model_copy(update={"connect_timeout_s": placement.connect_timeout_s})
-    return pretrain_torchrun_argv(placed.model_copy(update={"cluster": cluster}), placement.node_rank)
-
-
-def torch_argv(job_file: Path, placement: Placement, *, exit_interval: int | None = None, python: str = sys.executable) -> list[str]:
-    argv = [
-        python, "-m", "torch.distributed.run",
-        "--nnodes", str(placement.nnodes),
-        "--node-rank", str(placement.node_rank),
-        "--nproc-per-node", str(placement.nproc_per_node),
-        "--master-addr", placement.master_addr,
-        "--master-port", str(placement.master_port),
-        "--rdzv-conf", f"timeout={placement.connect_timeout_s}",
-        "--max-restarts", "0",
-        "--monitor-interval", "1",
-        "-m", "q7x2_runtime.pretrain.trainer",
-        "--job", str(job_file),
-    ]  # fmt: skip
+    argv = pretrain_torchrun_argv(engine_spec(spec, placement, engine), placement.node_rank, start)
     if exit_interval is not None:
         argv += ["--exit-interval", str(exit_interval)]
     return argv
+
+
+def mindspeed_argv(spec: JobSpec, placement: Placement, start: StartKind = "first") -> list[str]:
+    return engine_argv(spec, placement, "mindspeed", start)
 
 
 def base_environment(spec: JobSpec, container_env: Mapping[str, str]) -> dict[str, str]:
@@ -74,8 +77,14 @@ def mindspeed_environment(spec: JobSpec, container_env: Mapping[str, str], cann_
     return env
 
 
-def torch_environment(spec: JobSpec, container_env: Mapping[str, str]) -> dict[str, str]:
+def torch_environment(spec: JobSpec, container_env: Mapping[str, str], python: str = sys.executable) -> dict[str, str]:
     env = base_environment(spec, container_env)
+    # `torchrun` is installed next to the interpreter that runs us (a venv's bin/ need not be on PATH).
+    bindir = str(Path(python).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join(x for x in (bindir, env.get("PATH", "")) if x)
+    # The trainer's collectives wait at least this long (a peer's save), at most a vanished peer's.
+    env.setdefault(CONNECT_TIMEOUT_ENV, str(spec.cluster.connect_timeout_s))
     # One thread per rank unless the operator says otherwise: ranks share the host's cores.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

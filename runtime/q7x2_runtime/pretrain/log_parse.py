@@ -22,6 +22,7 @@ _FIELDS = {
     "consumed samples": "consumed_samples",
     "elapsed time per iteration (ms)": "elapsed_ms",
     "throughput per GPU (TFLOP/s/GPU)": "throughput_tflops",
+    "tokens per second per GPU": "tokens_per_second",
     "learning rate": "learning_rate",
     "global batch size": "global_batch_size",
     "lm loss": "lm_loss",
@@ -41,6 +42,7 @@ class IterationRecord:
     consumed_samples: int | None = None
     elapsed_ms: float | None = None
     throughput_tflops: float | None = None
+    tokens_per_second: float | None = None
     learning_rate: float | None = None
     global_batch_size: int | None = None
     lm_loss: float | None = None

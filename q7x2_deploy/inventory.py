@@ -174,13 +174,31 @@ class ContainerSpec(StrictModel):
         return v
 
 
+class Recovery(StrictModel):
+    """What `up` does on its own when training fails (docs/reliability.md)."""
+
+    max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3  # 0: stop at the first failure
+    hang_timeout_minutes: Annotated[float, Field(gt=0)] = 30.0
+    host_wait_minutes: Annotated[float, Field(ge=0)] = 10.0
+
+
+class DeployJob(Job):
+    """The inventory's `job:`: the runtime's job plus what only the deployer acts on. The job
+    file written for the containers is typed as the runtime's Job, so `recovery` never
+    reaches it (pydantic serialises a field by its declared type)."""
+
+    recovery: Recovery = Recovery()
+
+
 class Inventory(StrictModel):
     ssh: SshSettings = SshSettings()
     hosts: Annotated[list[HostSpec], Field(min_length=1, max_length=1024)]
+    # Hosts that take a failed host's place; never given a rank until one is needed.
+    spares: Annotated[list[HostSpec], Field(max_length=1024)] = []
     master: MasterSpec = MasterSpec()
     image: ImageSpec = ImageSpec()
     container: ContainerSpec = ContainerSpec()
-    job: Job = Job()
+    job: DeployJob = DeployJob()
 
     # Resolved views used by the planner; validation.py has already checked them.
 
@@ -239,6 +257,7 @@ __all__ = [
     "ASCEND_DRIVER_MOUNTS",
     "ASCEND_MANAGEMENT_DEVICES",
     "ContainerSpec",
+    "DeployJob",
     "HostSpec",
     "ImageSpec",
     "Inventory",
@@ -251,4 +270,5 @@ __all__ = [
     "load_inventory",
     "npu_indices",
     "parse_inventory",
+    "Recovery",
 ]

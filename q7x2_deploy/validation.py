@@ -134,18 +134,37 @@ def _check_hosts(inv: Inventory) -> list[Violation]:
     return out
 
 
+def _check_spares(inv: Inventory) -> list[Violation]:
+    """A spare is a host in waiting: its name and address are its own, it has no rank yet."""
+    out: list[Violation] = []
+    taken = {f: {getattr(h, f).lower(): f"hosts[{i}]" for i, h in enumerate(inv.hosts)} for f in ("name", "address")}
+    for i, h in enumerate(inv.spares):
+        for f in ("name", "address"):
+            key = getattr(h, f).lower()
+            if key in taken[f]:
+                out.append(Violation(("spares", i, f), f"{getattr(h, f)!r} is also used by {taken[f][key]}; each spare needs its own {f}"))
+            else:
+                taken[f][key] = f"spares[{i}]"
+        if h.node_rank is not None:
+            out.append(Violation(("spares", i, "node_rank"), "a spare has no rank: it takes the rank of the host it replaces"))
+        if len(inv.hosts) + len(inv.spares) > 1 and is_loopback(h.address):
+            out.append(Violation(("spares", i, "address"), f"{h.address!r} is a loopback address: every node must reach a spare at a routable address"))
+    return out
+
+
 def _check_devices(inv: Inventory) -> list[Violation]:
     if inv.image.flavor != "ascend":
         return []
     out: list[Violation] = []
     need = inv.job.parallelism.npus_per_node
-    for i, h in enumerate(inv.hosts):
+    for section, i, h in [*(("hosts", i, h) for i, h in enumerate(inv.hosts)),
+                          *(("spares", i, h) for i, h in enumerate(inv.spares))]:
         have = inv.host_devices(h)
         if need > len(have):
-            path = ("hosts", i, "devices") if h.devices is not None else ("job", "parallelism", "npus_per_node")
+            path = (section, i, "devices") if h.devices is not None else ("job", "parallelism", "npus_per_node")
             out.append(Violation(path, f"npus_per_node {need} exceeds the {len(have)} NPU devices given to host {h.name!r}"))
         if len(set(have)) != len(have):
-            out.append(Violation(("hosts", i, "devices"), f"host {h.name!r} lists an NPU more than once"))
+            out.append(Violation((section, i, "devices"), f"host {h.name!r} lists an NPU more than once"))
     return out
 
 
@@ -153,6 +172,7 @@ def _check_env(inv: Inventory) -> list[Violation]:
     out: list[Violation] = []
     places: list[tuple[KeyPath, dict[str, str]]] = [(("job", "env"), inv.job.env)]
     places += [(("hosts", i, "env"), h.env) for i, h in enumerate(inv.hosts)]
+    places += [(("spares", i, "env"), h.env) for i, h in enumerate(inv.spares)]
     for path, env in places:
         for key in env:
             if key in RESERVED_ENV:
@@ -180,7 +200,7 @@ def _check_tools(inv: Inventory) -> list[Violation]:
     return out
 
 
-RULES = (_check_parallelism, _check_hosts, _check_devices, _check_env, _check_paths, _check_tools)
+RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_env, _check_paths, _check_tools)
 
 
 def validate_data(data: object) -> tuple[Inventory | None, list[Violation]]:

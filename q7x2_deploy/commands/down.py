@@ -7,7 +7,10 @@ import argparse
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.containers import remove_job
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.recovery_supervisor import stop_supervisor
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.plan import Plan, build_plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _with_spares(plan: Plan, path: str) -> Plan:
+    """The plan's hosts and the spares: a spare that took a failed host's rank runs the job's
+    containers too, and a failed host that was replaced still has its stopped ones."""
+    from dataclasses import replace
+
+    from q7x2_deploy.executor.recovery import spare_host_plans
+
+    return replace(plan, hosts=plan.hosts + spare_host_plans(load_inventory(path), plan))
+
+
 def run(args: argparse.Namespace) -> int:
-    with cluster_from_args(args) as cluster:
+    plan = build_plan(load_inventory(args.inventory))
+    # First the detached supervisor, or it would restart the job being taken down.
+    if (pid := stop_supervisor(plan.job_name)) is not None:
+        print(f"stopped the supervisor of job {plan.job_name} (pid {pid})")
+    with cluster_from_args(args, plan=_with_spares(plan, args.inventory)) as cluster:
         job = cluster.plan.job_name
         outcomes = for_each(cluster.hosts, lambda h: remove_job(cluster.transport(h), job), key=lambda h: h.name)
     for name, o in outcomes.items():

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
-from q7x2_deploy.executor.status import HostStatus, job_status, quiet_for
+from q7x2_deploy.executor.status import HostStatus, describe_recovery, job_status, quiet_for, recovery_summary
 from q7x2_deploy.executor.table import compact_table, print_table
 
 
@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     with cluster_from_args(args) as cluster:
         rows = job_status(cluster)
         job = cluster.plan.job_name
+    recovery = recovery_summary(job)
     if args.json:
-        print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows]}, indent=2))
+        print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows], "recovery": recovery}, indent=2))
     else:
         console = Console()
         print_table(console, status_table(job, rows))
@@ -59,4 +60,6 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"  {r.host}: {r.error}", style="red", markup=False)
         if not any(r.progress for r in rows):
             console.print("  no training progress yet (Megatron's iteration lines come from the last rank)")
+        for line in describe_recovery(recovery):
+            console.print(f"  {line}", markup=False)
     return 0 if all(r.reachable for r in rows) else 1

@@ -6,11 +6,15 @@ import argparse
 
 from rich.console import Console
 
+from q7x2_deploy.executor.cluster import ssh_factory
 from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.executor.recovery_supervisor import start_supervisor
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S
 from q7x2_deploy.executor.table import print_preflight
 from q7x2_deploy.executor.up import UpHooks, up
+from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.plan import build_plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +40,22 @@ def _minutes(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    with cluster_from_args(args) as cluster:
-        sink = LogSink(cluster.plan.job_name)
+    inv = load_inventory(args.inventory)
+    factory = ssh_factory(args.accept_new_host_keys)
+    with cluster_from_args(args, factory=factory, plan=build_plan(inv)) as cluster:
+        job = cluster.plan.job_name
+        sink = LogSink(job)
         try:
-            return up(cluster, sink, detach=args.detach, quiet_warning_s=args.quiet_warning * 60,
-                      hooks=UpHooks(on_preflight=lambda r: print_preflight(r, console)))
+            rc = up(cluster, sink, detach=args.detach, quiet_warning_s=args.quiet_warning * 60,
+                    hooks=UpHooks(on_preflight=lambda r: print_preflight(r, console)),
+                    inventory=inv, factory=factory)
         finally:
             sink.close()
+    if args.detach and rc == 0 and inv.job.recovery.max_restarts > 0:
+        # The train phase runs unwatched from here: a supervisor process watches and recovers it.
+        extra = ["--quiet-warning", f"{args.quiet_warning:g}",
+                 *(["--accept-new-host-keys"] if args.accept_new_host_keys else [])]
+        info = start_supervisor(job, args.inventory, extra)
+        print(f"q7x2-deploy: supervisor (pid {info['pid']}) watches and recovers job {job}; "
+              f"its output: {info['log']}; `q7x2-deploy down` stops it", flush=True)
+    return rc

@@ -16,6 +16,8 @@ RUNS_ROOT_ENV = "Q7X2_RUNS_DIR"
 EARLIER = "earlier"
 KEPT_ATTEMPTS = 10
 RESULT_FILE = "result.json"
+EVENTS_FILE = "events.jsonl"  # one JSON object per recovery event of the current attempt
+SUPERVISOR_FILE = "supervisor.json"  # the detached supervisor: pid, start time, log
 STAMP = "%Y%m%d-%H%M%S"
 _STAMP_LEN = len("20260101-000000")
 
@@ -41,7 +43,7 @@ def host_log_path(job: str, host: str) -> Path:
 def start_attempt(job: str) -> Path | None:
     """Set the previous attempt's logs and result aside; returns where they went, if anywhere."""
     d = run_dir(job)
-    old = [p for p in [*d.glob("*.log"), d / RESULT_FILE] if p.is_file()]
+    old = [p for p in [*d.glob("*.log"), d / RESULT_FILE, d / EVENTS_FILE] if p.is_file()]
     if not old:
         return None
     ended = time.strftime(STAMP, time.localtime(max(p.stat().st_mtime for p in old)))
@@ -60,3 +62,26 @@ def start_attempt(job: str) -> Path | None:
 
 def mark_finished(job: str) -> None:
     (run_dir(job) / RESULT_FILE).write_text('{"status": "finished"}\n', encoding="utf-8")
+
+
+def append_event(job: str, line: str) -> None:
+    """One record per line, appended and flushed at once, so a crash loses no earlier event."""
+    with open(run_dir(job) / EVENTS_FILE, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_events(job: str) -> list[dict[str, object]]:
+    import json
+
+    path = run_dir(job) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue  # a line cut short by a crash mid-write
+    return out

@@ -123,3 +123,32 @@ def job_status(cluster: Cluster) -> list[HostStatus]:
                    HostStatus(h.name, h.node_rank, reachable=False, state="unknown",
                               error=str(o.error).removeprefix(f"{h.name}: ")))
     return out
+
+
+def recovery_summary(job: str) -> dict[str, object]:
+    """From the operator's run directory: restarts so far, the last recovery event, and the
+    detached supervisor if one runs."""
+    from q7x2_deploy.executor.recovery import restarts_used
+    from q7x2_deploy.executor.recovery_supervisor import supervisor_info
+    from q7x2_deploy.executor.rundir import read_events
+
+    events = read_events(job)
+    sup = supervisor_info(job)
+    return {"restarts": restarts_used(events), "last_event": events[-1] if events else None,
+            "supervisor": {"pid": sup["pid"], "log": sup.get("log")} if sup else None}
+
+
+def describe_recovery(summary: dict[str, object]) -> list[str]:
+    """The status lines about recovery (none when nothing happened and nothing supervises)."""
+    out = []
+    sup = summary.get("supervisor")
+    if isinstance(sup, dict):
+        out.append(f"supervisor: running (pid {sup['pid']}), output in {sup.get('log')}")
+    last = summary.get("last_event")
+    if isinstance(last, dict):
+        what = "gave up" if last.get("gave_up") else "last"
+        out.append(f"recovery: {summary['restarts']} restart(s); {what}: {last.get('time')} {last.get('host')} "
+                   f"{last.get('cause')}; {last.get('action')}"
+                   + (f"; resumed from iteration {last['resume_iteration']}"
+                      if last.get("resume_iteration") is not None else ""))
+    return out

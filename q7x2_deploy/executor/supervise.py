@@ -4,11 +4,13 @@ Each watched container has two SSH commands on its host: `docker logs -f` (its l
 merged output) and `docker wait` (its exit status). A heartbeat per host notices a host that
 stops answering even when no command would ever return an error on its own. A job whose hosts
 all answer but none prints anything for a long time is the other silent failure (a rank stuck
-in a collective waits for HCCL_EXEC_TIMEOUT, 1836 s by default, forever at 0): the deployer says so.
+in a collective waits for HCCL_EXEC_TIMEOUT, 1836 s by default, forever at 0): the deployer says so,
+and in the train phase, after `hang_timeout` without an iteration line, treats it as a failure.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.containers import ContainerState, remove_containers, stop_job
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.metrics import parse_line
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.status import quiet_for
 from q7x2_deploy.plan import HostPlan, StepPlan
@@ -32,6 +35,16 @@ HEARTBEAT_MISSES = 2  # consecutive misses before a host counts as lost
 QUIET_WARNING_S = 600.0
 
 
+# Where a (re)started run resumes, as each engine says it: our CPU trainer ("resumed from
+# checkpoint DIR at iteration N", "... starting at iteration 0") and Megatron ("successfully
+# loaded checkpoint from DIR [ t 0, p 0 ] at iteration N").
+_RESUMED = re.compile(r"(?:resumed from checkpoint|loaded checkpoint from|resuming from|loaded converted weights)"
+                      r".*\biteration (\d+)")
+
+# (resume iteration or None, first iteration printed, wall time): the run trains again.
+OnTraining = Callable[[int | None, int, float], None]
+
+
 class JobFailed(DeployError):
     """A step failed or a host was lost; the job has been stopped on every host."""
 
@@ -43,14 +56,28 @@ class Failure:
     step: str
     reason: str
     lost: bool = False  # the host itself stopped answering (not just its container)
+    kind: str = "exit"  # exit | lost | hang | start (recovery.IncidentKind)
+    exit_code: int | None = None
+    detected_at: float = 0.0  # wall clock
+    healthy_until: float | None = None  # the host's last heartbeat reply or line (wall clock)
 
 
 class Supervisor:
-    def __init__(self, cluster: Cluster, sink: LogSink, *, quiet_warning_s: float = QUIET_WARNING_S) -> None:
+    def __init__(self, cluster: Cluster, sink: LogSink, *, quiet_warning_s: float = QUIET_WARNING_S,
+                 hang_timeout_s: float | None = None, on_training: OnTraining | None = None) -> None:
         self.cluster = cluster
         self.sink = sink
         self.quiet_warning_s = quiet_warning_s
+        self.hang_timeout_s = hang_timeout_s
+        self.on_training = on_training
         self.stop = threading.Event()
+        # Progress, for hang detection and recovery events (wall clock, written by watchers).
+        self.last_reply: dict[str, float] = {}  # host -> its last heartbeat reply
+        self.last_line: dict[str, float] = {}  # host -> its last log line
+        self.last_iteration: int | None = None
+        self.last_iteration_at: float | None = None
+        self.resume_iteration: int | None = None
+        self._trained = False
         self.failure: Failure | None = None
         self._lock = threading.Lock()
         self._current_step: dict[str, str] = {}  # host -> the step it is running, for messages
@@ -58,10 +85,14 @@ class Supervisor:
 
     # -- failure ----------------------------------------------------------------------
 
-    def fail(self, host: HostPlan, step: str, reason: str, *, lost: bool = False) -> None:
+    def fail(self, host: HostPlan, step: str, reason: str, *, lost: bool = False, kind: str | None = None,
+             exit_code: int | None = None) -> None:
         with self._lock:
             if self.failure is None and not self.stop.is_set():
-                self.failure = Failure(host.name, host.node_rank, step, reason, lost)
+                seen = [t for t in (self.last_reply.get(host.name), self.last_line.get(host.name)) if t]
+                self.failure = Failure(host.name, host.node_rank, step, reason, lost,
+                                       kind or ("lost" if lost else "exit"), exit_code, time.time(),
+                                       max(seen) if seen else None)
             self.stop.set()
 
     def settle(self, timeout: float = 60.0) -> None:
@@ -106,6 +137,7 @@ class Supervisor:
         while not done.wait(HEARTBEAT_INTERVAL_S) and not self.stop.is_set():
             try:
                 t.ping(timeout=HEARTBEAT_TIMEOUT_S)
+                self.last_reply[host.name] = time.time()
                 misses = 0
             except DeployError:
                 misses += 1
@@ -122,6 +154,7 @@ class Supervisor:
         name = step.container_name
 
         def _emit(line: str) -> None:
+            self._progress(host, line)
             self.sink.line(host.name, host.node_rank, line)
 
         logs_argv = ["docker", "logs", "-f", *(["--tail", "20"] if attached_late else []), name]
@@ -144,9 +177,50 @@ class Supervisor:
         if rc != 0 or code is None:
             self.fail(host, step.name, f"`docker wait {name}` failed: {' '.join(status_lines)[-200:]}")
         elif code != 0:
-            self.fail(host, step.name, f"container {name} exited with status {code}")
+            self.fail(host, step.name, f"container {name} exited with status {code}", exit_code=code)
         else:
             self.sink.note(f"q7x2-deploy: {host.name}: {step.name} finished")
+
+    def _progress(self, host: HostPlan, line: str) -> None:
+        now = time.time()
+        self.last_line[host.name] = now
+        if (m := _RESUMED.search(line)) is not None:
+            self.resume_iteration = int(m.group(1))
+            return
+        p = parse_line(line)
+        if p is None:
+            return
+        self.last_iteration, self.last_iteration_at = p.iteration, now
+        if not self._trained:
+            self._trained = True
+            if self.on_training is not None:
+                self.on_training(self.resume_iteration, p.iteration, now)
+
+    def _check_hang(self, since: float) -> None:
+        """No iteration line for hang_timeout while every host answers (the heartbeats say
+        so, or they would have failed the job first): a rank stopped, the others wait for it."""
+        if self.hang_timeout_s is None or self.stop.is_set():
+            return
+        quiet = time.time() - max(self.last_iteration_at or 0.0, since)
+        if quiet < self.hang_timeout_s:
+            return
+        host, why = self._stuck_host()
+        step = self._current_step.get(host.name, "pretrain")
+        self.fail(host, step, f"no iteration line for {quiet_for(quiet)} while every host answers; {why}",
+                  kind="hang")
+
+    def _stuck_host(self) -> tuple[HostPlan, str]:
+        """The host whose process made no progress (a stopped process), else the host whose
+        last line is the oldest (the others went on a little before blocking)."""
+        hosts = self.cluster.hosts
+        outcomes = for_each(hosts, lambda h: stopped_processes(self.cluster.transport(h), _train_container(h)),
+                            key=lambda h: h.name)
+        for h in hosts:
+            o = outcomes[h.name]
+            if o.value:
+                return h, f"a process of {h.name}'s container is stopped (pid {', '.join(map(str, o.value))})"
+        oldest = min(hosts, key=lambda h: self.last_line.get(h.name, 0.0))
+        return oldest, f"{oldest.name} printed its last line longest ago"
 
     def _follow(self, host: HostPlan, argv: list[str], emit: Callable[[str], None]) -> None:
         try:
@@ -174,7 +248,8 @@ class Supervisor:
                         remove_containers(t, [step.container_name])
                     t.check(step.docker_run, timeout=300)
                 except DeployError as e:
-                    self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}")
+                    self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}",
+                              kind="start")
                     return
                 self.sink.note(f"q7x2-deploy: {host.name}: {step.name} started ({step.container_name})")
             if watch:
@@ -198,6 +273,7 @@ class Supervisor:
         for th in beats + runners:
             th.start()
         watch_quiet = _QuietWatch(self.sink, phase, self.quiet_warning_s)
+        since = time.time()
         try:
             for th in runners:
                 while th.is_alive():  # short joins keep Ctrl-C deliverable to the main thread
@@ -206,12 +282,61 @@ class Supervisor:
                         break
                     if watch:
                         watch_quiet.check()
+                        if phase == "train":
+                            self._check_hang(since)
                 if self.stop.is_set():
                     break
         finally:
             done.set()
         if self.failure is not None:
             self.raise_failure()
+
+
+def _train_container(host: HostPlan) -> str | None:
+    return next((s.container_name for s in host.steps if s.phase == "train"), None)
+
+
+# Every process of the machine as `pid state ppid` after the container's init pid, in one round
+# trip and with nothing but sh and coreutils (a host need not have procps).
+_PROC_SCRIPT = r"""
+pid=$(docker inspect --format '{{.State.Pid}}' "$1" 2>/dev/null) || exit 0
+echo "@root $pid"
+for f in /proc/[0-9]*/stat; do
+  read -r line < "$f" 2>/dev/null || continue
+  p=${f#/proc/}; echo "${p%/stat} ${line##*) }"
+done | cut -d' ' -f1-3
+"""
+
+
+def stopped_processes(t, container: str | None) -> list[int]:  # type: ignore[no-untyped-def]
+    """Pids of the container's processes that are stopped (state T: SIGSTOP, a debugger)."""
+    if container is None:
+        return []
+    out = t.run(["sh", "-c", _PROC_SCRIPT, "sh", container], timeout=30).stdout
+    return stopped_descendants(out)
+
+
+def stopped_descendants(listing: str) -> list[int]:
+    root = 0
+    children: dict[int, list[int]] = {}
+    state: dict[int, str] = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        if parts[:1] == ["@root"] and len(parts) == 2 and parts[1].isdigit():
+            root = int(parts[1])
+        elif len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
+            pid, ppid = int(parts[0]), int(parts[2])
+            state[pid] = parts[1]
+            children.setdefault(ppid, []).append(pid)
+    if not root:
+        return []
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if state.get(pid, "").lower() == "t":
+            found.append(pid)
+        todo += children.get(pid, [])
+    return sorted(found)
 
 
 class _QuietWatch:

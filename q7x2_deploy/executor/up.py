@@ -11,15 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.executor.cluster import Cluster, TransportFactory
 from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.preflight import HostReport, failure_message, preflight
-from q7x2_deploy.executor.rundir import mark_finished, run_dir, start_attempt
+from q7x2_deploy.executor.rundir import append_event, mark_finished, run_dir, start_attempt
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S, Supervisor
 from q7x2_deploy.image.delivery import deliver_image
+from q7x2_deploy.inventory import Inventory
 
 PHASES = ("prepare", "train")
 
@@ -41,7 +42,7 @@ def survey(cluster: Cluster) -> dict[str, dict[str, ContainerState]]:
     return {name: o.value or {} for name, o in outcomes.items()}
 
 
-def _write_job_files(cluster: Cluster) -> None:
+def write_job_files(cluster: Cluster) -> None:
     spec = cluster.plan.job_spec.to_json().encode()
     outcomes = for_each(cluster.hosts, lambda h: cluster.transport(h).write_file(h.job_file, spec, 0o644),
                         key=lambda h: h.name)
@@ -65,7 +66,10 @@ def _all_done(cluster: Cluster, existing: dict[str, dict[str, ContainerState]]) 
 
 
 def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks | None = None,
-       quiet_warning_s: float = QUIET_WARNING_S) -> int:
+       quiet_warning_s: float = QUIET_WARNING_S, inventory: Inventory | None = None,
+       factory: TransportFactory | None = None) -> int:
+    """With the inventory (and a transport factory for hosts the plan does not have yet), a
+    watched train phase recovers from failures by job.recovery; without, it fails fast."""
     hooks = hooks or UpHooks()
     plan = cluster.plan
     with JobLock(run_dir(plan.job_name) / "up.lock", plan.job_name):
@@ -101,19 +105,32 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
                                        known_ids={r.host: r.image_id for r in reports})
             for d in deliveries:
                 sink.note(f"q7x2-deploy: {d.host}: {d.describe()}")
-            _write_job_files(cluster)
+            write_job_files(cluster)
             sink.note(f"q7x2-deploy: preflight, image and job files ready in {time.monotonic() - started:.1f}s")
             phases = PHASES
+        from q7x2_deploy.executor.recovery_cluster import ClusterOps  # it uses survey() from here
+        from q7x2_deploy.executor.recovery_run import train_with_recovery
+
         supervisor = Supervisor(cluster, sink, quiet_warning_s=quiet_warning_s)
+        ops: ClusterOps | None = None
         try:
             for phase in phases:
                 sink.note(f"q7x2-deploy: phase {phase}")
-                supervisor.run_phase(phase, existing, watch=not (detach and phase == PHASES[-1]))
+                watch = not (detach and phase == PHASES[-1])
+                if phase == "train" and watch and inventory is not None and factory is not None:
+                    ops = ClusterOps(cluster, factory, sink, first_existing=existing, quiet_warning_s=quiet_warning_s)
+                    train_with_recovery(ops, inventory, sink.note,
+                                        lambda ev: append_event(plan.job_name, ev.to_json()))
+                else:
+                    supervisor.run_phase(phase, existing, watch=watch)
         except KeyboardInterrupt:
             supervisor.stop.set()
             sink.note(f"q7x2-deploy: interrupted; stopping job {plan.job_name} on every host")
-            supervisor.stop_everywhere()
+            (ops or supervisor).stop_everywhere()
             raise
+        finally:
+            if ops is not None:
+                ops.close()
         if detach:
             sink.note(f"q7x2-deploy: job {plan.job_name} started on {len(cluster.hosts)} hosts; "
                       f"follow it with `q7x2-deploy logs -f`, stop it with `q7x2-deploy down`")
@@ -121,3 +138,4 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
             sink.note(f"q7x2-deploy: job {plan.job_name} finished on every host")
             mark_finished(plan.job_name)
         return 0
+

@@ -144,7 +144,8 @@ def test_a_new_build_replaces_the_hosts_previous_image_unless_it_is_in_use(own_s
 
 def _start_training(sbx, tmp_path: Path, job: str, port: int):  # type: ignore[no-untyped-def]
     inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job=job, image_ref=IMAGE, port=port,
-                           distribution="ssh", train_iters=100_000)
+                           distribution="ssh", train_iters=100_000,
+                           job__recovery__max_restarts=0)  # fail fast: no recovery
     cli("down", str(inv), cwd=tmp_path)
     log = tmp_path / "up.log"
     proc = cli_background("up", str(inv), cwd=tmp_path, log=log)

@@ -119,7 +119,7 @@ def test_per_node_storage(sandbox_cluster, image_ref: str, tmp_path: Path) -> No
 def test_failed_container_stops_the_job_and_names_the_host(sandbox_cluster, image_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job = "e2e-fail"
     inv = derive_inventory(sandbox_cluster.inventory, tmp_path / "inv.yaml", job=job, image_ref=image_ref,
-                           port=6213, train_iters=100_000)
+                           port=6213, train_iters=100_000, job__recovery__max_restarts=0)
     cli("down", str(inv), cwd=tmp_path)
     _clean(sandbox_cluster, job)
     log = tmp_path / "up.log"

@@ -83,6 +83,7 @@ def test_npus_per_node_at_most_the_hosts_devices():
     assert messages(edited(container__devices=[0, 1, 2, 3, 4, 5, 6])) == [
         "job.parallelism.npus_per_node: npus_per_node 8 exceeds the 7 NPU devices given to host 'npu-a'",
         "job.parallelism.npus_per_node: npus_per_node 8 exceeds the 7 NPU devices given to host 'npu-b'",
+        "job.parallelism.npus_per_node: npus_per_node 8 exceeds the 7 NPU devices given to host 'npu-c'",  # the spare
     ]
 
 

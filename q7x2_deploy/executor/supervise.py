@@ -35,11 +35,11 @@ HEARTBEAT_MISSES = 2  # consecutive misses before a host counts as lost
 QUIET_WARNING_S = 600.0
 
 
-# Where a (re)started run resumes, as each engine says it: our CPU trainer ("resumed from
-# checkpoint DIR at iteration N", "... starting at iteration 0") and Megatron ("successfully
-# loaded checkpoint from DIR [ t 0, p 0 ] at iteration N").
-_RESUMED = re.compile(r"(?:resumed from checkpoint|loaded checkpoint from|resuming from|loaded converted weights)"
-                      r".*\biteration (\d+)")
+# Where a (re)started run resumes, as the runtime says it: each node's "start point: resume
+# from DIR at iteration N" / "start point: first start ...", and Megatron's (and the CPU
+# trainer's) "successfully loaded checkpoint from DIR [ t 0, p 0 ] at iteration N".
+_RESUMED = re.compile(r"(?:start point: resume from|successfully loaded checkpoint from).*\biteration (\d+)")
+_FIRST_START = "start point: first start"
 
 # (resume iteration or None, first iteration printed, wall time): the run trains again.
 OnTraining = Callable[[int | None, int, float], None]
@@ -186,6 +186,9 @@ class Supervisor:
         self.last_line[host.name] = now
         if (m := _RESUMED.search(line)) is not None:
             self.resume_iteration = int(m.group(1))
+            return
+        if _FIRST_START in line:
+            self.resume_iteration = 0
             return
         p = parse_line(line)
         if p is None:

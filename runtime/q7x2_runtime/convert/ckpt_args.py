@@ -44,7 +44,9 @@ def checkpoint_args(dims: ModelDims, par: Parallel, dtype_name: str, extra: dict
         num_query_groups=dims.num_query_groups,
         kv_channels=dims.head_dim,
         max_position_embeddings=dims.max_position_embeddings,
-        seq_length=None,
+        # MindSpeed-LLM's mcore -> hf conversion reads seq_length from here and aborts on None;
+        # training overrides it with its own (extra).
+        seq_length=dims.max_position_embeddings,
         position_embedding_type="rope",
         add_position_embedding=True,  # Megatron's default; the Qwen2.5 recipe does not pass --no-position-embedding
         use_rotary_position_embeddings=True,

@@ -41,6 +41,9 @@ def _minutes(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     inv = load_inventory(args.inventory)
+    if not inv.job.checkpoint.keep_optimizer:
+        print("q7x2-deploy: warning: job.checkpoint.keep_optimizer is false: checkpoints hold no optimizer or RNG "
+              "state, so a resume restarts the optimizer and will not continue exactly", flush=True)
     factory = ssh_factory(args.accept_new_host_keys)
     with cluster_from_args(args, factory=factory, plan=build_plan(inv)) as cluster:
         job = cluster.plan.job_name

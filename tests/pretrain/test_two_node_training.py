@@ -143,3 +143,34 @@ def test_data_parallel_and_accumulation_are_one_global_batch(prepared: Prepared,
     assert sorted(single) == [1, 2, 3]
     for i in single:
         assert single[i] == pytest.approx(full[i], rel=1e-5), (i, single[i], full[i])
+
+
+def test_lean_checkpoints_resume_without_optimizer_state(prepared: Prepared) -> None:
+    job = write_job(prepared, "lean", port=free_port(), nnodes=1, train_iters=6, save_interval=3,
+                    checkpoint={"keep_optimizer": False})  # fmt: skip
+    [first] = run_nodes(job, [0], "--exit-interval", "3", timeout=300)
+    assert first.returncode == 0, first.output[-3000:]
+    assert "a resume will not continue exactly" in first.output
+    rank_dir = prepared.root / "lean" / "ckpt" / "iter_0000003" / "mp_rank_00"
+    assert sorted(p.name for p in rank_dir.iterdir()) == ["model_optim_rng.pt"]
+    saved = torch.load(rank_dir / "model_optim_rng.pt", weights_only=False)
+    assert "rng_state" not in saved and "opt_param_scheduler" not in saved and "optimizer" not in saved
+    [second] = run_nodes(job, [0], timeout=300)
+    assert second.returncode == 0, second.output[-3000:]
+    assert f"start point: resume from {prepared.root / 'lean' / 'ckpt'} at iteration 3" in second.output
+    assert "at iteration 3 (no optimizer or RNG state)" in second.output
+    assert sorted(_losses(second.output)) == [4, 5, 6]
+
+
+def test_a_checkpoint_of_another_layout_is_refused_not_loaded(prepared: Prepared) -> None:
+    job = write_job(prepared, "foreign", port=free_port(), nnodes=1, train_iters=2)
+    it = prepared.root / "foreign" / "ckpt" / "iter_0000010"
+    for rank_dir in ("mp_rank_00_000", "mp_rank_00_001"):
+        (it / rank_dir).mkdir(parents=True)
+        torch.save({"model": {}}, it / rank_dir / "model_optim_rng.pt")
+    (it.parent / "latest_checkpointed_iteration.txt").write_text("10")
+    [result] = run_nodes(job, [0], timeout=120)
+    assert result.returncode == 2
+    last = result.output.strip().splitlines()[-1]
+    assert "holds iteration 10 written with another tensor/pipeline layout (mp_rank_00_000, mp_rank_00_001)" in last
+    assert "successfully loaded" not in result.output

@@ -72,6 +72,9 @@ def _run(args: argparse.Namespace) -> int:
     if not spec.job.checkpoint.keep_optimizer:
         print(f"{prefix}: warning: checkpoints keep no optimizer or RNG state (job.checkpoint.keep_optimizer false): "
               "a resume will not continue exactly", flush=True)  # fmt: skip
+    from q7x2_runtime.pretrain import replica_sync
+
+    replica_sync.restore_for_job(spec, placement.node_rank)  # per-node storage: before the nodes agree where to start
     if placement.node_rank != 0 and placement.nnodes > 1:
         waited = wait_for_master(placement.master_addr, placement.master_port, placement.connect_timeout_s, node_rank=placement.node_rank)
         print(f"{prefix}: master {placement.master_addr}:{placement.master_port} reachable after {waited:.1f} s", flush=True)
@@ -98,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
         cwd = None
     print(f"{prefix}: + {shlex.join(argv)}", flush=True)
     offset = log.stat().st_size if log.is_file() else 0
-    code = run_teed(argv, log=log, cwd=cwd, env=env)
+    with replica_sync.replicating(spec, placement.node_rank):  # per-node storage: copies each save meanwhile
+        code = run_teed(argv, log=log, cwd=cwd, env=env)
     if code != 0:
         status = 128 - code if code < 0 else code
         reason = explain_failure(read_new_output(log, offset), placement)

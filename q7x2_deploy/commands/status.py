@@ -1,5 +1,6 @@
 """`q7x2-deploy status INVENTORY [--json]`: per host state, step, time since its last output line,
-iteration, loss, throughput."""
+iteration, loss, throughput; with per-node storage and a replica store, which checkpoint iteration
+the store holds whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
-from q7x2_deploy.executor.status import HostStatus, describe_recovery, job_status, quiet_for, recovery_summary
+from q7x2_deploy.executor.replica_status import Replication
+from q7x2_deploy.executor.status import HostStatus, describe_recovery, job_replication, job_status, quiet_for, recovery_summary
 from q7x2_deploy.executor.table import compact_table, print_table
 
 
@@ -26,9 +28,12 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def status_table(job: str, rows: list[HostStatus]) -> Table:
+def status_table(job: str, rows: list[HostStatus], replication: Replication | None = None) -> Table:
     table = compact_table(f"job {job}")
-    for col in ("host", "rank", "state", "step", "quiet", "iteration", "loss", "ms/it", "TFLOP/s"):
+    cols = ["host", "rank", "state", "step", "quiet", "iteration", "loss", "ms/it", "TFLOP/s"]
+    if replication is not None:
+        cols.append("replica")  # the newest iteration this node's files were copied for
+    for col in cols:
         table.add_column(col, no_wrap=True, justify="left" if col in ("host", "state", "step") else "right")
     for s in rows:
         p = s.progress
@@ -41,20 +46,31 @@ def status_table(job: str, rows: list[HostStatus]) -> Table:
             _fmt(p.lm_loss if p else None, ".4f"),
             _fmt(p.ms_per_iteration if p else None, ".1f"),
             _fmt(p.tflops_per_device if p else None, ".2f"),
+            *([str(s.replica_iteration) if s.replica_iteration is not None else "-"] if replication is not None else []),
         )
     return table
+
+
+def describe_replication(rep: Replication) -> str:
+    if rep.iteration is None:
+        return f"replica {rep.location}: no checkpoint iteration fully replicated yet"
+    return f"replica {rep.location}: iteration {rep.iteration} fully replicated (every file of it, from all nodes)"
 
 
 def run(args: argparse.Namespace) -> int:
     with cluster_from_args(args) as cluster:
         rows = job_status(cluster)
+        replication = job_replication(cluster, rows)
         job = cluster.plan.job_name
     recovery = recovery_summary(job)
     if args.json:
-        print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows], "recovery": recovery}, indent=2))
+        print(json.dumps({"job": job, "hosts": [r.to_dict() for r in rows], "recovery": recovery,
+                          "replication": replication.to_dict() if replication else None}, indent=2))
     else:
         console = Console()
-        print_table(console, status_table(job, rows))
+        print_table(console, status_table(job, rows, replication))
+        if replication is not None:
+            console.print(f"  {describe_replication(replication)}", markup=False)
         for r in rows:
             if not r.reachable:
                 console.print(f"  {r.host}: {r.error}", style="red", markup=False)

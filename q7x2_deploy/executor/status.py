@@ -17,7 +17,9 @@ from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.logs import Line, split_stamp
 from q7x2_deploy.executor.metrics import Progress, last_progress
+from q7x2_deploy.executor.replica_status import Replication, listing_argv, parse_listing, summarize
 from q7x2_deploy.plan import HostPlan
+from q7x2_runtime.pretrain.replica import Manifest
 
 LOG_TAIL = 400
 
@@ -35,13 +37,17 @@ class HostStatus:
     steps: dict[str, str] = field(default_factory=dict)
     progress: Progress | None = None
     quiet_s: float | None = None  # seconds since the current step's container last wrote a line
+    # Per-node storage with a replica store: the manifests this host sees, and the newest
+    # iteration this host's node copied there (set once every host's view is in).
+    replica_seen: list[Manifest] | None = None
+    replica_iteration: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "host": self.host, "rank": self.rank, "reachable": self.reachable, "error": self.error,
             "state": self.state, "step": self.step, "phase": self.phase, "exit_code": self.exit_code,
             "steps": self.steps, "progress": self.progress.to_dict() if self.progress else None,
-            "quiet_s": self.quiet_s,
+            "quiet_s": self.quiet_s, "replica_iteration": self.replica_iteration,
         }
 
 
@@ -111,6 +117,8 @@ def host_status(cluster: Cluster, host: HostPlan) -> HostStatus:
             newest = max((ln.stamp for ln in lines if ln.stamp), default="")
             if newest:
                 st.quiet_s = max(0.0, now - _epoch(newest))
+    if (argv := listing_argv(cluster.plan.job_spec)) is not None:
+        st.replica_seen = parse_listing(t.run(argv, timeout=60).stdout)
     return st
 
 
@@ -152,3 +160,13 @@ def describe_recovery(summary: dict[str, object]) -> list[str]:
                    + (f"; resumed from iteration {last['resume_iteration']}"
                       if last.get("resume_iteration") is not None else ""))
     return out
+
+
+def job_replication(cluster: Cluster, rows: list[HostStatus]) -> Replication | None:
+    """The replica store as every reachable host sees it; sets each row's replica_iteration."""
+    if listing_argv(cluster.plan.job_spec) is None:
+        return None
+    rep = summarize(cluster.plan.job_spec, {r.host: r.replica_seen for r in rows if r.replica_seen is not None})
+    for r in rows:
+        r.replica_iteration = rep.node_iteration(r.rank)
+    return rep

@@ -19,6 +19,7 @@ _COMMAND_MODULES = {
     "logs": "q7x2_deploy.commands.logs",
     "status": "q7x2_deploy.commands.status",
     "down": "q7x2_deploy.commands.down",
+    "report": "q7x2_deploy.commands.report",
     "sandbox": "q7x2_deploy.sandbox.cli",
 }
 

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TextIO
 
-from q7x2_deploy.executor.rundir import host_log_path
+from q7x2_deploy.executor.rundir import DEPLOYER_LOG, host_log_path, run_dir
 
 TAIL_LINES = 20
 
@@ -27,6 +27,7 @@ class LogSink:
         self._lock = threading.Lock()
         self._files: dict[str, IO[str]] = {}
         self._tails: dict[str, deque[str]] = {}
+        self._notes: IO[str] | None = None
         self.last_line_at = time.monotonic()  # when any host last printed a line
 
     def _file(self, host: str) -> IO[str]:
@@ -50,10 +51,16 @@ class LogSink:
                 f.flush()
 
     def note(self, text: str) -> None:
-        """A line from the deployer itself, not from a host."""
+        """A line from the deployer itself, not from a host. Kept with its time in the run
+        directory's deployer log: `report` draws each host's timeline from these lines."""
         with self._lock:
             self.stream.write(text + "\n")
             self.stream.flush()
+            if self.keep_files:
+                if self._notes is None:
+                    self._notes = open(run_dir(self.job) / DEPLOYER_LOG, "a", encoding="utf-8")
+                self._notes.write(f"{time.time():.3f}\t{text}\n")
+                self._notes.flush()
 
     def tail(self, host: str, n: int = 10) -> list[str]:
         with self._lock:
@@ -67,3 +74,6 @@ class LogSink:
             for f in self._files.values():
                 f.close()
             self._files.clear()
+            if self._notes is not None:
+                self._notes.close()
+                self._notes = None

@@ -18,6 +18,8 @@ KEPT_ATTEMPTS = 10
 RESULT_FILE = "result.json"
 EVENTS_FILE = "events.jsonl"  # one JSON object per recovery event of the current attempt
 SUPERVISOR_FILE = "supervisor.json"  # the detached supervisor: pid, start time, log
+# The deployer's own lines, each after its time and a tab: the run's timeline (not a host log).
+DEPLOYER_LOG = "deployer.tsv"
 STAMP = "%Y%m%d-%H%M%S"
 _STAMP_LEN = len("20260101-000000")
 
@@ -43,7 +45,7 @@ def host_log_path(job: str, host: str) -> Path:
 def start_attempt(job: str) -> Path | None:
     """Set the previous attempt's logs and result aside; returns where they went, if anywhere."""
     d = run_dir(job)
-    old = [p for p in [*d.glob("*.log"), d / RESULT_FILE, d / EVENTS_FILE] if p.is_file()]
+    old = [p for p in [*d.glob("*.log"), d / RESULT_FILE, d / DEPLOYER_LOG, d / EVENTS_FILE] if p.is_file()]
     if not old:
         return None
     ended = time.strftime(STAMP, time.localtime(max(p.stat().st_mtime for p in old)))

@@ -62,6 +62,12 @@ class LogSink:
                 self._notes.write(f"{time.time():.3f}\t{text}\n")
                 self._notes.flush()
 
+    def flush(self) -> None:
+        """Host log files are flushed line by line already; this is the point readers may rely on."""
+        with self._lock:
+            for f in self._files.values():
+                f.flush()
+
     def tail(self, host: str, n: int = 10) -> list[str]:
         with self._lock:
             return list(self._tails.get(host, ()))[-n:]

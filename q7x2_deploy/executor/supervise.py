@@ -14,11 +14,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.containers import ContainerState, remove_containers, stop_job
+from q7x2_deploy.executor.failure_record import diagnose_attempt, write_result
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.metrics import parse_line
 from q7x2_deploy.executor.output import LogSink
@@ -127,6 +128,12 @@ class Supervisor:
         stopped = [h.name for h in self.cluster.hosts if h.name not in unreachable]
         self.sink.note(f"q7x2-deploy: job {self.cluster.plan.job_name} stopped on {', '.join(stopped) or 'no host'}"
                        + (f"; could not reach {', '.join(unreachable)}" if unreachable else ""))
+        self.sink.flush()
+        diagnosis = diagnose_attempt(self.cluster.plan, failed_host=f.host, lost=[f.host] if f.lost else [])
+        self.sink.note(f"q7x2-deploy: {diagnosis.headline()}")
+        for line in diagnosis.evidence:
+            self.sink.note(f"  {line}")
+        write_result(self.cluster.plan.job_name, "failed", failure=asdict(f), diagnosis=diagnosis.to_dict())
         raise JobFailed(f"{f.host} (rank {f.rank}) failed in {f.step}: {f.reason}")
 
     # -- heartbeat --------------------------------------------------------------------

@@ -146,6 +146,7 @@ class RecoveryEvent:
     resume_iteration: int | None = None  # where the restarted run resumed
     iterations_lost: int | None = None  # last_iteration - resume_iteration
     seconds_until_training: float | None = None  # detection -> first iteration line after it
+    seconds_until_restart: float | None = None  # detection -> the train containers start again
     hosts: list[str] = field(default_factory=list)  # every host the event involved
     gave_up: bool = False
 

@@ -8,6 +8,7 @@ the unit tests implement with a fake, so the whole loop runs in milliseconds the
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,6 +68,7 @@ class RecoveryLoop:
     policy: Policy
     say: Say
     journal: Callable[[RecoveryEvent], None]  # appends to events.jsonl
+    wall: Callable[[], float] = time.time  # event times are wall clock, like the supervisor's
     restarts: int = 0
     _pending: _Pending | None = None
 
@@ -137,6 +139,7 @@ class RecoveryLoop:
             self._pending = _Pending(ev)
             self._flush_pending()
             self._give_up(incident, cause, f"could not make the new host set ready: {e}", hosts)
+        ev.seconds_until_restart = round(max(0.0, self.wall() - incident.detected_at), 3)
         self._pending = _Pending(ev)
         return new
 

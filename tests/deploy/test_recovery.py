@@ -73,7 +73,7 @@ class FakeCluster:
 def run(fake: FakeCluster, inv: Inventory) -> tuple[Inventory | None, list[str], list[RecoveryEvent], Exception | None]:
     said: list[str] = []
     events: list[RecoveryEvent] = []
-    loop = RecoveryLoop(fake, Policy.of(inv), said.append, events.append)
+    loop = RecoveryLoop(fake, Policy.of(inv), said.append, events.append, wall=lambda: fake.clock + 112.0)
     try:
         return loop.run(inv), said, events, None
     except (RecoveryStopped, JobFailed) as e:
@@ -92,6 +92,7 @@ def test_a_killed_container_restarts_on_the_same_hosts() -> None:
     rec = json.loads(ev.to_json())
     assert rec["resume_iteration"] == 20 and rec["iterations_lost"] == 5 and rec["last_iteration"] == 25
     assert rec["seconds_to_detect"] == 2.0 and rec["seconds_until_training"] == 30.0
+    assert rec["seconds_until_restart"] == 12.0
     assert rec["time"].startswith("1970-01-01T00:01:40")
 
 
@@ -237,3 +238,25 @@ def test_spares_and_recovery_are_validated() -> None:
         "job.recovery.hang_timeout_minutes: Input should be greater than 0",
         "job.recovery.host_wait: unknown key (check its spelling; see inventory.example.yaml)",
     ]
+
+
+def test_the_supervisor_reads_where_a_run_resumed_and_when_it_trains() -> None:
+    from types import SimpleNamespace
+
+    from deploy_fixtures import megatron_line
+
+    from q7x2_deploy.executor.output import LogSink
+    from q7x2_deploy.executor.supervise import Supervisor
+
+    seen: list[tuple[int | None, int]] = []
+    sup = Supervisor(SimpleNamespace(hosts=[]), LogSink("j", echo=False, keep_files=False),  # type: ignore[arg-type]
+                     on_training=lambda resume, first, at: seen.append((resume, first)))
+    host = SimpleNamespace(name="b", node_rank=1)
+    for line in ["q7x2-runtime pretrain: node 1: start point: resume from /c at iteration 20 (optimizer and RNG state as saved)",
+                 "  successfully loaded checkpoint from /c [ t 0, p 0 ] at iteration 20 (optimizer and RNG state)",
+                 megatron_line(21, 40, 3.5), megatron_line(22, 40, 3.4)]:
+        sup._progress(host, line)  # type: ignore[arg-type]
+    assert seen == [(20, 21)] and sup.last_iteration == 22 and "b" in sup.last_line
+    fresh = Supervisor(SimpleNamespace(hosts=[]), LogSink("j", echo=False, keep_files=False))  # type: ignore[arg-type]
+    fresh._progress(host, "q7x2-runtime pretrain: node 0: start point: first start from the converted weights /m")  # type: ignore[arg-type]
+    assert fresh.resume_iteration == 0

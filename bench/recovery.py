@@ -1,0 +1,111 @@
+"""Recovery figures on the sandbox: drills 1 (power loss, spare takes the rank), 3 (cable cut, no
+spare, healed after a pause) and 4 (container killed), with the image already on every host.
+
+Per drill, from the fault's injection time (wall clock, taken right before the fault command):
+  detect       fault -> the deployer noticed (events.jsonl `detected_at`)
+  to training  fault -> the first iteration line of the restarted run (detected_at +
+               seconds_until_training)
+  after detect detection -> first iteration line (`seconds_until_training`; target <= 60 s)
+  lost         iterations trained before the fault and done again (last iteration printed
+               before detection - resume iteration), and the iterations lost beyond the last
+               complete save (the resume iteration's shortfall from it; target 0)
+
+    sudo .venv/bin/python bench/recovery.py [--drills 4,1,3] [--repeat 1]
+
+Needs root (the sandbox). Brings up its own 3-host sandbox and takes it down at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests package
+
+from tests.drills.drill_support import Ctx, Drills, Run, drill_sandbox, reference_losses, run_drill  # noqa: E402
+
+CUT_FOR_S = 20.0  # drill 3: how long the cable stays out after `up` starts waiting
+
+
+def _kill(d: Drills) -> tuple[dict, object]:
+    return {}, lambda c: c.container(1, 1).kill()
+
+
+def _lost(d: Drills) -> tuple[dict, object]:
+    return {}, lambda c: d.cluster.stop(d.cfg, d.name(1), log=lambda _m: None)  # type: ignore[attr-defined]
+
+
+def _cut(d: Drills) -> tuple[dict, object]:
+    def fault(c: Ctx) -> None:
+        d.cluster.cut(d.cfg, d.name(1), log=lambda _m: None)  # type: ignore[attr-defined]
+        c.wait_for("waiting up to", timeout=300)
+        time.sleep(CUT_FOR_S)
+        d.cluster.heal(d.cfg, d.name(1), log=lambda _m: None)  # type: ignore[attr-defined]
+
+    return {"spares": 0}, fault
+
+
+DRILLS = {"4": ("container killed", _kill, 5.0), "1": ("host lost, spare", _lost, 20.0),
+          "3": ("cable cut, no spare", _cut, 20.0)}
+
+
+def _restore(d: Drills) -> None:
+    for h in d.cluster.status(d.cfg)["hosts"]:  # type: ignore[attr-defined]
+        if not h["running"]:
+            d.cluster.start(d.cfg, h["name"], log=lambda _m: None)  # type: ignore[attr-defined]
+        if h["cut"]:
+            d.cluster.heal(d.cfg, h["name"], log=lambda _m: None)  # type: ignore[attr-defined]
+
+
+def measure(run: Run) -> dict[str, float | int | None]:
+    ev = next(e for e in run.events if not e.get("gave_up"))
+    detected = float(ev["detected_at"])
+    until = ev["seconds_until_training"]
+    last_save = run.last_save_before_fault()
+    return {
+        "rc": run.rc,
+        "detect": detected - run.fault_at,
+        "to_training": None if until is None else detected + float(until) - run.fault_at,
+        "after_detect": until,
+        "redone": ev["iterations_lost"],
+        "beyond_save": None if ev["resume_iteration"] is None else last_save - int(ev["resume_iteration"]),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--drills", default="4,1,3")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    for d in drill_sandbox():
+        with tempfile.TemporaryDirectory() as tmp:
+            reference_losses(d, Path(tmp))  # also prepares the weights and dataset the drills train on
+        for n, key in enumerate(k for k in args.drills.split(",") for _ in range(args.repeat)):
+            title, make, detect_target = DRILLS[key]
+            extra, fault = make(d)
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    run = run_drill(d, Path(tmp), f"bench-rec-{key}-{n}", 6330 + n, fault, **extra)  # type: ignore[arg-type]
+                finally:
+                    _restore(d)
+            m = measure(run)
+            rows.append((key, title, detect_target, m))
+            print(f"drill {key} ({title}): {m}", flush=True)
+    print()
+    print("| drill | fault | exit | detect (s) | fault -> training (s) | detection -> training (s) | iterations redone | lost beyond last save |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, title, target, m in rows:
+        def f(v: object) -> str:
+            return "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+
+        print(f"| {key} | {title} | {m['rc']} | {f(m['detect'])} (target <= {target:g}) | {f(m['to_training'])} | "
+              f"{f(m['after_detect'])} (target <= 60) | {f(m['redone'])} | {f(m['beyond_save'])} (target 0) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.os_errors import is_environmental, os_error
 
 
 def _int_list(text: str) -> list[int]:
@@ -61,12 +62,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _refuse_overlap(load_dir: Path, save_dir: Path, template: Path | None) -> None:
+    """Writing into (or replacing) the input would destroy it: refuse before touching anything."""
+    load, save = load_dir.resolve(), save_dir.resolve()
+    if save == load:
+        raise UserError(f"--save-dir {save_dir} is the --load-dir itself; writing it would destroy the input: choose another --save-dir")
+    if load in save.parents:
+        raise UserError(f"--save-dir {save_dir} is inside --load-dir {load_dir}; choose a --save-dir outside the input")
+    if save in load.parents:
+        raise UserError(f"--save-dir {save_dir} contains --load-dir {load_dir}; replacing it would destroy the input: choose another --save-dir")
+    if template is not None:
+        tpl = template.resolve()
+        if tpl == save or save in tpl.parents:
+            raise UserError(f"--hf-template {template} is inside --save-dir {save_dir}; it would be replaced while being read")
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except OSError as e:
+        if not is_environmental(e) or not e.filename:
+            raise  # a bug: keep the traceback
+        raise os_error("access", e.filename, e) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     save_type = args.save_model_type or ("mg" if args.load_model_type == "hf" else "hf")
     if save_type == args.load_model_type:
         raise UserError(f"--load-model-type and --save-model-type are both {save_type}; nothing to convert")
     if args.model_type not in (None, "GPT"):
         raise UserError(f"--model-type {args.model_type}: only GPT (Qwen2) models are supported")
+    _refuse_overlap(args.load_dir, args.save_dir, args.hf_template)
     if args.engine == "mindspeed":
         from q7x2_runtime.convert.mindspeed import mindspeed_convert_argv, run_mindspeed_convert
 
@@ -80,15 +106,23 @@ def run(args: argparse.Namespace) -> int:
     if save_type == "mg":
         from q7x2_runtime.convert.to_mcore import convert_hf_to_mcore, existing_conversion_matches
 
-        if args.skip_existing and not args.force and existing_conversion_matches(
-            args.load_dir, args.save_dir, args.tp, args.pp, args.num_layer_list, args.params_dtype or "bf16",
-            args.only_stage, args.only_ranks,
-        ):
-            print(f"{args.save_dir}: already a finished conversion of {args.load_dir} with these settings; skipped", file=sys.stderr)
-            return 0
+        force = args.force
+        if args.skip_existing and not args.force:
+            found = existing_conversion_matches(
+                args.load_dir, args.save_dir, args.tp, args.pp, args.num_layer_list, args.params_dtype or "bf16",
+                args.only_stage, args.only_ranks,
+            )
+            if found is True:
+                print(f"{args.save_dir}: already a finished conversion of {args.load_dir} with these settings "
+                      "(every file's size and sha256 checked); skipped", file=sys.stderr)
+                return 0
+            if found:
+                # Our own conversion with these very settings, damaged since: redo it.
+                print(f"{args.save_dir}: a finished conversion with these settings, but {found}; converting again", file=sys.stderr)
+                force = True
         out = convert_hf_to_mcore(
             args.load_dir, args.save_dir, args.tp, args.pp, args.num_layer_list, args.params_dtype or "bf16",
-            args.force, args.only_stage, args.only_ranks,
+            force, args.only_stage, args.only_ranks,
         )
     else:
         if args.only_stage or args.only_ranks:

@@ -18,25 +18,34 @@ from pathlib import Path
 from typing import Callable
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.os_errors import out_of_inodes, is_environmental, os_error
 
 _CHUNK = 64 << 20  # bytes per os.write: large enough to amortise syscalls, bounded for partial writes
 
 
 def fsync_file(path: Path) -> None:
     """Make a finished file durable; a full disk surfaces as one clear error."""
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full(path) from None
-        raise
-    finally:
-        os.close(fd)
+        raise write_error(path, e) from None
 
 
 def disk_full(path: Path) -> UserError:
     return UserError(f"disk full while writing {path}; free space on that filesystem (or choose another --save-dir) and retry")
+
+
+def write_error(path: Path, e: OSError) -> BaseException:
+    """The one-line error for a failed write of an output file (the OSError itself if it is a bug)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not out_of_inodes(path):
+        return disk_full(path)
+    if is_environmental(e):
+        return os_error("write", path, e, "--save-dir")
+    return e
 
 
 class HashedFile:
@@ -50,7 +59,10 @@ class HashedFile:
 
     def __init__(self, path: Path, worker: "Worker | None" = None) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise os_error("create", path, e, "--save-dir") if is_environmental(e) else e from None
         self._sha = hashlib.sha256()
         self._worker = worker
         self.offset = 0
@@ -71,9 +83,7 @@ class HashedFile:
                 n = os.write(self._fd, view[:_CHUNK])
                 view = view[n:]
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full(self.path) from None
-            raise
+            raise write_error(self.path, e) from None
 
     def _digest(self) -> None:
         self.sha256 = self._sha.hexdigest()
@@ -84,9 +94,7 @@ class HashedFile:
         try:
             os.close(self._fd)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full(self.path) from None
-            raise
+            raise write_error(self.path, e) from None
         finally:
             self._fd = -1
 

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 
 from q7x2_runtime.convert.ckpt_args import params_dtype
-from q7x2_runtime.convert.hf_source import INDEX, read_config
+from q7x2_runtime.convert.hf_source import INDEX, config_dims, read_config
 from q7x2_runtime.convert.mapping import hf_shapes
 from q7x2_runtime.convert.mcore_source import McoreCheckpoint
 from q7x2_runtime.convert.output import AtomicDir, check_free_space
 from q7x2_runtime.convert.safetensors_out import SafetensorsWriter
 from q7x2_runtime.convert.sink import HashedFile, Worker
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.model_dims import ModelDims, dims_from_config_dict
+from q7x2_runtime.model_dims import ModelDims
 
 # Files an HF model folder needs besides weights; copied from the template when present.
 TOKENIZER_FILES = (
@@ -32,13 +32,10 @@ TOKENIZER_FILES = (
 _TORCH_DTYPE_NAME = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def hf_config(dims: ModelDims, dtype: torch.dtype, template: dict[str, Any] | None) -> dict[str, Any]:
+def hf_config(dims: ModelDims, dtype: torch.dtype, template: dict[str, Any] | None, template_path: Path | None = None) -> dict[str, Any]:
     """The template's config.json (checked against the checkpoint) or one built from the dims."""
     if template is not None:
-        try:
-            tdims = dims_from_config_dict(template)
-        except ValueError as e:
-            raise UserError(f"template config.json: {e}") from None
+        tdims = config_dims(template, template_path or Path("template config.json"))
         for field in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size", "untie_embeddings"):
             if getattr(tdims, field) != getattr(dims, field):
                 raise UserError(
@@ -125,15 +122,18 @@ def convert_mcore_to_hf(
     if template_dir is None:
         # hf -> mcore records the HF folder it came from (as Megatron's tokenizer path).
         recorded = getattr(ckpt.args, "tokenizer_name_or_path", None)
-        if recorded and Path(recorded).is_dir():
-            template_dir = Path(recorded)
+        try:
+            if recorded and Path(recorded).is_dir():
+                template_dir = Path(recorded)
+        except OSError:
+            pass  # not readable from here: convert without it, as when it no longer exists
     template_cfg = None
     if template_dir is not None:
         if not template_dir.is_dir():
             raise UserError(f"{template_dir}: --hf-template/--tokenizer directory does not exist")
         if (template_dir / "config.json").exists():
-            template_cfg = read_config(template_dir)
-    config = hf_config(dims, dtype, template_cfg)
+            template_cfg = read_config(template_dir, "--hf-template")
+    config = hf_config(dims, dtype, template_cfg, template_dir / "config.json" if template_dir else None)
 
     shapes = hf_shapes(dims)
     shards = shard_plan(list(shapes.items()), dtype, max_shard_bytes)

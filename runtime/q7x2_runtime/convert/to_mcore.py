@@ -147,26 +147,36 @@ def existing_conversion_matches(
     dtype_name: str,
     only_stages: list[int] | None = None,
     only_tp_ranks: list[int] | None = None,
-) -> bool:
-    """True when save_dir holds a finished conversion of load_dir with exactly these settings.
+) -> bool | str:
+    """True when save_dir holds a finished, intact conversion of load_dir with exactly these
+    settings; a string (what differs) when it is such a conversion but a file no longer
+    matches its manifest; False otherwise.
 
     Output directories appear only by an atomic rename after their manifest is written, so a
-    manifest whose settings match means a complete, usable conversion: re-running a job can
-    skip the step. Any other existing directory is left for the caller to refuse or replace.
+    manifest whose settings match means the conversion finished. What it trusts is then
+    checked in full: every file's size and sha256 against the manifest (a size check alone
+    misses a flipped or overwritten byte; a sampled hash misses most of them; hashing costs one
+    read of the output, about a third of the conversion's own time, and a corrupt rank file
+    would otherwise reach training). Any other existing directory is left for the caller to
+    refuse or replace.
     """
     import json
 
     from q7x2_runtime.convert.hf_source import dims_of
     from q7x2_runtime.convert.layout import plan_parallel
-    from q7x2_runtime.convert.output import MANIFEST
+    from q7x2_runtime.convert.output import MANIFEST, manifest_problem
 
     try:
         recorded = json.loads((save_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if not isinstance(recorded, dict):
+        return False
     par = plan_parallel(dims_of(load_dir), tp, pp, num_layer_list)
     expected = _conversion_meta(load_dir, tp, pp, par.layers_per_stage, dtype_name, _selected_ranks(tp, pp, only_stages, only_tp_ranks))
-    return all(recorded.get(k) == v for k, v in expected.items())
+    if not all(recorded.get(k) == v for k, v in expected.items()):
+        return False
+    return manifest_problem(save_dir) or True
 
 
 def convert_hf_to_mcore(

@@ -119,6 +119,11 @@ class TorchFileReader:
                     # from the central directory's.
                     name_len, extra_len = struct.unpack("<HH", os.pread(self._fd, 4, info.header_offset + 26))
                     self._records[info.filename] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
+                size = os.fstat(self._fd).st_size
+                for name, (start, length) in self._records.items():
+                    # Mapping bytes past the end of the file would kill the process with SIGBUS.
+                    if start + length > size:
+                        raise zipfile.BadZipFile(f"record {name} reaches past the end of the file (truncated?)")
                 data = z.read(prefix + "data.pkl")
             self._prefix = prefix
             self.obj = _Unpickler(data, self).load()

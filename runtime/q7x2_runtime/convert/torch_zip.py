@@ -12,12 +12,11 @@ which torch.load(mmap=True) relies on.
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
-import os
 import pickle
 import struct
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +89,20 @@ def crc32(chunks: list) -> int:
     return crc
 
 
-def _dos_time() -> tuple[int, int]:
-    t = time.localtime()
-    return ((t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
-            (((t.tm_year - 1980) & 0x7F) << 9) | (t.tm_mon << 5) | t.tm_mday)
+# torch.save stamps every record with DOS time 0 and date 0 (zipfile shows 1980-00-00 00:00:00)
+# so that the same tensors give the same bytes; so do we.
+_DOS_TIME_DATE = (0, 0)
+
+
+def serialization_id(entries: list[tuple[bytes, int, int, int]]) -> bytes:
+    """The 40-digit `.data/serialization_id` torch.save writes, derived (as torch derives
+    its own from the records' CRCs and names) from the records written so far, not drawn at
+    random: the same checkpoint gives the same file."""
+    h = hashlib.sha256()
+    for fname, crc, size, _offset in entries:
+        h.update(struct.pack("<IQH", crc, size, len(fname)) + fname)
+    digest = h.digest()
+    return (str(int.from_bytes(digest[:8], "big")).zfill(20) + str(int.from_bytes(digest[8:16], "big")).zfill(20)).encode()
 
 
 class TorchZipWriter(HashedWriter):
@@ -106,7 +115,7 @@ class TorchZipWriter(HashedWriter):
         self._entries: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
         self._slots: list[TensorSlot] = []
         self._next = 0
-        self._time = _dos_time()
+        self._time = _DOS_TIME_DATE
 
     def slot(self, shape: tuple[int, ...], dtype: torch.dtype) -> TensorSlot:
         s = TensorSlot(str(len(self._slots)), tuple(shape), dtype)
@@ -138,7 +147,7 @@ class TorchZipWriter(HashedWriter):
         if self._next != len(self._slots):
             raise RuntimeError(f"{len(self._slots) - self._next} tensors were never written")
         self._record("version", b"3\n")
-        self._record(".data/serialization_id", str(int.from_bytes(os.urandom(16), "big")).zfill(40).encode())
+        self._record(".data/serialization_id", serialization_id(self._entries))
         self._central_directory()
         self._file.close()
 

@@ -24,7 +24,8 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     # A recycled pid belongs to some other program: only ours counts.
-    return b"q7x2_deploy" in cmdline and b"up" in cmdline
+    args = cmdline.split(b"\0")
+    return any(b"q7x2_deploy" in a for a in args) and b"up" in args
 
 
 def supervisor_info(job: str) -> dict | None:

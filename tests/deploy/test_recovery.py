@@ -260,3 +260,34 @@ def test_the_supervisor_reads_where_a_run_resumed_and_when_it_trains() -> None:
     fresh = Supervisor(SimpleNamespace(hosts=[]), LogSink("j", echo=False, keep_files=False))  # type: ignore[arg-type]
     fresh._progress(host, "q7x2-runtime pretrain: node 0: start point: first start from the converted weights /m")  # type: ignore[arg-type]
     assert fresh.resume_iteration == 0
+
+
+def test_the_detached_supervisor_is_shown_by_status_and_stopped_by_down(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from q7x2_deploy.executor.recovery_supervisor import start_supervisor, stop_supervisor, supervisor_info
+    from q7x2_deploy.executor.rundir import SUPERVISOR_FILE, append_event, run_dir
+    from q7x2_deploy.executor.status import describe_recovery, recovery_summary
+
+    monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
+    assert supervisor_info("j") is None and stop_supervisor("j") is None
+    # A stand-in with the supervisor's command line, so that pid checks see one of ours.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "q7x2_deploy", "up"])
+    try:
+        while b"q7x2_deploy" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # until the child has exec'd
+        (run_dir("j") / SUPERVISOR_FILE).write_text(json.dumps({"pid": proc.pid, "log": "x.out"}))
+        assert start_supervisor("j", "inv.yaml", [])["pid"] == proc.pid  # one is running: no second
+        append_event("j", RecoveryEvent(1, 3, "b", 1, "lost (no SSH reply)", "spare s0 takes rank 1", 100.0,
+                                        resume_iteration=20).to_json())
+        lines = describe_recovery(recovery_summary("j"))
+        assert lines[0] == f"supervisor: running (pid {proc.pid}), output in x.out"
+        assert lines[1] == ("recovery: 1 restart(s); last: 1970-01-01T00:01:40.000+00:00 b lost (no SSH reply); "
+                            "spare s0 takes rank 1; resumed from iteration 20")
+        assert stop_supervisor("j") == proc.pid and proc.wait(timeout=30) == -15
+        assert supervisor_info("j") is None
+    finally:
+        proc.kill()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable
 
 from q7x2_runtime.preprocess.bytelevel import byte_to_char
@@ -126,9 +127,22 @@ def _check_post_processor(post: dict[str, Any] | None) -> None:
         return
     steps = post.get("processors") if post.get("type") == "Sequence" else [post]
     for step in steps:
-        # ByteLevel only adjusts offsets; anything else may insert tokens.
-        if step.get("type") != "ByteLevel":
-            raise NotExact(f"post-processor {step.get('type')} may add tokens")
+        # ByteLevel only adjusts offsets; a template of bare sequences adds nothing either
+        # (transformers 5 saves one: single "$A", pair "$A $B"). Anything else may add tokens.
+        if step.get("type") == "ByteLevel" or _template_adds_nothing(step):
+            continue
+        raise NotExact(f"post-processor {step.get('type')} may add tokens")
+
+
+def _template_adds_nothing(step: dict[str, Any]) -> bool:
+    if step.get("type") != "TemplateProcessing":
+        return False
+    single, pair = step.get("single"), step.get("pair")
+    if not isinstance(single, list) or not isinstance(pair, list):
+        return False
+    if any(not isinstance(piece, dict) or set(piece) != {"Sequence"} for piece in single + pair):
+        return False  # a SpecialToken piece (or anything unknown) inserts ids
+    return [piece["Sequence"].get("id") for piece in single] == ["A"]
 
 
 def _check_added_tokens(added: list[dict[str, Any]], nfc: bool) -> tuple[dict[str, int], dict[str, int]]:
@@ -178,8 +192,47 @@ def merge_table(model: dict[str, Any]) -> tuple[MergeTable, dict[bytes, int]]:
             raise NotExact(f"byte {b:#04x} has no vocabulary entry")
         ranks[bytes([b])] = vocab[ch]
 
-    merged: MergeTable = []
     spelled = _vocab_bytes(vocab)
+    merged = _merges_at_once(merges, vocab, spelled, ranks)
+    if merged is None:  # some merge breaks a rule: find which, one by one
+        merged = _merges_one_by_one(merges, vocab, spelled, ranks)
+
+    extras = len(vocab) - len(ranks)
+    if extras and model.get("ignore_merges"):
+        # HF would return such entries for a whole matching word; tiktoken never does.
+        raise NotExact("ignore_merges with vocabulary entries no merge produces")
+    return merged, ranks
+
+
+def _merges_at_once(
+    merges: list, vocab: dict[str, int], spelled: dict[str, bytes], ranks: dict[bytes, int]
+) -> MergeTable | None:
+    """The merge table with every rule of `_merges_one_by_one` checked over whole columns
+    (C loops, ~0.15 s for 150k merges); None if any rule fails. Fills `ranks`."""
+    pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+    if any(len(p) != 2 for p in pairs):
+        return None
+    lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
+    rids = list(map(vocab.get, map(str.__add__, lefts, rights)))
+    lb, rb = list(map(spelled.get, lefts)), list(map(spelled.get, rights))
+    if None in rids or None in lb or None in rb:  # spelled entries are vocabulary entries
+        return None
+    if any(map(int.__le__, rids[1:], rids[:-1])):
+        return None
+    pieces = list(map(bytes.__add__, lb, rb))
+    before = len(ranks)
+    ranks.update(zip(pieces, rids))
+    if len(ranks) != before + len(pieces):  # two merges produce one token
+        for piece in pieces:
+            ranks.pop(piece, None)
+        return None
+    return list(zip(pieces, lb, rb, rids))
+
+
+def _merges_one_by_one(
+    merges: list, vocab: dict[str, int], spelled: dict[str, bytes], ranks: dict[bytes, int]
+) -> MergeTable:
+    merged: MergeTable = []
     last_id = -1
     for m in merges:
         left, right = m.split(" ", 1) if isinstance(m, str) else m
@@ -198,12 +251,7 @@ def merge_table(model: dict[str, Any]) -> tuple[MergeTable, dict[bytes, int]]:
             raise NotExact(f"two merges produce {result!r}")
         ranks[piece] = rid
         merged.append((piece, lb, rb, rid))
-
-    extras = len(vocab) - len(ranks)
-    if extras and model.get("ignore_merges"):
-        # HF would return such entries for a whole matching word; tiktoken never does.
-        raise NotExact("ignore_merges with vocabulary entries no merge produces")
-    return merged, ranks
+    return merged
 
 
 def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
@@ -212,8 +260,16 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
     alphabet = "".join(byte_to_char().values())
     stray = re.compile(f"[^{re.escape(alphabet)}]")
     to_latin1 = str.maketrans({c: chr(b) for b, c in byte_to_char().items()})
+    tokens = list(vocab)
+    joined = "".join(tokens)
+    if not stray.search(joined):
+        # Every entry is byte-level spelled (one character per byte): translate all of them
+        # in one call and cut the bytes at the entries' lengths (150k entries: ~0.1 s, not 1 s).
+        data = joined.translate(to_latin1).encode("latin-1")
+        ends = list(accumulate(map(len, tokens)))
+        return dict(zip(tokens, map(data.__getitem__, map(slice, [0, *ends[:-1]], ends))))
     out = {}
-    for tok in vocab:
+    for tok in tokens:
         if stray.search(tok):
             continue
         out[tok] = tok.translate(to_latin1).encode("latin-1")

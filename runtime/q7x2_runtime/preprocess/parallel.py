@@ -1,18 +1,18 @@
 """Ordered, bounded fan-out of batches to tokenizer worker processes.
 
 The pool is spawned before the tokenizer is inspected, so starting Python and importing the
-engines in the workers overlaps with loading transformers in the parent. The engine spec
-reaches the workers through a temp file named in every task (a few MB would be too much
-to resend per task); each worker loads it once. Idle workers also verify the tokenizer's
-merges for the parent (see prechecks).
+engines in the workers overlaps with reading the tokenizer in the parent. Large objects every
+worker needs once (the engine spec carries ~150k BPE ranks, a few MB) travel through the
+pool's own pipes, attached to tasks only until every worker has acknowledged them: nothing is
+ever written to a file, so a run killed at any moment leaves no debris in TMPDIR. Idle workers
+also verify the tokenizer's merges for the parent (see prechecks and speculation).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import pickle
-import tempfile
+import uuid
 from collections import deque
 from typing import Iterator
 
@@ -21,20 +21,24 @@ from q7x2_runtime.preprocess.engines import EngineSpec
 from q7x2_runtime.preprocess.sources import Batch
 
 
+class _Shared:
+    """One pickled object and the workers (by pid) known to hold it."""
+
+    def __init__(self, obj: object) -> None:
+        self.key = uuid.uuid4().hex
+        self.blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        self.holders: set[int] = set()
+
+
 class WorkerPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         # spawn: workers must not inherit the parent's tokenizer thread pools or locks.
         self._pool = mp.get_context("spawn").Pool(workers, initializer=worker.warm_up) if workers > 1 else None
-        self._spec_path: str | None = None
-        self._temp_files: list[str] = []
 
-    def _temp_pickle(self, obj: object, prefix: str) -> str:
-        fd, path = tempfile.mkstemp(prefix=prefix, suffix=".pkl")
-        self._temp_files.append(path)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        return path
+    def _attached(self, shared: _Shared) -> bytes | None:
+        """The blob to send with the next task, or None once every worker holds it."""
+        return None if len(shared.holders) >= self.workers else shared.blob
 
     def submit(self, fn, *args):
         """Run a module-level function on a worker; its AsyncResult."""
@@ -42,10 +46,17 @@ class WorkerPool:
         return self._pool.apply_async(fn, args)
 
     def check_merges(self, merged: list, ranks: dict[bytes, int]) -> list:
-        """Start verifying the merge order in every worker; AsyncResults of reasons/None."""
+        """Start verifying the merge order in every worker; AsyncResults of reasons/None.
+
+        `merged` is in rank order (fast_bpe's condition 1), so the workers rebuild it from the
+        ranks plus each merge's left length: the task carries a few hundred kB, not the table."""
         assert self._pool is not None
-        path = self._temp_pickle((merged, ranks), "q7x2-merges-")
-        return [self._pool.apply_async(worker.check_merges, (path, i, self.workers)) for i in range(self.workers)]
+        shared = _Shared(ranks)
+        lefts = bytes(min(len(left), 255) for _piece, left, _right, _rank in merged)
+        if any(len(left) >= 255 for _p, left, _r, _k in merged):
+            lefts = None  # absurdly long tokens: send the table itself
+        payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
+        return [self._pool.apply_async(worker.check_merges, (*payload, i, self.workers)) for i in range(self.workers)]
 
     def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:
         """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight."""
@@ -54,28 +65,29 @@ class WorkerPool:
             for batch in batches:
                 yield batch, worker.encode_columns(batch.columns)
             return
-        self._spec_path = self._temp_pickle((spec, eod), "q7x2-engine-")
+        shared = _Shared((spec, eod))
         window: deque = deque()
+
+        def _result(result) -> dict:
+            pid, encoded = result.get()
+            shared.holders.add(pid)
+            return encoded
+
         for batch in batches:
-            window.append((batch, self._pool.apply_async(worker.encode_with, (self._spec_path, batch.columns))))
+            args = (shared.key, self._attached(shared), batch.columns)
+            window.append((batch, self._pool.apply_async(worker.encode_with, args)))
             if len(window) >= 2 * self.workers + 2:
                 done, result = window.popleft()
-                yield done, result.get()
+                yield done, _result(result)
         while window:
             done, result = window.popleft()
-            yield done, result.get()
+            yield done, _result(result)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-        for path in self._temp_files:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        self._temp_files = []
 
     def __enter__(self) -> WorkerPool:
         return self

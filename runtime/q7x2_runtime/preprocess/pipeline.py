@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
@@ -20,7 +20,7 @@ from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_pref
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
 from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
-from q7x2_runtime.preprocess.speculation import Confirmation, candidate_spec
+from q7x2_runtime.preprocess.speculation import Confirmation, Rejected, candidate_spec
 
 NO_EOD_WARNING = (
     "warning: --append-eod not given: documents are written without an end-of-document token, so "
@@ -68,15 +68,12 @@ def _run(
     speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
     if speculate and force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
         candidate = candidate_spec(opts.tokenizer)
-        if candidate is not None and (candidate.eos_token_id is not None or not opts.append_eod):
-            with Confirmation(opts.tokenizer, force) as confirmation:
-                result = _write(
-                    opts, keys, sources, pool, start, candidate, False,
-                    confirm=lambda: confirmation.confirmed(candidate, opts.append_eod),
-                )  # fmt: skip
+        if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
+            with Confirmation(opts.tokenizer, force, candidate, pool, need_eos=opts.append_eod) as confirmation:
+                result = _write(opts, keys, sources, pool, start, candidate.spec, False, gate=confirmation)
             if result is not None:
                 return result
-            # Not the engine tokenizer.json suggested: the confirmed decision is cached now.
+            # Not the engine tokenizer.json suggested (nothing was written): decide for real.
             print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
     checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
     spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
@@ -91,9 +88,9 @@ def _write(
     start: float,
     spec: EngineSpec,
     cached: bool,
-    confirm: Callable[[], EngineSpec | None] | None = None,
+    gate: Confirmation | None = None,
 ) -> PreprocessResult | None:
-    """Tokenize everything with `spec`; None (nothing written) if `confirm` rejects it."""
+    """Tokenize everything with `spec`; None (nothing written) if the `gate`'s proof rejects it."""
     eod = None
     if opts.append_eod:
         if spec.eos_token_id is None:
@@ -107,27 +104,30 @@ def _write(
     rows = 0
     try:
         with OutputSet(opts.output_prefix, keys) as out:
-            for batch, encoded in pool.ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod):
-                docs = tokens = 0
-                for key, col in encoded.items():
-                    out.writers[key].add_documents(col.ids, col.lengths)
-                    c = counts[key]
-                    c["documents"] += int(col.lengths.size)
-                    c["tokens"] += int(col.ids.size)
-                    c["skipped_empty"] += col.skipped_empty
-                    docs += int(col.lengths.size)
-                    tokens += int(col.ids.size)
-                rows += len(batch)
-                progress.advance(len(batch), docs, tokens)
+            stream = pool.ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod)
+            if gate is not None:
+                stream = gate.gate(stream)  # ids reach the writer only once the engine is proven
+            try:
+                for batch, encoded in stream:
+                    docs = tokens = 0
+                    for key, col in encoded.items():
+                        out.writers[key].add_documents(col.ids, col.lengths)
+                        c = counts[key]
+                        c["documents"] += int(col.lengths.size)
+                        c["tokens"] += int(col.ids.size)
+                        c["skipped_empty"] += col.skipped_empty
+                        docs += int(col.lengths.size)
+                        tokens += int(col.ids.size)
+                    rows += len(batch)
+                    progress.advance(len(batch), docs, tokens)
+            except Rejected:
+                return None  # nothing was written; the OutputSet removes its empty temp files
             progress.close()
             seconds = time.perf_counter() - start
             if all(c["documents"] == 0 for c in counts.values()):
                 raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
-            if confirm is not None:
-                confirmed = confirm()
-                if confirmed is None:
-                    return None  # the OutputSet removes its temp files
-                spec = confirmed
+            if gate is not None:
+                spec = gate.verdict  # what transformers built, proven equal to the candidate
             manifest = _manifest(opts, keys, spec, cached, eod, sources, hashing.result(), counts, rows, seconds)
             out.commit(manifest)
     finally:

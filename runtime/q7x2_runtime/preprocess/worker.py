@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 from array import array
 from dataclasses import dataclass
 
@@ -17,7 +19,8 @@ from q7x2_runtime.preprocess.engines import Engine, EngineSpec, build_engine
 
 _engine: Engine | None = None
 _eod: int | None = None
-_spec_path: str | None = None
+_engine_key: str | None = None
+_shared: dict[str, object] = {}  # objects the parent sent once (see parallel), by key
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,33 @@ def warm_up() -> None:
     # oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
+    _exit_with_parent()
     import tiktoken  # noqa: F401
     import tokenizers  # noqa: F401
+
+
+def _exit_with_parent() -> None:
+    """A pool worker whose parent was killed (SIGKILL, OOM) would wait for tasks forever:
+    every worker holds the task pipe's writing end too, so it never sees end-of-file."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="q7x2-parent-watch", daemon=True).start()
+
+
+def _receive(key: str, blob: bytes | None) -> object:
+    """The object the parent shares under `key`: unpickled from `blob` the first time."""
+    if key not in _shared:
+        if blob is None:
+            raise RuntimeError("preprocess worker was not sent the engine (a worker was replaced mid-run)")
+        if len(_shared) >= 4:
+            _shared.pop(next(iter(_shared)))
+        _shared[key] = pickle.loads(blob)
+    return _shared[key]
 
 
 def init(spec: EngineSpec, eod: int | None, *, pool_worker: bool = True) -> None:
@@ -47,23 +75,35 @@ def init(spec: EngineSpec, eod: int | None, *, pool_worker: bool = True) -> None
     _eod = eod
 
 
-def encode_with(spec_path: str, columns: dict[str, list[str | None]]) -> dict[str, EncodedColumn]:
-    """Pool task: load the engine spec the parent wrote (once per worker), then encode."""
-    global _spec_path
-    if _spec_path != spec_path:
-        with open(spec_path, "rb") as f:
-            spec, eod = pickle.load(f)
+def encode_with(
+    key: str, blob: bytes | None, columns: dict[str, list[str | None]]
+) -> tuple[int, dict[str, EncodedColumn]]:
+    """Pool task: build the engine the parent shares under `key` (once per worker), then
+    encode. Returns this worker's pid too: the parent stops attaching the spec once every
+    worker has answered."""
+    global _engine_key
+    if _engine_key != key:
+        spec, eod = _receive(key, blob)
         init(spec, eod)
-        _spec_path = spec_path
-    return encode_columns(columns)
+        _engine_key = key
+    return os.getpid(), encode_columns(columns)
 
 
-def check_merges(table_path: str, part: int, parts: int) -> str | None:
-    """Pool task: verify every `parts`-th merge from `part` on; the NotExact reason or None."""
+def check_merges(
+    key: str, blob: bytes | None, lefts: bytes | None, merged: list | None, part: int, parts: int
+) -> str | None:
+    """Pool task: verify every `parts`-th merge from `part` on; the NotExact reason or None.
+
+    The merge table is rebuilt from the shared ranks: merges are in rank order, and `lefts`
+    holds each one's left length."""
     from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order
 
-    with open(table_path, "rb") as f:
-        merged, ranks = pickle.load(f)
+    ranks = _receive(key, blob)
+    if merged is None:
+        pieces = sorted((r, p) for p, r in ranks.items() if len(p) > 1)
+        if len(pieces) != len(lefts):
+            return "merge table and ranks do not correspond"
+        merged = [(p, p[:n], p[n:], r) for (r, p), n in zip(pieces, lefts)]
     try:
         check_merge_order(merged[part::parts], ranks)
     except NotExact as e:

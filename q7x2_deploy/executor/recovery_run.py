@@ -122,7 +122,10 @@ class RecoveryLoop:
     def _recover(self, inv: Inventory, incident: Incident) -> Inventory:
         if self.policy.max_restarts == 0:  # today's fail-fast: the supervisor's message stands
             raise JobFailed(incident.message or f"{incident.host} (rank {incident.rank}) failed: {incident.detail}")
-        check = self.ops.check(inv, incident.host)
+        # A lost host has just missed its heartbeats: asking it again would only wait out an
+        # SSH connect timeout (15 s) before the same answer. Every other failure is re-checked.
+        check = (HostCheck(incident.host, "unreachable", "ssh: no reply to the heartbeat")
+                 if incident.kind == "lost" else self.ops.check(inv, incident.host))
         cause = describe_cause(incident, check)
         if out_of_restarts(self.restarts, self.policy.max_restarts):
             self._give_up(incident, cause, f"{incident.host} failed again after {self.restarts} restart(s) "

@@ -152,7 +152,7 @@ def test_no_spare_waits_for_the_host_to_come_back() -> None:
     final, said, events, err = run(fake, inventory(spares=0, host_wait_minutes=1))
     assert err is None and final is not None and [h.name for h in final.hosts] == ["a", "b"]
     assert any("waiting up to 1 min" in s for s in said)
-    assert events[0].action == "b came back after 10s and passed preflight"
+    assert events[0].action == "b came back after 15s and passed preflight"
 
 
 def test_no_spare_and_the_host_never_returns_gives_up_naming_it() -> None:

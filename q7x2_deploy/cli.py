@@ -20,6 +20,7 @@ _COMMAND_MODULES = {
     "status": "q7x2_deploy.commands.status",
     "down": "q7x2_deploy.commands.down",
     "report": "q7x2_deploy.commands.report",
+    "collect": "q7x2_deploy.commands.collect",
     "sandbox": "q7x2_deploy.sandbox.cli",
 }
 

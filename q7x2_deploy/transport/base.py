@@ -62,6 +62,10 @@ class RemoteProcess(ABC):
     def lines(self) -> Iterator[str]:
         """stdout and stderr merged, one decoded line at a time (no trailing newline)."""
 
+    def chunks(self) -> Iterator[bytes]:
+        """stdout as raw bytes, for binary output (files copied off a host). Instead of lines()."""
+        raise NotImplementedError(f"{type(self).__name__} does not read binary output")
+
     @abstractmethod
     def write(self, data: bytes) -> None: ...
 

@@ -98,6 +98,16 @@ class _SSHProcess(RemoteProcess):
         if buf:
             yield buf.rstrip(b"\r").decode("utf-8", "replace")
 
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            try:
+                data = self._chan.recv(_CHUNK)
+            except (OSError, EOFError, paramiko.SSHException):
+                data = b""
+            if not data:
+                return
+            yield data
+
     def write(self, data: bytes) -> None:
         try:
             self._chan.sendall(data)

@@ -187,8 +187,8 @@ class Replicator:
         try:
             self.sync.sync_once(engine_running=engine_running)
             self._last_error = ""
-        except (OSError, UserError) as e:
-            msg = str(e)
+        except Exception as e:  # noqa: BLE001 - never fatal to training; reported, retried next pass
+            msg = str(e) or type(e).__name__
             if msg != self._last_error:  # once per distinct problem, not every poll
                 print(f"q7x2-runtime replica: node {self.sync.me}: {msg} (retrying)", file=sys.stderr, flush=True)
             self._last_error = msg

@@ -38,7 +38,6 @@ ASCEND_DRIVER_MOUNTS = (
     "/usr/bin/hccn_tool",
     "/var/log/npu/conf/slog/slog.conf",
 )
-DEFAULT_ASCEND_DEVICE_COUNT = 16
 
 
 def _check_address(v: str) -> str:
@@ -67,6 +66,17 @@ Devices = Annotated[int, Field(ge=0, le=64)] | list[Annotated[int, Field(ge=0, l
 def npu_indices(devices: int | list[int]) -> list[int]:
     """Card indices from either a count (0..N-1) or an explicit list."""
     return list(range(devices)) if isinstance(devices, int) else list(devices)
+
+
+def npu_ranges(npus: list[int]) -> str:
+    """[0, 1, 2, 3, 8] -> '0-3, 8' (for messages)."""
+    runs: list[list[int]] = []
+    for n in npus:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 class SshSettings(StrictModel):
@@ -139,7 +149,7 @@ class ImageSpec(StrictModel):
 
 class ContainerSpec(StrictModel):
     name_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")] = "q7x2"
-    devices: Devices | None = None  # default: 16 NPUs on ascend, none on cpu
+    devices: Devices | None = None  # default: the job's npus_per_node NPUs (0..N-1) on ascend, none on cpu
     driver_mounts: list[str] | None = None  # default: the seed's driver mounts on ascend
     volumes: list[str] = ["/apps", "/home"]
     network_host: bool = True
@@ -219,11 +229,24 @@ class Inventory(StrictModel):
         return SshTarget(**merged)
 
     def host_devices(self, host: HostSpec) -> list[int]:
+        """The NPUs a host's containers are given (sorted): the host's `devices`, else the
+        container's, else the job's npus_per_node NPUs 0..N-1."""
         if host.devices is not None:
-            return npu_indices(host.devices)
+            return sorted(npu_indices(host.devices))
         if self.container.devices is not None:
-            return npu_indices(self.container.devices)
-        return list(range(DEFAULT_ASCEND_DEVICE_COUNT)) if self.image.flavor == "ascend" else []
+            return sorted(npu_indices(self.container.devices))
+        return list(range(self.job.parallelism.npus_per_node)) if self.image.flavor == "ascend" else []
+
+    def host_npus_used(self, host: HostSpec, node_rank: int) -> list[int]:
+        """The NPUs the host's ranks run on. Megatron sets each rank's device to
+        `rank % device_count` of the NPUs its container sees (the container numbers them
+        0..D-1 in ascending order), so with exactly npus_per_node visible that is all of them,
+        and with more visible each host uses a different slice."""
+        visible = self.host_devices(host)
+        npn = self.job.parallelism.npus_per_node
+        if not visible:
+            return []
+        return [visible[(node_rank * npn + j) % len(visible)] for j in range(min(npn, len(visible)))]
 
     def driver_mounts(self) -> list[str]:
         if self.container.driver_mounts is not None:
@@ -269,6 +292,7 @@ __all__ = [
     "is_loopback",
     "load_inventory",
     "npu_indices",
+    "npu_ranges",
     "parse_inventory",
     "Recovery",
 ]

@@ -42,6 +42,7 @@ class HostPlan:
     job_file: str  # host path the job spec is written to before any container starts
     docker_run: list[str]  # the container spec shared by all steps: no name, labels or command
     steps: list[StepPlan] = field(default_factory=list)
+    npus: list[int] = field(default_factory=list)  # host NPU indices the ranks run on (ascend)
 
     def step(self, name: str) -> StepPlan | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -70,6 +71,16 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def visible_devices(inv: Inventory, host: HostSpec) -> str:
+    """ASCEND_RT_VISIBLE_DEVICES: every NPU the container is given, so device_count() is their
+    number. The runtime takes logical IDs in ascending order: a container with explicit
+    --device nodes numbers its NPUs 0..D-1; a privileged one sees all of the host's, numbered
+    as on the host."""
+    given = inv.host_devices(host)
+    ids = given if inv.container.privileged else range(len(given))
+    return ",".join(str(i) for i in ids)
+
+
 def launch_env(inv: Inventory, host: HostSpec, node_rank: int) -> dict[str, str]:
     """The environment of every container on a host: cluster variables, then job and host env."""
     job = inv.job
@@ -85,6 +96,7 @@ def launch_env(inv: Inventory, host: HostSpec, node_rank: int) -> dict[str, str]
         env.setdefault("HCCL_SOCKET_IFNAME", host.nic)
     if inv.image.flavor == "ascend":
         env.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+        env["ASCEND_RT_VISIBLE_DEVICES"] = visible_devices(inv, host)
     # Computed values last: validation forbids overriding them.
     env.update(
         {
@@ -186,6 +198,7 @@ def build_plan(inv: Inventory) -> Plan:
                 job_file=f"{job_dir}/job.json",
                 docker_run=["docker", "run", "-d", *opts, image],
                 steps=steps,
+                npus=inv.host_npus_used(host, rank) if flavor == "ascend" else [],
             )
         )
     return Plan(

@@ -13,12 +13,13 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from q7x2_deploy.inventory import Inventory, is_loopback, parse_inventory
+from q7x2_deploy.inventory import Inventory, is_loopback, npu_ranges, parse_inventory
 from q7x2_deploy.yaml_source import KeyPath, YamlDocument, YamlSyntaxError, parse_yaml, read_yaml_file
 
 # Set by the deployer for every container; an inventory may not override them.
 RESERVED_ENV = frozenset(
-    {"NODE_RANK", "NNODES", "NPUS_PER_NODE", "GPUS_PER_NODE", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"}
+    {"NODE_RANK", "NNODES", "NPUS_PER_NODE", "GPUS_PER_NODE", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+     "ASCEND_RT_VISIBLE_DEVICES"}  # from `devices`
 )
 
 
@@ -168,6 +169,52 @@ def _check_devices(inv: Inventory) -> list[Violation]:
     return out
 
 
+def _overexposed(inv: Inventory) -> list[tuple[int, int, KeyPath]]:
+    """(node rank, NPUs visible, YAML path) of each ascend host whose containers see more NPUs
+    than the job runs ranks there."""
+    if inv.image.flavor != "ascend":
+        return []
+    npn = inv.job.parallelism.npus_per_node
+    out = []
+    for rank, h in inv.ranked_hosts():
+        i = inv.hosts.index(h)
+        seen = len(inv.host_devices(h))
+        if seen > npn:
+            out.append((rank, seen, ("hosts", i, "devices") if h.devices is not None else ("container", "devices")))
+    return out
+
+
+def _check_per_node_devices(inv: Inventory) -> list[Violation]:
+    # MindSpeed-LLM's per-node dataset builder (and the dataset helpers' compilation) runs on
+    # the rank with rank % device_count == 0: with more NPUs visible than ranks per host, some
+    # hosts have no such rank and never build what their ranks then try to read.
+    if inv.job.storage != "per-node":
+        return []
+    npn = inv.job.parallelism.npus_per_node
+    by_rank = dict((r, h) for r, h in inv.ranked_hosts())
+    starved = [(r, d) for r, d, _ in _overexposed(inv) if not any((r * npn + j) % d == 0 for j in range(npn))]
+    if not starved:
+        return []
+    names = ", ".join(f"{by_rank[r].name!r} (ranks {r * npn}-{r * npn + npn - 1}, {d} NPUs visible)" for r, d in starved)
+    return [Violation(("job", "storage"), f"per-node storage needs each host's containers to see exactly npus_per_node = {npn} NPUs: "
+                      f"MindSpeed-LLM builds a node's dataset on its rank with rank % device_count == 0, and no rank of {names} is one; "
+                      f"give those hosts {npn} devices or use storage: shared")]
+
+
+def _warn_overexposed_devices(inv: Inventory) -> list[Violation]:
+    npn = inv.job.parallelism.npus_per_node
+    by_rank = dict((r, h) for r, h in inv.ranked_hosts())
+    grouped: dict[KeyPath, list[tuple[int, int]]] = {}
+    for r, d, path in _overexposed(inv):
+        grouped.setdefault(path, []).append((r, d))
+    out = []
+    for path, hosts in grouped.items():
+        uses = "; ".join(f"{by_rank[r].name!r} uses NPU {npu_ranges(inv.host_npus_used(by_rank[r], r))} of {d}" for r, d in hosts)
+        out.append(Violation(path, f"containers see more NPUs than the job's npus_per_node = {npn} ranks per host; "
+                             f"each rank takes NPU rank % device_count, so {uses}; set devices to the {npn} NPUs to use"))
+    return out
+
+
 def _check_env(inv: Inventory) -> list[Violation]:
     out: list[Violation] = []
     places: list[tuple[KeyPath, dict[str, str]]] = [(("job", "env"), inv.job.env)]
@@ -200,7 +247,43 @@ def _check_tools(inv: Inventory) -> list[Violation]:
     return out
 
 
-RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_env, _check_paths, _check_tools)
+def _warn_hccl_timeouts(inv: Inventory) -> list[Violation]:
+    if inv.image.flavor != "ascend":
+        return []
+    out: list[Violation] = []
+    places: list[tuple[KeyPath, dict[str, str]]] = [(("job", "env"), inv.job.env)]
+    places += [(("hosts", i, "env"), {**inv.job.env, **h.env}) for i, h in enumerate(inv.hosts) if h.env]
+    if len(inv.hosts) > 1 and any(env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120" for _, env in places):
+        where = next(p for p, env in places if env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120")
+        out.append(Violation(where, f"HCCL_CONNECT_TIMEOUT is HCCL's default 120 s with {len(inv.hosts)} hosts: ranks on "
+                             "different hosts start at different times (image load, conversion); multi-node jobs usually "
+                             "set it to 1200 or more"))
+    for path, env in places:
+        if env.get("HCCL_EXEC_TIMEOUT", "").strip() == "0":
+            out.append(Violation(path + ("HCCL_EXEC_TIMEOUT",), "HCCL_EXEC_TIMEOUT 0 never times out: a rank stuck in a "
+                                 "collective hangs the job instead of failing it"))
+            break
+    return out
+
+
+RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_tools)
+# Findings that do not stop a job but that an operator should read: `validate`, `plan` and
+# `check` print them; they never change an exit status.
+WARNING_RULES = (_warn_overexposed_devices, _warn_hccl_timeouts)
+
+
+def inventory_warnings(inv: Inventory, doc: YamlDocument | None = None) -> list[Violation]:
+    found = [w for rule in WARNING_RULES for w in rule(inv)]
+    return _with_lines(doc, found) if doc is not None else found
+
+
+def file_warnings(path: Path, inv: Inventory) -> list[str]:
+    """Warnings of an inventory already loaded from `path`, as `FILE:LINE: PATH: warning: ...`."""
+    try:
+        doc: YamlDocument | None = read_yaml_file(path)
+    except (OSError, YamlSyntaxError):
+        doc = None
+    return [Violation(w.path, f"warning: {w.message}", w.line).format(str(path)) for w in inventory_warnings(inv, doc)]
 
 
 def validate_data(data: object) -> tuple[Inventory | None, list[Violation]]:

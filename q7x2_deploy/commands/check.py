@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.preflight import failure_message, preflight
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.table import print_preflight
+from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.plan import build_plan
+from q7x2_deploy.validation import file_warnings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     started = time.monotonic()
-    with cluster_from_args(args) as cluster:
+    inv = load_inventory(args.inventory)
+    for line in file_warnings(Path(args.inventory), inv):
+        console.print(Text(line, style="yellow"))
+    with cluster_from_args(args, plan=build_plan(inv)) as cluster:
         reports = preflight(cluster)
     print_preflight(reports, console)
     if (msg := failure_message(reports)) is not None:

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.render import render_host_script
+from q7x2_deploy.validation import file_warnings
 from q7x2_runtime.errors import UserError
 
 
@@ -23,7 +24,10 @@ def _print_human(plan: Plan, console: Console) -> None:
         f"[bold]master[/] {plan.master_addr}:{plan.master_port}  [bold]storage[/] {plan.storage}"
     )
     for host in plan.hosts:
-        body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}", ""]
+        body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}"]
+        if plan.flavor == "ascend":
+            body.append(f"NPUs used: {', '.join(map(str, host.npus)) or 'none'}")
+        body.append("")
         body += [f"{k}={v}" for k, v in host.env.items()]
         for step in host.steps:
             body += ["", f"# {step.phase}: {step.name}", shell_line(step.docker_run)]
@@ -43,7 +47,10 @@ def _write_scripts(plan: Plan, directory: Path) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    plan = build_plan(load_inventory(Path(args.inventory)))
+    inv = load_inventory(Path(args.inventory))
+    for line in file_warnings(Path(args.inventory), inv):  # stderr: the JSON on stdout stays clean
+        print(line, file=sys.stderr)
+    plan = build_plan(inv)
     if args.scripts is not None:
         try:
             _write_scripts(plan, Path(args.scripts))

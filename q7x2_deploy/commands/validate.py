@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 
 from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import file_warnings
 
 
 def _validate(args: argparse.Namespace) -> int:
     inv = load_inventory(Path(args.inventory))
+    for line in file_warnings(Path(args.inventory), inv):  # shown, never a failure
+        print(line)
     world = len(inv.hosts) * inv.job.parallelism.npus_per_node
     p = inv.job.parallelism
     print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from q7x2_deploy.executor.probe import Check, parse_probe, split_rc
+from q7x2_deploy.inventory import npu_ranges
 from q7x2_deploy.transport import Transport
 
 # $1: 1 to run npu-smi; then the NPU indices whose links to query. Every line of the link
@@ -52,6 +53,8 @@ def link_is_up(exit_status: int, output: str) -> bool:
 
 
 def judge_npu_smi(lines: list[str], npus: list[int]) -> Check:
+    """The job's NPUs (`npus`) must be listed and not Alarm/Critical; any other NPU's trouble,
+    and a Warning on a used one, only warns."""
     rc, lines = split_rc(lines)
     if rc != 0:
         last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
@@ -59,18 +62,21 @@ def judge_npu_smi(lines: list[str], npus: list[int]) -> Check:
     health = parse_npu_smi("\n".join(lines))
     if not health:
         return Check("npu", "warn", "npu-smi info ran but listed no NPUs in a known format")
-    # A job that uses no NPU (cpu flavor on an Ascend host) is only warned about them.
-    used = npus or sorted(health)
-    bad = [f"NPU {i} {health[i]}" for i in used if health.get(i) in _FAILING_HEALTH]
-    warn = [f"NPU {i} {health[i]}" for i in used if i in health and health[i] not in _FAILING_HEALTH
+    bad = [f"NPU {i} {health[i]}" for i in npus if health.get(i) in _FAILING_HEALTH]
+    warn = [f"NPU {i} {health[i]}" for i in npus if i in health and health[i] not in _FAILING_HEALTH
             and health[i] != "OK"]
-    unlisted = [str(i) for i in used if i not in health]
-    if bad:
-        return Check("npu", "fail" if npus else "warn", "unhealthy: " + ", ".join(bad + warn))
-    if warn or unlisted:
-        extra = [f"NPU {', '.join(unlisted)} not listed by npu-smi"] if unlisted else []
-        return Check("npu", "warn", "; ".join(warn + extra))
-    return Check("npu", "ok", f"{len(used)} NPUs healthy")
+    unlisted = [i for i in npus if i not in health]
+    missing = [f"NPU {npu_ranges(unlisted)} not listed by npu-smi"] if unlisted else []
+    unused = [f"NPU {i} {h}" for i, h in sorted(health.items()) if i not in npus and h != "OK"]
+    aside = [f"not used: {', '.join(unused)}"] if unused else []
+    if bad or missing:
+        parts = ([f"unhealthy: {', '.join(bad + warn)}"] if bad else warn) + missing + aside
+        return Check("npu", "fail", "; ".join(parts))
+    if warn or unused:
+        return Check("npu", "warn", "; ".join(warn + aside))
+    if not npus:
+        return Check("npu", "ok", f"{len(health)} NPUs healthy, none used")
+    return Check("npu", "ok", f"NPU {npu_ranges(npus)} healthy")
 
 
 def judge_links(lines: list[str], npus: list[int]) -> Check:

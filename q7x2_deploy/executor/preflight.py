@@ -47,6 +47,7 @@ class HostReport:
     host: str
     rank: int
     checks: list[Check] = field(default_factory=list)
+    npus: list[int] = field(default_factory=list)  # the NPUs the job's ranks run on here
 
     def add(self, name: str, level: Level, detail: str) -> None:
         self.checks.append(Check(name, level, detail))
@@ -111,8 +112,8 @@ def _df_free_gib(df_output: str) -> dict[str, float]:
 def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> HostReport:
     plan = cluster.plan
     t: Transport = cluster.transport(host)
-    report = HostReport(host.name, host.node_rank)
     needs = host_needs(host)
+    report = HostReport(host.name, host.node_rank, npus=host.npus or needs.npu_indices)
     wants_port = check_port and host.name == cluster.master.name
     try:
         probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, "1" if wants_port else "0",
@@ -143,7 +144,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
 
     tools = set(sec.get("tools", []))
     report.checks.extend(check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
-                                    npus=needs.npu_indices, ascend=plan.flavor == "ascend"))
+                                    npus=report.npus, ascend=plan.flavor == "ascend"))
 
     if wants_port:
         if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from q7x2_deploy.executor.preflight import CHECK_NAMES, Check, HostReport
 from q7x2_deploy.image.delivery import short_id
+from q7x2_deploy.inventory import npu_ranges
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -53,6 +54,8 @@ def print_preflight(reports: list[HostReport], console: Console | None = None) -
     console = console or Console()
     print_table(console, preflight_table(reports))
     for r in reports:
+        if r.npus:
+            console.print(Text(f"  {r.host}: the job uses NPU {npu_ranges(r.npus)}", style="dim"))
         for c in r.checks:
             if c.level in ("warn", "fail"):
                 console.print(Text(f"  {r.host}: {c.name}: {c.detail}", style=_STYLE[c.level]))

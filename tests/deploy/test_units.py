@@ -202,12 +202,16 @@ def test_npu_smi_health_per_npu_and_verdicts() -> None:
 
     assert parse_npu_smi(NPU_SMI_TABLE) == {0: "OK", 1: "Warning", 2: "Alarm"}
     lines = NPU_SMI_TABLE.splitlines() + ["@rc 0"]
-    assert judge_npu_smi(lines, [0]).level == "ok"
-    assert (judge_npu_smi(lines, [0, 1]).level, judge_npu_smi(lines, [0, 1]).detail) == ("warn", "NPU 1 Warning")
+    # NPUs the job does not use only warn, whatever their state.
+    assert (judge_npu_smi(lines, [0]).level, judge_npu_smi(lines, [0]).detail) == ("warn", "not used: NPU 1 Warning, NPU 2 Alarm")
+    assert (judge_npu_smi(lines, [0, 1]).level, judge_npu_smi(lines, [0, 1]).detail) == ("warn", "NPU 1 Warning; not used: NPU 2 Alarm")
     bad = judge_npu_smi(lines, [0, 1, 2])
     assert (bad.level, bad.detail) == ("fail", "unhealthy: NPU 2 Alarm, NPU 1 Warning")
-    assert judge_npu_smi(lines, [0, 7]).detail == "NPU 7 not listed by npu-smi"
+    missing = judge_npu_smi(lines, [0, 7])  # a used NPU npu-smi does not know fails
+    assert (missing.level, missing.detail) == ("fail", "NPU 7 not listed by npu-smi; not used: NPU 1 Warning, NPU 2 Alarm")
     assert judge_npu_smi(lines, []).level == "warn"  # the job uses no NPU: an Alarm elsewhere only warns
+    healthy = [ln for ln in lines if "Warning" not in ln and "Alarm" not in ln]
+    assert (judge_npu_smi(healthy, [0]).level, judge_npu_smi(healthy, [0]).detail) == ("ok", "NPU 0 healthy")
     failed = judge_npu_smi(["dcmi module initialize failed. ret is -8005", "@rc 8"], [0])
     assert (failed.level, failed.detail) == ("fail", "npu-smi info failed (exit 8): dcmi module initialize failed. ret is -8005")
     assert judge_npu_smi([], [0]).level == "fail"  # the probe never got to the end
@@ -242,7 +246,7 @@ def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
         return (judge_npu_smi(out.stdout.splitlines() + [f"@rc {out.returncode}"], [0, 1, 2, 3]).detail,
                 judge_links(links, [0, 1, 2, 3]).detail)
 
-    assert probe() == ("4 NPUs healthy", "4 links up")
+    assert probe() == ("NPU 0-3 healthy", "4 links up")
     faults.write_text("health 2 Critical\nlink 1 DOWN\n")
     assert probe() == ("unhealthy: NPU 2 Critical", "link down on NPU 1")
 

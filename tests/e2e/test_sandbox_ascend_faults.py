@@ -1,6 +1,7 @@
-"""On a sandbox of its own (simulated Ascend devices, no registry use: images go over SSH):
-the ascend-flavor run spec starts and sees its /dev/davinci* devices, and a host that loses
-power or its network mid-training fails `up` fast, naming the host, with the other host stopped.
+"""On a sandbox of its own (16 simulated Ascend NPUs per host, no registry use: images go over
+SSH): the ascend-flavor run spec starts and sees exactly the job's /dev/davinci* devices, NPU
+drills are named by `check`, and a host that loses power or its network mid-training fails `up`
+fast, naming the host, with the other host stopped.
 
 Powering hosts off would disturb the shared session sandbox, hence the separate one.
 """
@@ -27,6 +28,7 @@ from q7x2_deploy.sandbox.ascend import FAULTS_FILE
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 NAME, SUBNET = isolation.sandbox("q7x2e", "10.213.9.0/24")
+HOST_NPUS = 16  # simulated on every host; a job uses only some of them
 DEVICES = 2
 IMAGE = isolation.tag("q7x2/qwen25-cpu:e2e-ssh")
 
@@ -42,7 +44,7 @@ def own_sandbox():  # type: ignore[no-untyped-def]
     cfg = SandboxConfig(name=NAME, subnet=SUBNET)
     cluster.down(cfg, log=lambda _m: None)  # leftovers of an interrupted run
     try:
-        cluster.up(cfg, 2, ascend_devices=DEVICES, inventory=cfg.state_dir / "inventory.sandbox.yaml",
+        cluster.up(cfg, 2, ascend_devices=HOST_NPUS, inventory=cfg.state_dir / "inventory.sandbox.yaml",
                    log=lambda _m: None)
         build_cpu_image(IMAGE, push=False)
         yield cfg, cluster, cluster_from_status(cluster.status(cfg))
@@ -80,6 +82,59 @@ def test_ascend_run_spec_starts_with_its_devices(own_sandbox, tmp_path: Path) ->
                 assert dev in out.split(), out
             assert f"NODE_RANK={h.node_rank}" in out and "/usr/local/Ascend/driver" in out
     print(f"\nssh delivery of {IMAGE} to 2 hosts: {took:.1f}s")
+
+
+def _probe_containers(cl, plan, command: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Each host's output of `command` in a container of the plan's spec, exactly as `up` starts it."""
+    out = {}
+    for h in plan.hosts:
+        t = cl.transport(h)
+        t.write_file(h.job_file, plan.job_spec.to_json().encode())
+        assert h.docker_run[:3] == ["docker", "run", "-d"]
+        run = ["docker", "run", "--rm", "--label", f"q7x2.job={plan.job_name}", *h.docker_run[3:], "sh", "-c", command]
+        out[h.name] = t.check(run, timeout=300).stdout
+    return out
+
+
+def test_a_per_node_job_sees_exactly_its_npus(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _cfg, _cluster, sbx = own_sandbox
+    common = dict(job="e2e-npus", image_ref=IMAGE, port=6226, distribution="ssh", storage="per-node",
+                  image__flavor="ascend", job__parallelism__npus_per_node=8, job__training__global_batch_size=32,
+                  job__env={"HCCL_CONNECT_TIMEOUT": "1200"})
+    # The sandbox's inventory says `devices: 0` (cpu); null restores the default, the job's 8 NPUs.
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", container__devices=None, **common)
+    r = cli("validate", str(inv), cwd=tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stdout + r.stderr
+    plan = build_plan(load_inventory(inv))
+    for h in plan.hosts:
+        davinci = [a for a in h.docker_run if a.startswith("/dev/davinci") and a[12:].isdigit()]
+        assert davinci == [f"/dev/davinci{i}" for i in range(8)], h.docker_run
+        assert h.env["ASCEND_RT_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7" and h.npus == list(range(8))
+        assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in h.step("pretrain").docker_run
+    with open_cluster(plan, ssh_factory()) as cl:
+        deliver_image(cl)
+        seen = _probe_containers(cl, plan, "ls /dev/davinci*; echo VISIBLE=$ASCEND_RT_VISIBLE_DEVICES")
+        # An unused NPU's trouble only warns; check names the NPUs each host's job uses.
+        cl.transport("sbx-2").write_file(FAULTS_FILE, b"health 12 Alarm\n")
+        try:
+            r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+        finally:
+            cl.transport("sbx-2").check(["rm", "-f", FAULTS_FILE])
+    for host, out in seen.items():
+        nodes = sorted(w for w in out.split() if w.startswith("/dev/davinci") and w[12:].isdigit())
+        assert nodes == sorted(f"/dev/davinci{i}" for i in range(8)), (host, out)  # 8 of the host's 16
+        assert "VISIBLE=0,1,2,3,4,5,6,7" in out, out
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "sbx-1: the job uses NPU 0-7" in out and "sbx-2: the job uses NPU 0-7" in out, out
+    assert "sbx-2: npu: not used: NPU 12 Alarm" in out, out
+
+    # The deliberate mismatch: 16 visible NPUs for 8 ranks per host.
+    wide = derive_inventory(sbx.inventory, tmp_path / "wide.yaml", container__devices=HOST_NPUS, **common)
+    r = cli("validate", str(wide), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "job.storage: per-node storage needs each host's containers to see exactly npus_per_node = 8 NPUs" in r.stderr, r.stderr
+    assert "no rank of 'sbx-2' (ranks 8-15, 16 NPUs visible)" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_check_names_an_unhealthy_npu_and_a_down_link(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -91,7 +91,9 @@ def test_launch_env_per_host(plan):
 def test_docker_run_carries_every_device_and_driver_mount(plan):
     run = plan.hosts[0].docker_run
     devices = [run[i + 1] for i, a in enumerate(run) if a == "--device"]
-    assert devices == [f"/dev/davinci{i}" for i in range(16)] + ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
+    # The job's 8 NPUs per host, no more: device_count() == npus_per_node in the container.
+    assert devices == [f"/dev/davinci{i}" for i in range(8)] + ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
+    assert plan.hosts[0].env["ASCEND_RT_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
     mounts = [run[i + 1] for i, a in enumerate(run) if a == "-v"]
     for path in ("/usr/local/Ascend/driver", "/usr/local/Ascend/firmware", "/usr/local/Ascend/add-ons", "/usr/local/sbin", "/usr/bin/hccn_tool", "/var/log/npu/conf/slog/slog.conf"):
         assert f"{path}:{path}:ro" in mounts

@@ -14,6 +14,7 @@ Written by hand rather than imported because the runtime must not depend on mega
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from pathlib import Path
@@ -102,10 +103,14 @@ class IndexedDatasetWriter:
         self._bin.write(memoryview(arr).cast("B"))
         self.tokens += arr.size
 
-    def finalize(self) -> None:
-        """Close the .bin and write the complete .idx."""
+    def finalize(self, durable: bool = True) -> None:
+        """Close the .bin and write the complete .idx; with `durable`, both are fsynced, so a
+        rename that publishes them never points at data still in the page cache only."""
         if self._bin is None:
             return
+        self._bin.flush()
+        if durable:
+            os.fsync(self._bin.fileno())
         self._bin.close()
         self._bin = None
         lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
@@ -118,11 +123,17 @@ class IndexedDatasetWriter:
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
             f.write(doc_idx.tobytes())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
     def abort(self) -> None:
         """Close without writing the index (the caller removes the files)."""
         if self._bin is not None:
-            self._bin.close()
+            try:
+                self._bin.close()  # flushes what is buffered: fails again on a full disk
+            except OSError:
+                pass
             self._bin = None
 
     def __enter__(self) -> IndexedDatasetWriter:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from q7x2_runtime.cli import main
-from fs_fixtures import NOBODY, fill_inodes, needs_root, one_error_line, open_up, run_cli, tmpfs, world_tmp  # noqa: F401
+from tests.runtime_fs import NOBODY, fill_inodes, needs_root, one_error_line, open_up, run_cli, tmpfs, world_tmp  # noqa: F401
 
 CONFIG_INT_FIELDS = ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings"]
 CONFIG_FLOAT_FIELDS = ["rope_theta", "rms_norm_eps"]

@@ -38,8 +38,8 @@ def main(args: argparse.Namespace) -> int:
     # Imported here: building the runtime's parser must not load pyarrow and friends.
     from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
 
-    result = run(
-        PreprocessOptions(
+    try:
+        return _report(run(PreprocessOptions(
             input=args.input,
             tokenizer=args.tokenizer_name_or_path,
             output_prefix=args.output_prefix,
@@ -49,8 +49,17 @@ def main(args: argparse.Namespace) -> int:
             log_interval=args.log_interval,
             batch_rows=args.batch_rows,
             engine=args.engine,
-        )
-    )
+        )))  # fmt: skip
+    except OSError as e:
+        from q7x2_runtime.os_errors import is_environmental, os_error
+
+        if not is_environmental(e) or not e.filename:
+            raise  # a bug: keep the traceback
+        raise os_error("access", e.filename, e) from None
+
+
+def _report(result) -> int:
+    """The summary lines of a finished run."""
     m = result.manifest
     tok = m["tokenizer"]
     engine = tok["engine"] + (f" (fallback: {tok['fallback_reason']})" if tok["fallback_reason"] else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.os_errors import present, regular_file
 from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
 from q7x2_runtime.preprocess.engines import FAST, HF, EngineSpec
 from q7x2_runtime.preprocess.prechecks import pool_checks
@@ -49,10 +51,46 @@ class PreprocessResult:
     outputs: dict[str, str]  # json key -> data path prefix
 
 
+# Plausible ranges: beyond them a value is a typo, and some (workers) would cost real resources.
+_LIMITS = {"--workers": ("workers", 1, 512), "--batch-rows": ("batch_rows", 1, 10_000_000), "--log-interval": ("log_interval", 1, 10**15)}
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+
+
+def check_options(opts: PreprocessOptions) -> None:
+    """Refuse bad flags before any input or output is touched, naming the flag."""
+    for flag, (attr, low, high) in _LIMITS.items():
+        value = getattr(opts, attr)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UserError(f"{flag} {value!r}: must be an integer from {low} to {high:,}")
+    if not opts.json_keys:
+        raise UserError("--json-keys: give at least one column name")
+    for key in opts.json_keys:
+        # Keys become parts of output file names (<prefix>_<key>_document.bin).
+        if not _KEY.fullmatch(key) or ".." in key:
+            raise UserError(
+                f"--json-keys {key!r}: a column name must be letters, digits, '_', '-' or '.', at most 128, "
+                "since it becomes part of the output file names"
+            )
+    if not str(opts.output_prefix).strip() or str(opts.output_prefix).endswith("/"):
+        raise UserError(f"--output-prefix {opts.output_prefix!r}: give a path prefix such as /data/alpaca (files are <prefix>_<key>_document.*)")
+    check_tokenizer_dir(Path(opts.tokenizer))
+
+
+def check_tokenizer_dir(path: Path) -> None:
+    """The tokenizer directory and the files transformers reads from it must be regular files:
+    a FIFO would block the loader forever."""
+    if not present(path, "tokenizer directory"):
+        raise UserError(f"--tokenizer-name-or-path {path}: no such tokenizer directory")
+    if not path.is_dir():
+        raise UserError(f"--tokenizer-name-or-path {path}: not a directory (give the HF tokenizer directory)")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "config.json"):
+        if present(path / name, "tokenizer file"):
+            regular_file(path / name, "tokenizer file", 1 << 30)
+
+
 def run(opts: PreprocessOptions) -> PreprocessResult:
+    check_options(opts)
     keys = list(dict.fromkeys(opts.json_keys))
-    if opts.workers < 1:
-        raise UserError("--workers must be at least 1")
     start = time.perf_counter()
     sources = discover(opts.input, keys)
     with WorkerPool(opts.workers) as pool:
@@ -111,7 +149,7 @@ def _write(
                 for batch, encoded in stream:
                     docs = tokens = 0
                     for key, col in encoded.items():
-                        out.writers[key].add_documents(col.ids, col.lengths)
+                        out.add(key, col.ids, col.lengths)
                         c = counts[key]
                         c["documents"] += int(col.lengths.size)
                         c["tokens"] += int(col.ids.size)

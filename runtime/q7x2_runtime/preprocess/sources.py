@@ -9,7 +9,9 @@ UserErrors naming the file; they are found up front where cheap, otherwise mid-s
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ import pyarrow.ipc as paipc
 import pyarrow.parquet as pq
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.os_errors import kind_of, present, reason, regular_file
 
 # extension -> format; .json and .jsonl share a reader, as in HF datasets
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "txt", ".arrow": "arrow"}
@@ -50,14 +53,35 @@ class Batch:
 def discover(input_path: str | Path, keys: list[str]) -> list[SourceFile]:
     """The files to read, in a stable order, checked for format, emptiness and columns."""
     root = Path(input_path)
-    if root.is_dir():
-        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+    if not present(root, "input"):
+        raise UserError(f"--input {root} does not exist")
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        raise UserError(f"--input {root} is a broken symbolic link (its target does not exist)") from None
+    except OSError as e:
+        raise UserError(f"cannot read --input {root}: {reason(root, e)}") from None
+    if stat.S_ISDIR(mode):
+        try:
+            entries = sorted(p for p in root.iterdir() if not p.name.startswith((".", "_")))
+        except OSError as e:
+            raise UserError(f"cannot list input directory {root}: {reason(root, e)}") from None
+        files = []
+        for p in entries:
+            try:
+                m = os.stat(p).st_mode
+            except OSError as e:
+                raise UserError(f"cannot read input file {p}: {reason(p, e)}") from None
+            if stat.S_ISREG(m):
+                files.append(p)
+            elif not stat.S_ISDIR(m):  # subdirectories are not read; special files are refused
+                raise UserError(f"input directory {root} holds {p.name}, which is {kind_of(m)}, not a regular file; remove it")
         if not files:
             raise UserError(f"input directory {root} contains no data files")
-    elif root.is_file():
+    elif stat.S_ISREG(mode):
         files = [root]
     else:
-        raise UserError(f"input {root} does not exist")
+        raise UserError(f"--input {root} is {kind_of(mode)}, not a regular file; give a data file or a directory of them")
     unknown = [p.name for p in files if p.suffix.lower() not in FORMATS]
     if unknown:
         raise UserError(f"unsupported input file {unknown[0]} in {root} (use {', '.join(FORMATS)})")
@@ -70,8 +94,11 @@ def discover(input_path: str | Path, keys: list[str]) -> list[SourceFile]:
 
 
 def _inspect(path: Path, fmt: str, keys: list[str]) -> SourceFile:
+    regular_file(path, "input file")
     if path.stat().st_size == 0:
         raise UserError(f"input file {path} is empty")
+    if fmt == "csv":
+        unclosed_quote(path)
     rows: int | None = None
     try:
         if fmt == "parquet":
@@ -96,6 +123,57 @@ def _inspect(path: Path, fmt: str, keys: list[str]) -> SourceFile:
     if rows == 0:
         raise UserError(f"input file {path} has no rows")
     return SourceFile(path=path, format=fmt, rows=rows)
+
+
+_FIELD_START_QUOTE = re.compile(rb'[,\r\n]"')
+
+
+def unclosed_quote(path: Path) -> None:
+    """Refuse a CSV with an unbalanced quote: pyarrow (like any CSV reader that allows
+    newlines in quoted values) would read the rest of the file as one value, or, if quotes
+    follow, pair them up wrongly and merge rows.
+
+    Follows pyarrow's quoting: a quote opens a value only at the start of a field, `""`
+    inside a quoted value is a literal quote, and the next lone quote closes it. The scan
+    jumps from quote to quote over a memory map, so it costs about one read of the file.
+    """
+    import mmap
+
+    with open(path, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            pos = 0
+            while True:
+                if pos == 0 and data[:1] == b'"':
+                    opened = 0
+                else:
+                    m = _FIELD_START_QUOTE.search(data, max(pos - 1, 0) if pos else 0)
+                    if m is None:
+                        return
+                    opened = m.start() + 1
+                i = opened + 1
+                while True:
+                    close = data.find(b'"', i)
+                    if close < 0:
+                        line = data[:opened].count(b"\n") + 1
+                        raise UserError(
+                            f"{path} line {line}: the row starting here opens a quoted value that is never closed "
+                            "(unbalanced \"), so the rest of the file would become one document: fix the quoting"
+                        )
+                    after = data[close + 1 : close + 2]
+                    if after == b'"':
+                        i = close + 2  # an escaped quote inside the value
+                        continue
+                    if after not in (b",", b"\n", b"\r", b""):
+                        # `"ab"c`: valid for pyarrow (it reads abc) but never written by a CSV
+                        # writer; it is what one missing quote does to the quotes after it.
+                        line = data[:opened].count(b"\n") + 1
+                        at = data[:close].count(b"\n") + 1
+                        raise UserError(
+                            f"{path} line {line}: the row starting here opens a quoted value that only closes on line {at}, "
+                            "in the middle of a field (unbalanced \"), so rows would merge: fix the quoting"
+                        )
+                    break
+                pos = close + 1
 
 
 def _require_columns(path: Path, columns: list[str], keys: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""Small real filesystems for the error tests: full, out of inodes, read-only (tmpfs, as root)."""
+"""Shared by the convert and preprocess error tests: small real filesystems (full, out of
+inodes, read-only: tmpfs, as root), runs as another user, and the one-error-line check."""
 
 from __future__ import annotations
 
@@ -81,3 +82,45 @@ def one_error_line(stderr: str, command: str) -> str:
     errors = [line for line in lines if line.startswith(f"q7x2-runtime {command}: error:")]
     assert len(errors) == 1, stderr
     return errors[0]
+
+
+def debris_in(parent: Path) -> list[str]:
+    """Temporaries a run leaves next to its output while it writes (or if it is killed)."""
+    if not parent.exists():
+        return []
+    return sorted(p.name for p in parent.iterdir() if any(t in p.name for t in (".partial-", ".old-", ".tmp-")))
+
+
+def start_cli(*argv: str, env: dict | None = None) -> subprocess.Popen:
+    """`q7x2-runtime ARGV` in its own process group (so a kill takes its workers too)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "q7x2_runtime.cli", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, parent: Path, delay: float, after_debris: bool, timeout: float = 300) -> bool:
+    """SIGKILL the whole process group `delay` seconds after start, or (after_debris) `delay`
+    seconds after its first temporary appears in `parent`. False if it finished first."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    if after_debris:
+        while not debris_in(parent):
+            if proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                raise TimeoutError("no temporary output appeared")
+            time.sleep(0.001)
+    end = time.monotonic() + delay
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.001)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    proc.wait(timeout=60)
+    return proc.returncode == -signal.SIGKILL

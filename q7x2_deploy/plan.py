@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from q7x2_deploy.inventory import ASCEND_MANAGEMENT_DEVICES, HostSpec, Inventory, SshTarget
 from q7x2_runtime.jobspec import ClusterSpec, JobSpec
@@ -43,6 +43,9 @@ class HostPlan:
     docker_run: list[str]  # the container spec shared by all steps: no name, labels or command
     steps: list[StepPlan] = field(default_factory=list)
     npus: list[int] = field(default_factory=list)  # host NPU indices the ranks run on (ascend)
+    # No `nic` (and no *_SOCKET_IFNAME in env): `up` finds the interface that carries `address`
+    # on the host and sets GLOO_SOCKET_IFNAME and HCCL_SOCKET_IFNAME from it.
+    detect_nic: bool = False
 
     def step(self, name: str) -> StepPlan | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -61,6 +64,26 @@ class Plan:
     storage: str
     job_spec: JobSpec
     hosts: list[HostPlan]
+
+    def with_nics(self, nics: dict[str, str]) -> Plan:
+        """The plan with the interfaces `up` detected (host -> interface) pinned as `nic` would."""
+        hosts = []
+        for h in self.hosts:
+            nic = nics.get(h.name)
+            if nic is None or not h.detect_nic:
+                hosts.append(h)
+                continue
+            extra = {k: nic for k in ("GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME") if k not in h.env}
+            flags = [x for k, v in extra.items() for x in ("-e", f"{k}={v}")]
+
+            def pinned(run: list[str], argv: list[str]) -> list[str]:
+                at = len(run) - len(argv) - 1  # the image: every option, env included, precedes it
+                return [*run[:at], *flags, *run[at:]]
+
+            steps = [replace(s, docker_run=pinned(s.docker_run, s.argv)) for s in h.steps]
+            hosts.append(replace(h, env=dict(sorted({**h.env, **extra}.items())), steps=steps,
+                                 docker_run=pinned(h.docker_run, []), detect_nic=False))
+        return replace(self, hosts=hosts)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)  # type: ignore[arg-type]
@@ -199,6 +222,7 @@ def build_plan(inv: Inventory) -> Plan:
                 docker_run=["docker", "run", "-d", *opts, image],
                 steps=steps,
                 npus=inv.host_npus_used(host, rank) if flavor == "ascend" else [],
+                detect_nic=not {"GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"} <= env.keys(),
             )
         )
     return Plan(

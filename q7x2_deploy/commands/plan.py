@@ -27,6 +27,8 @@ def _print_human(plan: Plan, console: Console) -> None:
         body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}"]
         if plan.flavor == "ascend":
             body.append(f"NPUs used: {', '.join(map(str, host.npus)) or 'none'}")
+        if host.detect_nic:
+            body.append(f"NIC: detected by `up` (the interface carrying {host.address}) for GLOO_SOCKET_IFNAME, HCCL_SOCKET_IFNAME")
         body.append("")
         body += [f"{k}={v}" for k, v in host.env.items()]
         for step in host.steps:

@@ -1,4 +1,4 @@
-"""NPU health (npu-smi) and NPU network links (hccn_tool) of one host, in one round trip.
+"""NPU health (npu-smi), NPU network links and device IPs (hccn_tool) of one host, in one round trip.
 
 `npu-smi info` prints a table whose first row per NPU is `| <NPU id>  <name> | <Health> | ...`;
 Health is OK, Warning, Alarm or Critical. `hccn_tool -i N -link -g` prints `link status: UP`
@@ -9,24 +9,30 @@ call, so the per-NPU link queries run side by side on the host instead of one SS
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from q7x2_deploy.executor.npu_network import judge_device_ips
 from q7x2_deploy.executor.probe import Check, parse_probe, split_rc
 from q7x2_deploy.inventory import npu_ranges
 from q7x2_deploy.transport import Transport
 
-# $1: 1 to run npu-smi; then the NPU indices whose links to query. Every line of the link
-# section is `<index> <exit status> <output on one line>`, written with one printf so that
-# lines of parallel queries never interleave.
+# $1: 1 to run npu-smi; then the NPU indices whose links and device IPs to query. Every line
+# of the links and ip sections is `<index> <exit status> <output on one line>`, written with
+# one printf so that lines of parallel queries never interleave.
 _NPU_SCRIPT = r"""
 smi=$1; shift
 echo "@npu-smi"
 if [ "$smi" = 1 ]; then npu-smi info 2>&1; echo "@rc $?"; fi
-echo "@links"
-for i in "$@"; do
-  ( out=$(hccn_tool -i "$i" -link -g 2>&1); rc=$?
-    printf '%s %s %s\n' "$i" "$rc" "$(printf '%s' "$out" | tr '\n' ' ')" ) &
-done
-wait
+query() {
+  for i in "$@"; do
+    ( out=$(hccn_tool -i "$i" "$q" -g 2>&1); rc=$?
+      printf '%s %s %s\n' "$i" "$rc" "$(printf '%s' "$out" | tr '\n' ' ')" ) &
+  done
+  wait
+}
+echo "@links"; q=-link; query "$@"
+echo "@ip"; q=-ip; query "$@"
+if [ "$#" -gt 0 ] && [ -r /etc/hccn.conf ]; then echo "@hccn.conf"; cat /etc/hccn.conf; fi
 echo "@end"
 """
 
@@ -91,9 +97,15 @@ def judge_links(lines: list[str], npus: list[int]) -> Check:
     return Check("links", "ok", f"{len(npus)} links up")
 
 
+@dataclass(frozen=True)
+class NpuFindings:
+    checks: list[Check]  # the npu, links and devip rows
+    device_ips: dict[int, str]  # used NPU -> its device IP, as hccn_tool reports it
+
+
 def check_npus(t: Transport, *, has_npu_smi: bool, has_hccn_tool: bool, npus: list[int],
-               ascend: bool) -> list[Check]:
-    """The `npu` and `links` rows of a host's preflight."""
+               ascend: bool) -> NpuFindings:
+    """The `npu`, `links` and `devip` rows of a host's preflight, in one round trip."""
     query_links = has_hccn_tool and bool(npus)
     findings: list[Check] = []
     if has_npu_smi or query_links:
@@ -106,8 +118,12 @@ def check_npus(t: Transport, *, has_npu_smi: bool, has_hccn_tool: bool, npus: li
         findings.append(judge_npu_smi(sec.get("npu-smi", []), npus))
     else:
         findings.append(Check("npu", "warn" if ascend else "skip", "npu-smi not installed"))
+    ips: dict[int, str] = {}
     if query_links:
         findings.append(judge_links(sec.get("links", []), npus))
+        devip, ips = judge_device_ips(sec.get("ip", []), sec.get("hccn.conf"), npus)
+        findings.append(devip)
     else:
-        findings.append(Check("links", "skip", "no NPUs" if has_hccn_tool else "hccn_tool not installed"))
-    return findings
+        why = "no NPUs" if has_hccn_tool else "hccn_tool not installed"
+        findings += [Check("links", "skip", why), Check("devip", "skip", why)]
+    return NpuFindings(findings, ips)

@@ -13,29 +13,37 @@ from pathlib import PurePosixPath
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.executor.master_reach import check_master_reachable
 from q7x2_deploy.executor.npu_health import check_npus
+from q7x2_deploy.executor.npu_network import PingResult, duplicate_ips, judge_pings, ping_targets, run_pings
 from q7x2_deploy.executor.probe import Check, Level, parse_probe, split_rc
 from q7x2_deploy.plan import HostPlan
 from q7x2_deploy.transport import Transport
 
-CHECK_NAMES = ("ssh", "engine", "image", "devices", "npu", "links", "port", "disk")
+CHECK_NAMES = ("ssh", "engine", "image", "devices", "npu", "links", "devip", "ping", "port", "reach", "nic", "disk")
+HCCL_BASE_PORT = 60000  # HCCL_IF_BASE_PORT's default: HCCL's host ports are base + device
 MIN_FREE_GIB = 2.0  # below this, image delivery or a checkpoint save will fail
 WARN_FREE_GIB = 20.0
 
 # One round trip per host gathers everything but the NPU tools: the engine, the image, which
-# paths exist, which tools are installed, listening ports and free space. Everything from the
-# inventory arrives as positional parameters ($1 the image, $2 whether to list listening
-# ports, then the paths), never as text. On a busy cluster every process the probe starts is
-# paid on every host, so it starts few: one docker CLI call answers both "does the engine
-# answer?" and "is the image there?" (`docker info`, the obvious engine probe, is the slowest
-# docker command); the port table is read on the master only (the kernel walks every socket
-# of the machine to produce it); one df covers every directory.
+# paths exist, which tools are installed, listening ports, the host's addresses and free space.
+# Everything from the inventory arrives as positional parameters ($1 the image, $2 whether to
+# list listening ports, $3 an address whose interface to find, then the paths), never as text.
+# On a busy cluster every process the probe starts is paid on every host, so it starts few: one
+# docker CLI call answers both "does the engine answer?" and "is the image there?" (`docker
+# info`, the obvious engine probe, is the slowest docker command); the port table is read only
+# where a port must be free (the kernel walks every socket of the machine to produce it); one
+# df covers every directory.
 _PROBE_SCRIPT = r"""
-img=$1; want_ports=$2; shift 2
+img=$1; want_ports=$2; nic_for=$3; shift 3
 echo "@image"; docker image inspect --format '{{.Id}}' "$img" 2>&1; echo "@rc $?"
 echo "@paths"; for p in "$@"; do [ -e "$p" ] || echo "$p"; done
 echo "@tools"; for t in npu-smi hccn_tool; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
 echo "@tcp"; [ "$want_ports" = 1 ] && cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
+if [ -n "$nic_for" ]; then
+  echo "@resolve"; getent ahosts "$nic_for" 2>/dev/null | awk '{ print $1 }' | sort -u
+  echo "@addr"; ip -o addr show 2>/dev/null
+fi
 echo "@df"; n=$#; for p in "$@" /var/lib/docker; do [ -d "$p" ] && set -- "$@" "$p"; done; shift "$n"
 [ "$#" -gt 0 ] && df -Pk -- "$@" 2>/dev/null
 echo "@end"
@@ -48,6 +56,14 @@ class HostReport:
     rank: int
     checks: list[Check] = field(default_factory=list)
     npus: list[int] = field(default_factory=list)  # the NPUs the job's ranks run on here
+    device_ips: dict[int, str] = field(default_factory=dict)  # used NPU -> device IP
+    pings: list[PingResult] = field(default_factory=list)  # towards the other hosts' NPUs
+    nic: str | None = None  # the interface found to carry the host's address (no `nic` given)
+
+    def replace(self, check: Check) -> None:
+        self.checks = [check if c.name == check.name else c for c in self.checks]
+        if self.get(check.name) is None:
+            self.checks.append(check)
 
     def add(self, name: str, level: Level, detail: str) -> None:
         self.checks.append(Check(name, level, detail))
@@ -109,14 +125,51 @@ def _df_free_gib(df_output: str) -> dict[str, float]:
     return free
 
 
+def interface_for(address: str, resolved: list[str], ip_addr: list[str]) -> str | None:
+    """The interface of `ip -o addr` that holds the address (or what it resolves to)."""
+    wanted = {address, *resolved}
+    for line in ip_addr:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] in ("inet", "inet6") and parts[3].split("/")[0] in wanted:
+            return parts[1].split("@")[0]
+    return None
+
+
+def _hccl_ports(host: HostPlan) -> list[int]:
+    base = host.env.get("HCCL_IF_BASE_PORT", "").strip()
+    start = int(base) if base.isdigit() else HCCL_BASE_PORT
+    return [start + i for i in range(len(host.npus))]
+
+
+def _port_check(host: HostPlan, listening: set[int], master_port: int | None) -> Check:
+    taken, free = [], []
+    if master_port is not None:
+        (taken if master_port in listening else free).append(f"master port {master_port}")
+    hccl = _hccl_ports(host)
+    if hccl:
+        busy = [p for p in hccl if p in listening]
+        span = f"{hccl[0]}-{hccl[-1]}" if len(hccl) > 1 else str(hccl[0])
+        if busy:
+            taken.append(f"HCCL port {', '.join(map(str, busy))} (of {span}; see HCCL_IF_BASE_PORT)")
+        else:
+            free.append(f"HCCL ports {span}")
+    if taken:
+        return Check("port", "fail", "already in use: " + ", ".join(taken))
+    if not free:
+        return Check("port", "skip", "not the master")
+    return Check("port", "ok", ", ".join(free) + " free")
+
+
 def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> HostReport:
     plan = cluster.plan
     t: Transport = cluster.transport(host)
     needs = host_needs(host)
     report = HostReport(host.name, host.node_rank, npus=host.npus or needs.npu_indices)
-    wants_port = check_port and host.name == cluster.master.name
+    is_master = check_port and host.name == cluster.master.name
+    wants_ports = is_master or (check_port and bool(host.npus))
+    nic_for = host.address if host.detect_nic else ""
     try:
-        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, "1" if wants_port else "0",
+        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, "1" if wants_ports else "0", nic_for,
                        *needs.devices, *needs.mounts], timeout=60)
     except DeployError as e:
         report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
@@ -143,16 +196,23 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
         report.add("devices", "ok", f"{len(needs.devices)} devices, {len(needs.mounts)} mounts")
 
     tools = set(sec.get("tools", []))
-    report.checks.extend(check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
-                                    npus=report.npus, ascend=plan.flavor == "ascend"))
+    npu = check_npus(t, has_npu_smi="npu-smi" in tools, has_hccn_tool="hccn_tool" in tools,
+                     npus=report.npus, ascend=plan.flavor == "ascend")
+    report.checks.extend(npu.checks)
+    report.device_ips = npu.device_ips
 
-    if wants_port:
-        if plan.master_port in _listening_ports("\n".join(sec.get("tcp", []))):
-            report.add("port", "fail", f"master port {plan.master_port} already in use")
-        else:
-            report.add("port", "ok", f"{plan.master_port} free")
+    if wants_ports:
+        report.checks.append(_port_check(host, _listening_ports("\n".join(sec.get("tcp", []))),
+                                         plan.master_port if is_master else None))
     else:
         report.add("port", "skip", "not the master")
+
+    if nic_for:
+        report.nic = interface_for(host.address, sec.get("resolve", []), sec.get("addr", []))
+        if report.nic is None:
+            report.add("nic", "fail", f"no interface holds {host.address} (`ip -o addr`); set the host's `nic`")
+        else:
+            report.add("nic", "ok", f"{report.nic} carries {host.address} (detected)")
 
     free = _df_free_gib("\n".join(sec.get("df", [])))
     if not free:
@@ -176,6 +236,10 @@ def preflight(cluster: Cluster, *, check_port: bool = True) -> list[HostReport]:
             r = HostReport(host.name, host.node_rank)
             r.add("ssh", "fail", str(o.error).removeprefix(f"{host.name}: "))
             reports.append(r)
+    if len(reports) > 1:
+        check_npu_network(cluster, reports)
+        if check_port:
+            check_master_reachable(cluster, reports)
     return reports
 
 
@@ -186,3 +250,27 @@ def failure_message(reports: list[HostReport]) -> str | None:
     first = "; ".join(f"{h}: {c.name}: {c.detail}" for h, c in bad[:3])
     more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
     return f"preflight failed on {len({h for h, _ in bad})} host(s): {first}{more}"
+
+
+def check_npu_network(cluster: Cluster, reports: list[HostReport]) -> None:
+    """Cluster-wide: device IPs unique, then every used NPU pings its peers (one round trip per host)."""
+    by_host = {r.host: r for r in reports}
+    for host, lines in duplicate_ips({r.host: r.device_ips for r in reports}).items():
+        own = by_host[host].get("devip")  # keep what the host's own check found wrong
+        earlier = [own.detail] if own is not None and own.level == "fail" else []
+        by_host[host].replace(Check("devip", "fail", "; ".join(earlier + lines)))
+    ready = {r.host: r for r in reports if r.device_ips and r.get("devip") is not None}
+    if len(ready) < 2:
+        return
+    npus = {h: r.npus for h, r in ready.items()}
+    ips = {h: r.device_ips for h, r in ready.items()}
+    targets = {h: ping_targets(h, npus, ips) for h in ready}
+    outcomes = for_each([cluster.host(h) for h in ready], lambda hp: run_pings(cluster.transport(hp), targets[hp.name]),
+                        key=lambda hp: hp.name)
+    for h, r in ready.items():
+        o = outcomes[h]
+        if o.value is None:
+            r.replace(Check("ping", "fail", f"could not ping: {o.error}"))
+            continue
+        r.pings = o.value
+        r.replace(judge_pings(h, r.device_ips, o.value))

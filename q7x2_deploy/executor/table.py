@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from q7x2_deploy.executor.preflight import CHECK_NAMES, Check, HostReport
+from q7x2_deploy.executor.preflight import Check, HostReport
 from q7x2_deploy.image.delivery import short_id
 from q7x2_deploy.inventory import npu_ranges
 
@@ -27,9 +27,18 @@ def print_table(console: Console, table: Table) -> None:
     console.print(table, width=width)
 
 
-def _cell(c: Check | None) -> Text:
-    if c is None:
+# Table columns and the preflight rows each shows (the worst of them): 80 columns fit no more.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "ssh": ("ssh",), "engine": ("engine",), "image": ("image",), "devices": ("devices",), "npu": ("npu",),
+    "links": ("links",), "roce": ("devip", "ping"), "port": ("port", "reach", "nic"), "disk": ("disk",),
+}
+_WORST = ("fail", "warn", "ok", "skip")
+
+
+def _cell(checks: list[Check]) -> Text:
+    if not checks:
         return Text("-", style="dim")
+    c = min(checks, key=lambda c: _WORST.index(c.level))
     if c.level != "ok":
         return Text(c.level, style=_STYLE[c.level])
     if c.name == "image":
@@ -43,16 +52,40 @@ def preflight_table(reports: list[HostReport]) -> Table:
     table = compact_table("preflight")
     table.add_column("host")
     table.add_column("rank", justify="right")
-    for name in CHECK_NAMES:
+    for name in COLUMNS:
         table.add_column(name)
     for r in reports:
-        table.add_row(r.host, str(r.rank), *(_cell(r.get(n)) for n in CHECK_NAMES))
+        table.add_row(r.host, str(r.rank), *(_cell([c for n in rows if (c := r.get(n)) is not None])
+                                             for rows in COLUMNS.values()))
+    return table
+
+
+def ping_matrix(reports: list[HostReport]) -> Table | None:
+    """From each host (row) to each other host (column): NPU pairs that answered / pinged."""
+    if not any(r.pings for r in reports):
+        return None
+    table = compact_table("NPU pings answered")
+    table.add_column("from/to")
+    for r in reports:
+        table.add_column(r.host, justify="right")
+    for r in reports:
+        cells = []
+        for peer in reports:
+            pairs = [p for p in r.pings if p.target.peer == peer.host]
+            if peer.host == r.host or not pairs:
+                cells.append(Text("-", style="dim"))
+            else:
+                ok = sum(p.ok for p in pairs)
+                cells.append(Text(f"{ok}/{len(pairs)}", style="green" if ok == len(pairs) else "bold red"))
+        table.add_row(r.host, *cells)
     return table
 
 
 def print_preflight(reports: list[HostReport], console: Console | None = None) -> None:
     console = console or Console()
     print_table(console, preflight_table(reports))
+    if (matrix := ping_matrix(reports)) is not None:
+        print_table(console, matrix)
     for r in reports:
         if r.npus:
             console.print(Text(f"  {r.host}: the job uses NPU {npu_ranges(r.npus)}", style="dim"))

@@ -101,6 +101,11 @@ def up(cluster: Cluster, sink: LogSink, *, detach: bool = False, hooks: UpHooks 
             hooks.on_preflight(reports)
             if (msg := failure_message(reports)) is not None:
                 raise DeployError(msg)
+            if nics := {r.host: r.nic for r in reports if r.nic}:
+                # Hosts without `nic`: pin the collective libraries to the interface found.
+                cluster.plan = plan = plan.with_nics(nics)
+                (run_dir(plan.job_name) / "plan.json").write_text(plan.to_json())
+                sink.note("q7x2-deploy: NICs detected: " + ", ".join(f"{h} {n}" for h, n in nics.items()))
             deliveries = deliver_image(cluster, progress=lambda s: sink.note(f"q7x2-deploy: {s}"),
                                        known_ids={r.host: r.image_id for r in reports})
             for d in deliveries:

@@ -86,13 +86,14 @@ def main() -> int:
     sh("mount", "--bind", cfg["run_dir"], "/run")
     for sub in ("sshd", "lock"):
         os.makedirs(f"/run/{sub}", exist_ok=True)
+    # Overlays first: a bind such as /etc/hosts must land on top of an overlay of /etc.
+    for target, upper, work in cfg["overlays"]:
+        sh("mount", "-t", "overlay", "q7x2ovl", "-o", f"lowerdir={target},upperdir={upper},workdir={work}", target)
     for src, dst in cfg["binds"]:
         if not os.path.exists(dst):  # e.g. no /etc/hostname: never create files on the machine
             print(f"hostinit: {dst} does not exist; not binding {src}", file=sys.stderr)
             continue
         sh("mount", "--bind", src, dst)
-    for target, upper, work in cfg["overlays"]:
-        sh("mount", "-t", "overlay", "q7x2ovl", "-o", f"lowerdir={target},upperdir={upper},workdir={work}", target)
     build_dev(cfg["dev_stage"], cfg["devices"])
     socket.sethostname(cfg["hostname"])
     os.environ.clear()

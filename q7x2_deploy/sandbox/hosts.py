@@ -129,7 +129,7 @@ def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int) -> str:
     (h.dir / "etc" / "hostname").write_text(h.name + "\n", encoding="ascii")
     overlays = [overlay_dirs(h.dir, t) for t in PRIVATE_OVERLAYS]
     _fresh_shell_files(overlays)
-    overlays += ascend.overlay_uppers(h.dir, ascend_devices) if ascend_devices > 0 else []
+    overlays += ascend.overlay_uppers(h.dir, ascend_devices, h.index) if ascend_devices > 0 else []
     init = {
         "hostname": h.name,
         "run_dir": str(h.dir / "run"),

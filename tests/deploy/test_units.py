@@ -235,7 +235,7 @@ def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
     faults = tmp_path / "faults"
     smi, hccn = tmp_path / "npu-smi", tmp_path / "hccn_tool"
     smi.write_text(ascend._NPU_SMI.format(last=3, faults=faults))
-    hccn.write_text(ascend._HCCN_TOOL.format(faults=faults))
+    hccn.write_text(ascend._HCCN_TOOL.format(faults=faults, net=ascend.DEVICE_NET))
     smi.chmod(0o755)
     hccn.chmod(0o755)
 

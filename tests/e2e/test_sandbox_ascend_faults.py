@@ -231,3 +231,74 @@ def test_lost_host_fails_up_naming_it_and_stops_the_other(own_sandbox, tmp_path:
             proc.kill()
         cluster.start(cfg, "sbx-2", log=lambda _m: None) if fault == "stop" else cluster.heal(cfg, "sbx-2", log=lambda _m: None)
         cli("down", str(inv), cwd=tmp_path)
+
+
+def test_check_names_npu_network_faults_by_both_ends(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from q7x2_deploy.sandbox.ascend import device_ip
+
+    _cfg, _cluster, sbx = own_sandbox
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job="e2e-hccn", image_ref=IMAGE, port=6227,
+                           distribution="ssh", image__flavor="ascend", container__devices=None,
+                           job__parallelism__npus_per_node=8, job__training__global_batch_size=32)
+    r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "NPU ping" in out and out.count("8/8") == 2, out  # sbx-1 -> sbx-2 and back, 8 NPU pairs each
+    plan = build_plan(load_inventory(inv))
+    with open_cluster(plan, ssh_factory()) as cl:
+        s1, s2 = cl.transport("sbx-1"), cl.transport("sbx-2")
+        conf = s2.check(["cat", "/etc/hccn.conf"]).stdout
+        assert f"address_5={device_ip(2, 5)}\n" in conf
+        try:
+            s2.write_file(FAULTS_FILE, f"ip 3 {device_ip(2, 99)}\n".encode())  # NPU 3 readdressed by hand
+            s2.write_file("/etc/hccn.conf", conf.replace(f"address_5={device_ip(2, 5)}", f"address_5={device_ip(1, 5)}").encode())
+            s1.write_file(FAULTS_FILE, f"unreachable {device_ip(2, 2)}\n".encode())  # one RoCE path broken
+            r = cli("check", str(inv), cwd=tmp_path, timeout=300)
+        finally:
+            s1.check(["rm", "-f", FAULTS_FILE])
+            s2.check(["rm", "-f", FAULTS_FILE])
+            s2.write_file("/etc/hccn.conf", conf.encode())
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, out
+        flat = " ".join(out.split())  # rich may wrap long detail lines
+        # sbx-2's row keeps its own finding and adds the clash; sbx-1 is told of the clash too.
+        assert (f"sbx-2: devip: NPU 3 has device IP {device_ip(2, 99)} but /etc/hccn.conf says {device_ip(2, 3)}; "
+                f"NPU 5 device IP {device_ip(1, 5)} is also sbx-1 NPU 5's") in flat, out
+        assert f"sbx-1: devip: NPU 5 device IP {device_ip(1, 5)} is also sbx-2 NPU 5's" in flat, out
+        assert (f"sbx-1: ping: unreachable: NPU 2 ({device_ip(1, 2)}) -> sbx-2 NPU 2 ({device_ip(2, 2)}): "
+                "0 of 3 replies") in flat, out
+        assert "7/8" in out, out  # the matrix shows the one broken pair
+    r = cli("check", str(inv), cwd=tmp_path, timeout=300)  # healed
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sbx-1: reach" not in r.stdout and "sbx-2: port" not in r.stdout
+
+
+def test_up_pins_gloo_to_the_detected_nic_of_hosts_without_one(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import yaml
+
+    cfg, _cluster, sbx = own_sandbox
+    inv = derive_inventory(sbx.inventory, tmp_path / "inv.yaml", job="e2e-nic", image_ref=IMAGE, port=6228,
+                           distribution="ssh", train_iters=3)
+    data = yaml.safe_load(inv.read_text())
+    for h in data["hosts"]:
+        del h["nic"]  # gloo picks a wrong address without an interface pinned (see environment notes)
+    inv.write_text(yaml.safe_dump(data, sort_keys=False))
+    r = cli("plan", str(inv), cwd=tmp_path)
+    assert r.returncode == 0 and "NIC: detected by `up`" in r.stdout, r.stdout + r.stderr
+    try:
+        r = cli("up", str(inv), cwd=tmp_path, timeout=1200)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out[-4000:]
+        nics = {h.name: h.nic for h in (cfg.host(1), cfg.host(2))}
+        assert f"NICs detected: sbx-1 {nics['sbx-1']}, sbx-2 {nics['sbx-2']}" in out, out[-4000:]
+        from q7x2_deploy.executor.rundir import RUNS_ROOT_ENV
+
+        runs = Path(os.environ.get(RUNS_ROOT_ENV, tmp_path / ".q7x2" / "runs"))  # the CLI ran in tmp_path
+        ran = json.loads((runs / "e2e-nic" / "plan.json").read_text())
+        for h in ran["hosts"]:
+            assert h["env"]["GLOO_SOCKET_IFNAME"] == h["env"]["HCCL_SOCKET_IFNAME"] == nics[h["name"]]
+            assert f"GLOO_SOCKET_IFNAME={nics[h['name']]}" in h["steps"][-1]["docker_run"]
+    finally:
+        cli("down", str(inv), cwd=tmp_path)

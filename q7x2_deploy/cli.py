@@ -21,6 +21,7 @@ _COMMAND_MODULES = {
     "down": "q7x2_deploy.commands.down",
     "report": "q7x2_deploy.commands.report",
     "collect": "q7x2_deploy.commands.collect",
+    "watch": "q7x2_deploy.commands.watch",
     "sandbox": "q7x2_deploy.sandbox.cli",
 }
 

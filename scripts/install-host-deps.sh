@@ -15,6 +15,8 @@ PACKAGES=(
   util-linux           # nsenter, unshare, mount
   openssl              # self-signed CA and certificate for the registry
   ca-certificates
+  tmux                 # a real terminal for the full-screen `watch` test
+  chromium             # headless browser that renders `report`'s HTML in its test
 )
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/q7x2-dockerd.log}
 

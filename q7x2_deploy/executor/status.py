@@ -16,7 +16,7 @@ from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.logs import Line, split_stamp
-from q7x2_deploy.executor.metrics import Progress, last_progress
+from q7x2_deploy.executor.metrics import Progress, last_progress, losses
 from q7x2_deploy.executor.replica_status import Replication, listing_argv, parse_listing, summarize
 from q7x2_deploy.plan import HostPlan
 from q7x2_runtime.pretrain.replica import Manifest
@@ -41,6 +41,8 @@ class HostStatus:
     # iteration this host's node copied there (set once every host's view is in).
     replica_seen: list[Manifest] | None = None
     replica_iteration: int | None = None
+    last_line: str = ""  # the current container's newest non-empty line
+    recent_losses: list[float] = field(default_factory=list)  # lm loss of the iterations in the tail
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -111,8 +113,11 @@ def host_status(cluster: Cluster, host: HostPlan) -> HostStatus:
         # host's clock, so the age of the newest line needs no clock agreement with us.
         r = t.run(["sh", "-c", _TAIL_SCRIPT, "sh", str(LOG_TAIL), current.name], timeout=60)
         lines, now = _split_tail(r.stdout)
+        st.last_line = next((ln.text for ln in reversed(lines) if ln.text.strip()), "")
         if current.step == "pretrain":
-            st.progress = last_progress([ln.text for ln in lines])
+            texts = [ln.text for ln in lines]
+            st.progress = last_progress(texts)
+            st.recent_losses = [loss for _, loss in losses(texts)]
         if current.status == "running" and now is not None:
             newest = max((ln.stamp for ln in lines if ln.stamp), default="")
             if newest:

@@ -134,6 +134,10 @@ def test_failed_container_stops_the_job_and_names_the_host(sandbox_cluster, imag
         assert rc != 0
         assert "sbx-2 (rank 1) failed in pretrain: container q7x2-e2e-fail-pretrain-1 exited with status 137" in text
         assert "last lines from sbx-2" in text
+        # The diagnosis after the stop names the host whose container died, not the survivor.
+        assert "q7x2-deploy: likely cause: " in text and " on sbx-2 (rank 1)" in text.split("likely cause: ")[1].splitlines()[0]
+        result = json.loads((tmp_path / ".q7x2" / "runs" / job / "result.json").read_text())
+        assert result["status"] == "failed" and result["diagnosis"]["host"] == "sbx-2"
         running = [c for c in _job_containers(sandbox_cluster, 0, job) if c.status == "running"]
         assert running == []  # the healthy host's training was stopped
         print(f"\nfail-fast reaction {reaction:.1f}s")

@@ -9,6 +9,7 @@ target); only this project's own wheel is rebuilt each time, so a second build i
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
 import os
 import shutil
@@ -85,20 +86,26 @@ _SOURCE_IGNORE = shutil.ignore_patterns(
 def build_project_wheel(dest: Path, progress: Progress) -> Path:
     """This project's wheel, built from a clean copy of the sources: an in-tree build would
     leave build/ behind, and a stale build/lib can smuggle deleted modules into the wheel."""
-    for old in dest.glob(f"{PROJECT_DIST}-*.whl"):
-        old.unlink()
     progress(f"building the q7x2-deploy {__version__} wheel")
     with tempfile.TemporaryDirectory(prefix="q7x2-src-") as tmp:
-        src = Path(tmp) / "src"
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
         shutil.copytree(project_root(), src, ignore=_SOURCE_IGNORE, symlinks=True)
         # Fixed zip timestamps: unchanged sources give a byte-identical wheel, so the engine's
         # layer cache (which hashes the build context) makes a rebuild nearly free.
-        _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dest), str(src)],
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), str(src)],
              "building q7x2-deploy's wheel", progress, env={"SOURCE_DATE_EPOCH": "315532800"})
-    wheels = sorted(dest.glob(f"{PROJECT_DIST}-*.whl"))
-    if not wheels:
-        raise DeployError(f"pip wheel left no {PROJECT_DIST} wheel in {dest}")
-    return wheels[-1]
+        built = sorted(out.glob(f"{PROJECT_DIST}-*.whl"))
+        if not built:
+            raise DeployError(f"pip wheel left no {PROJECT_DIST} wheel in {out}")
+        for old in dest.glob(f"{PROJECT_DIST}-*.whl"):
+            if old.name != built[-1].name:
+                old.unlink(missing_ok=True)
+        # Renamed into place: a build reading the wheelhouse meanwhile sees the old or the new
+        # file, never half of one.
+        staged = dest / f".{built[-1].name}.tmp-{os.getpid()}"
+        shutil.copyfile(built[-1], staged)
+        os.replace(staged, dest / built[-1].name)
+    return dest / built[-1].name
 
 
 def prepare_wheelhouse(spec: WheelhouseSpec, directory: Path | None = None,
@@ -108,6 +115,13 @@ def prepare_wheelhouse(spec: WheelhouseSpec, directory: Path | None = None,
     key = cache_key(spec, pyproject)
     wh = directory or default_cache_dir() / f"{spec.flavor}-{key}"
     wh.mkdir(parents=True, exist_ok=True)
+    # One build at a time per wheelhouse: two `pip wheel -w` into one directory race.
+    with open(wh / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fill(spec, wh, key, progress)
+
+
+def _fill(spec: WheelhouseSpec, wh: Path, key: str, progress: Progress) -> Path:
     project_wheel = build_project_wheel(wh, progress)
     stamp = wh / _STAMP
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:

@@ -171,10 +171,16 @@ def pretrain_gpt_args(spec: JobSpec, start: StartKind = "first") -> list[str]:
         "--eval-interval", str(t.train_iters),
         "--eval-iters", "0",
         "--log-throughput",
+        # TensorBoard events under the logs path: both engines write Megatron's scalars there.
+        "--tensorboard-dir", tensorboard_dir(job),
     ]  # fmt: skip
     if job.storage == "per-node":
         args.append("--no-shared-storage")
     return args
+
+
+def tensorboard_dir(job: Job) -> str:
+    return f"{job.paths.logs.rstrip('/')}/tensorboard/{job.name}"
 
 
 def start_args(job: Job, start: StartKind) -> list[str]:

@@ -174,3 +174,20 @@ def test_a_checkpoint_of_another_layout_is_refused_not_loaded(prepared: Prepared
     last = result.output.strip().splitlines()[-1]
     assert "holds iteration 10 written with another tensor/pipeline layout (mp_rank_00_000, mp_rank_00_001)" in last
     assert "successfully loaded" not in result.output
+
+
+def test_tensorboard_events_read_back_with_tensorboards_reader(uninterrupted: dict) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = uninterrupted["ckpt"].parent / "logs" / "tensorboard" / "tiny"
+    assert tb.is_dir(), "--tensorboard-dir from the argument list was not honoured"
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"lm loss", "learning-rate", "grad-norm", "iteration-time", "throughput", "batch-size"} <= tags
+    logged = _losses(uninterrupted["results"][1].output)
+    events = {e.step: e.value for e in acc.Scalars("lm loss")}
+    assert sorted(events) == list(range(1, ITERS + 1))
+    for it, loss in logged.items():
+        assert events[it] == pytest.approx(loss, rel=1e-5)
+    assert all(e.value > 0 for e in acc.Scalars("throughput"))

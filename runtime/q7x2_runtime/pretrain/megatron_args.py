@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     # logging
     a("--log-interval", type=int, default=100)
     a("--log-throughput", action="store_true")
+    a("--tensorboard-dir", default=None)
     for option, takes_value in NO_EFFECT.items():
         if takes_value:
             a(option, dest=f"_ignored_{option[2:]}", default=None)

@@ -152,6 +152,12 @@ class Trainer:
 
         self.par = plan_parallel(self.dims, tp, pp, a.layer_list)
         self.tp_rank, _, self.pp_rank = self.grid.coords(self.rank)
+        # As Megatron: the last rank writes the TensorBoard scalars.
+        self.scalars = None
+        if a.tensorboard_dir and self.rank == self.world - 1:
+            from q7x2_runtime.pretrain.tensorboard_log import ScalarLog
+
+            self.scalars = ScalarLog(a.tensorboard_dir)
 
     def log(self, msg: str) -> None:
         # Megatron prints from the last rank; so do we, so one log parser serves both engines.
@@ -370,6 +376,8 @@ class Trainer:
                     global_batch_size=a.global_batch_size, lm_loss=loss, grad_norm=grad_norm,
                 )  # fmt: skip
                 self.log(format_iteration_line(stats))
+                if self.scalars is not None:
+                    self.scalars.iteration(stats)
                 interval_start, interval_iters = time.time(), 0
             exiting = a.exit_interval is not None and self.iteration % a.exit_interval == 0
             if saving and (self.iteration % a.save_interval == 0 or exiting):
@@ -382,6 +390,8 @@ class Trainer:
         if saving and saved_at != self.iteration:
             self.save()  # as Megatron: the end of training is saved unless the interval just did
         self.log(f"training finished at iteration {self.iteration}")
+        if self.scalars is not None:
+            self.scalars.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,12 @@ def compact_table(title: str) -> Table:
 
 def print_table(console: Console, table: Table) -> None:
     """On a terminal, its width; anywhere else (default 80 columns) as wide as the cells need."""
-    width = None if console.is_terminal else max(console.width, console.measure(table).maximum)
-    console.print(table, width=width)
+    if not console.is_terminal:
+        # Measured without the console's 80 columns as the bound, and the console widened to it:
+        # print(width=...) never exceeds the console's own width, so a wider table was cut.
+        natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+        console.width = max(console.width, natural)
+    console.print(table)
 
 
 # Table columns and the preflight rows each shows (the worst of them): 80 columns fit no more.

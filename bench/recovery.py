@@ -12,20 +12,34 @@ Per drill, from the fault's injection time (wall clock, taken right before the f
 
     sudo .venv/bin/python bench/recovery.py [--drills 4,1,3] [--repeat 1]
 
-Needs root (the sandbox). Brings up its own 3-host sandbox and takes it down at the end.
+Needs root (the sandbox). Brings up its own 3-host sandbox (the drills') and takes it down at the
+end; with Q7X2_DRILLS_KEEP=1 it reuses a drill sandbox that is up and leaves it up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests package
 
-from tests.drills.drill_support import Ctx, Drills, Run, drill_sandbox, reference_losses, run_drill  # noqa: E402
+from tests.drills.drill_support import (  # noqa: E402
+    FAULT_AFTER,
+    REFERENCE_JOB,
+    ROOT,
+    Ctx,
+    Drills,
+    Run,
+    drill_sandbox,
+    reference_losses,
+    run_drill,
+)
 
 CUT_FOR_S = 20.0  # drill 3: how long the cable stays out after `up` starts waiting
 
@@ -75,15 +89,43 @@ def measure(run: Run) -> dict[str, float | int | None]:
     }
 
 
+_STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] +iteration +(\d+)/")
+
+
+def from_run_dir(path: Path) -> Run:
+    """A finished drill's directory (up.log, .q7x2/runs/<job>/events.jsonl) as a Run whose fault
+    time is the timestamp of the iteration line that set the fault off (1 s resolution, the
+    trainer's clock, which is this machine's): for figures of drills run by the tests."""
+    text = (path / "up.log").read_text(errors="replace")
+    events = [json.loads(x) for f in (path / ".q7x2" / "runs").glob("*/events.jsonl")
+              for x in f.read_text().splitlines()]
+    for m in _STAMP.finditer(text):
+        if int(m.group(2)) == FAULT_AFTER:
+            stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+            finished = "finished on every host" in text.splitlines()[-1] if text.strip() else False
+            return Run(0 if finished else 1, text, events, stamp, m.end(), path)  # exit 0 prints that line last
+    raise SystemExit(f"{path}: no iteration {FAULT_AFTER} line")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drills", default="4,1,3")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--from-run", nargs="*", metavar="DRILL=DIR", default=[],
+                    help="measure finished drills' directories instead of running drills")
     args = ap.parse_args()
     rows = []
+    for spec in args.from_run:
+        key, _, where = spec.partition("=")
+        title, _, target = DRILLS[key]
+        rows.append((key, title, target, measure(from_run_dir(Path(where)))))
+    if rows:
+        _table(rows)
+        return 0
     for d in drill_sandbox():
-        with tempfile.TemporaryDirectory() as tmp:
-            reference_losses(d, Path(tmp))  # also prepares the weights and dataset the drills train on
+        if not (d.shared / ROOT / REFERENCE_JOB / "datasets").is_dir():  # a kept drill sandbox has them
+            with tempfile.TemporaryDirectory() as tmp:
+                reference_losses(d, Path(tmp))  # prepares the weights and dataset the drills train on
         for n, key in enumerate(k for k in args.drills.split(",") for _ in range(args.repeat)):
             title, make, detect_target = DRILLS[key]
             extra, fault = make(d)
@@ -95,6 +137,11 @@ def main() -> int:
             m = measure(run)
             rows.append((key, title, detect_target, m))
             print(f"drill {key} ({title}): {m}", flush=True)
+    _table(rows)
+    return 0
+
+
+def _table(rows: list) -> None:  # type: ignore[type-arg]
     print()
     print("| drill | fault | exit | detect (s) | fault -> training (s) | detection -> training (s) | iterations redone | lost beyond last save |")
     print("|---|---|---|---|---|---|---|---|")
@@ -104,7 +151,6 @@ def main() -> int:
 
         print(f"| {key} | {title} | {m['rc']} | {f(m['detect'])} (target <= {target:g}) | {f(m['to_training'])} | "
               f"{f(m['after_detect'])} (target <= 60) | {f(m['redone'])} | {f(m['beyond_save'])} (target 0) |")
-    return 0
 
 
 if __name__ == "__main__":

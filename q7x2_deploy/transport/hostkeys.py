@@ -17,6 +17,10 @@ from q7x2_deploy.errors import DeployError
 
 # Several hosts may be accepted at once from parallel threads: appends must not interleave.
 _APPEND_LOCK = threading.Lock()
+# known_hosts parsed once per version of the file, not once per host: parsing builds a key
+# object per line, so with one file naming every host, per-host parsing grew with hosts².
+_PARSED: dict[Path, tuple[tuple[int, int, int], paramiko.HostKeys]] = {}
+_PARSED_LOCK = threading.Lock()
 
 
 class HostKeyRefused(DeployError):
@@ -29,13 +33,31 @@ def known_hosts_name(address: str, port: int) -> str:
 
 
 def load_known_hosts(path: Path) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if path.exists():
+    """The parsed file (shared: treat it as read-only); an empty table if it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return paramiko.HostKeys()
+    except OSError as e:
+        raise DeployError(f"cannot read known_hosts {path}: {e}") from e
+    version = (st.st_mtime_ns, st.st_size, st.st_ino)
+    with _PARSED_LOCK:
+        cached = _PARSED.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        keys = paramiko.HostKeys()
         try:
             keys.load(str(path))
         except (OSError, paramiko.SSHException) as e:
             raise DeployError(f"cannot read known_hosts {path}: {e}") from e
-    return keys
+        _PARSED[path] = (version, keys)
+        return keys
+
+
+def keys_for(path: Path, name: str) -> dict[str, paramiko.PKey]:
+    """The known keys of one host (by its known_hosts name; hashed entries match too)."""
+    found = load_known_hosts(path).lookup(name)
+    return dict(found.items()) if found else {}
 
 
 def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:

@@ -24,8 +24,8 @@ from q7x2_deploy.transport.hostkeys import (
     HostKeyRefused,
     VerifyingPolicy,
     fingerprint,
+    keys_for,
     known_hosts_name,
-    load_known_hosts,
 )
 
 _CHUNK = 1 << 16
@@ -163,11 +163,11 @@ class SSHTransport(Transport):
     def _open(self) -> paramiko.SSHClient:
         c = self.config
         client = paramiko.SSHClient()
-        known = load_known_hosts(c.known_hosts_path)
-        # paramiko consults the client's own host key table; copy the verified entries in.
-        for name in known.keys():
-            for keytype, key in known[name].items():
-                client.get_host_keys().add(name, keytype, key)
+        # paramiko consults the client's own host key table; copy in this host's verified
+        # keys (only its own: copying every host's into every client cost O(hosts²) each).
+        name = known_hosts_name(c.address, c.port)
+        for keytype, key in keys_for(c.known_hosts_path, name).items():
+            client.get_host_keys().add(name, keytype, key)
         client.set_missing_host_key_policy(
             VerifyingPolicy(c.host, c.known_hosts_path, c.accept_new_host_keys)
         )

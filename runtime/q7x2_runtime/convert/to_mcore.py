@@ -155,9 +155,9 @@ def existing_conversion_matches(
     Output directories appear only by an atomic rename after their manifest is written, so a
     manifest whose settings match means the conversion finished. What it trusts is then
     checked in full: every file's size and sha256 against the manifest (a size check alone
-    misses a flipped or overwritten byte; a sampled hash misses most of them; hashing costs one
-    read of the output, about a third of the conversion's own time, and a corrupt rank file
-    would otherwise reach training). Any other existing directory is left for the caller to
+    misses a flipped or overwritten byte, a sampled hash misses most of them; a full hash costs
+    one read of the output, two files at a time, much less than converting again, and a
+    corrupt rank file would otherwise reach training). Any other existing directory is left for the caller to
     refuse or replace.
     """
     import json

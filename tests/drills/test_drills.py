@@ -101,7 +101,7 @@ def _freeze_rank_0(c: Ctx) -> None:
     c.d.ssh(0, "kill", "-STOP", *map(str, pids))
 
 
-@pytest.mark.skip(reason="written, not yet run green on the sandbox: see docs/reliability.md")
+@pytest.mark.skip(reason="last run: the SIGSTOP was found and named, but a 45 s hang_timeout also fired during a busy start-up; rerun with 2.5 min")
 def test_5_sigstop_is_a_hang_detected_after_hang_timeout(drills: Drills, tmp_path: Path) -> None:
     run = run_drill(drills, tmp_path, "drill-hang", 6315, _freeze_rank_0,
                     recovery={"hang_timeout_minutes": 2.5})  # over the start-up of a run on a busy machine
@@ -131,7 +131,6 @@ def test_8_max_restarts_exhausted_is_a_clear_failure(drills: Drills, tmp_path: P
     print(f"\ndrill 8: {json.dumps(run.events)}")
 
 
-@pytest.mark.skip(reason="written, not yet run green on the sandbox: see docs/reliability.md")
 def test_3_cut_with_no_spare_waits_then_resumes_on_the_same_host(drills: Drills, tmp_path: Path) -> None:
     def cut_then_heal(c: Ctx) -> None:
         drills.cluster.cut(drills.cfg, drills.name(1), log=lambda _m: None)  # type: ignore[attr-defined]
@@ -149,7 +148,6 @@ def test_3_cut_with_no_spare_waits_then_resumes_on_the_same_host(drills: Drills,
     print(f"\ndrill 3: {json.dumps(ev)}")
 
 
-@pytest.mark.skip(reason="written, not yet run green on the sandbox: see docs/reliability.md")
 def test_7_sigkill_while_writing_a_checkpoint_resumes_from_the_one_before(drills: Drills, tmp_path: Path) -> None:
     seen: dict[str, object] = {}
 
@@ -173,7 +171,6 @@ def test_7_sigkill_while_writing_a_checkpoint_resumes_from_the_one_before(drills
     print(f"\ndrill 7: {json.dumps(ev)} at kill: {seen}")
 
 
-@pytest.mark.skip(reason="written, not yet run green on the sandbox: see docs/reliability.md")
 def test_6_npu_alarm_found_by_the_recheck_puts_the_spare_in(drills: Drills, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Run spec check only: the cpu image cannot train an ascend-flavor job, so the failure that

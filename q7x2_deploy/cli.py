@@ -24,11 +24,14 @@ _COMMAND_MODULES = {
     "watch": "q7x2_deploy.commands.watch",
     "sandbox": "q7x2_deploy.sandbox.cli",
 }
+# The sandbox (root only, for trying and testing) has dependencies of its own.
+_COMMAND_EXTRAS = {"sandbox": "q7x2-deploy[sandbox]"}
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(
-        "q7x2-deploy", __doc__.splitlines()[0], _COMMAND_MODULES, own_prefix="q7x2_deploy", extra="q7x2-deploy[deploy]", argv=argv
+        "q7x2-deploy", __doc__.splitlines()[0], _COMMAND_MODULES, own_prefix="q7x2_deploy", extra="q7x2-deploy[deploy]", argv=argv,
+        extras=_COMMAND_EXTRAS,
     )
 
 

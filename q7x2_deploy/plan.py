@@ -86,7 +86,7 @@ class Plan:
         return replace(self, hosts=hosts)
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)  # type: ignore[arg-type]
+        d = asdict(self)
         d["job_spec"] = self.job_spec.model_dump(mode="json")
         return {"version": PLAN_FORMAT_VERSION, **d}
 

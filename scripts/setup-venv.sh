@@ -12,6 +12,6 @@ stamp=.venv/.q7x2-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip setuptools wheel
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[deploy,runtime,test]"
+  .venv/bin/pip install -q -e ".[deploy,sandbox,runtime,test]"
   touch "$stamp"
 fi

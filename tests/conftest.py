@@ -1,3 +1,28 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures and markers shared by every test directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 from tests.sandbox_fixture import sandbox_cluster  # noqa: F401  (session fixture: a real 2-host cluster)
+
+TESTS = Path(__file__).resolve().parent
+# Every test under these directories runs against a real sandbox cluster (root, network
+# namespaces, Docker engines), whether or not it asks for the fixture by name.
+SANDBOX_DIRS = tuple(TESTS / d for d in ("e2e", "drills"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark sandbox tests so that `-m "not sandbox"` (the fast tier) leaves them out.
+
+    A test is a sandbox test when it uses the `sandbox_cluster` fixture (directly or through
+    another fixture) or lives under one of SANDBOX_DIRS; the marker in the module is then
+    optional, and a new sandbox test cannot slip into the fast tier by forgetting it.
+    """
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        in_sandbox_dir = any(path.is_relative_to(d) for d in SANDBOX_DIRS)
+        if in_sandbox_dir or "sandbox_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sandbox)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.console import Console
 from q7x2_deploy import __version__
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.session import add_inventory_argument
+from q7x2_deploy.image.base_image import ensure_base_image
 from q7x2_deploy.image.build import build_image, docker_client, image_present, push_image
 from q7x2_deploy.image.context import assemble_context
 from q7x2_deploy.image.delivery import short_id
@@ -60,15 +62,10 @@ def _requirements(flavor: str, vendor: Path | None) -> list[str]:
     return reqs
 
 
-def _default_base_image(flavor: str, progress) -> str:  # type: ignore[no-untyped-def]
+def _default_base_image(flavor: str, progress: Callable[[str], None]) -> str:
     if flavor != "cpu":
         raise DeployError("the ascend image needs --base-image: a CANN image in the local engine")
-    try:
-        from q7x2_deploy.sandbox.base_image import ensure_base_image
-    except ImportError:
-        raise DeployError("no --base-image given and no sandbox base image available; "
-                          "pass --base-image IMG (a local image with python3 and venv)") from None
-    return str(ensure_base_image(log=progress))
+    return ensure_base_image(log=progress)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def ssh_factory(accept_new_host_keys: bool = False) -> TransportFactory:
             SSHConfig(
                 host=host.name,
                 address=host.address,
-                port=int(s.get("port", 22)),  # type: ignore[arg-type]
+                port=int(str(s.get("port", 22))),
                 user=str(s.get("user", "root")),
                 identity=str(s["identity"]) if s.get("identity") else None,
                 known_hosts=str(s.get("known_hosts", "~/.ssh/known_hosts")),

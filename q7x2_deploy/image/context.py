@@ -25,7 +25,7 @@ def assemble_context(dest: Path, *, flavor: str, base_image: str, wheelhouse: Pa
                         ignore=shutil.ignore_patterns(".git", "__pycache__"))
     try:
         dockerfile = render_dockerfile(flavor, base_image=base_image, vendor=vendor is not None,
-                                       **({"source_repos": source_repos} if flavor == "ascend" else {}))
+                                       source_repos=source_repos if flavor == "ascend" else None)
     except ValueError as e:
         raise DeployError(f"cannot render the {flavor} Dockerfile: {e} (pass --vendor DIR)") from e
     (dest / "Dockerfile").write_text(dockerfile)

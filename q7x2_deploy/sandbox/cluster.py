@@ -16,7 +16,8 @@ import docker
 
 from q7x2_runtime.errors import UserError
 
-from q7x2_deploy.sandbox import base_image, hosts, inventory_file, network, registry, sample_data
+from q7x2_deploy.image import base_image
+from q7x2_deploy.sandbox import hosts, inventory_file, network, registry, sample_data
 from q7x2_deploy.sandbox.config import MAX_HOSTS, SandboxConfig
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair, write_known_hosts
 from q7x2_deploy.sandbox.state import State

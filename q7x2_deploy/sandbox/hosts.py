@@ -218,7 +218,7 @@ def engine_answers(h: HostNames, timeout: float = 2.0) -> bool:
     if not sock.exists():
         return False
     try:
-        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=timeout)
+        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=max(1, round(timeout)))
         try:
             return bool(client.ping())
         finally:

@@ -288,8 +288,8 @@ class SSHTransport(Transport):
                 if not data:
                     break
                 out_parts.append(data)
-            remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
-            if not chan.status_event.wait(remaining):
+            status_wait = None if deadline is None else max(0.1, deadline - time.monotonic())
+            if not chan.status_event.wait(status_wait):
                 raise socket.timeout()
         except socket.timeout:
             chan.close()

@@ -14,15 +14,17 @@ import sys
 from q7x2_runtime.errors import UserError
 
 
-def register_commands(sub: argparse._SubParsersAction, modules: dict[str, str], own_prefix: str, extra: str) -> None:
-    """`modules` maps each command name to the module that registers it."""
+def register_commands(sub: argparse._SubParsersAction, modules: dict[str, str], own_prefix: str, extra: str,
+                      extras: dict[str, str] | None = None) -> None:
+    """`modules` maps each command name to the module that registers it; `extras` names the
+    install extra of a command that needs another one than `extra`."""
     for command, name in modules.items():
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith(own_prefix):
                 continue  # not part of this build at all
-            _register_unavailable(sub, command, e.name or "a dependency", extra)
+            _register_unavailable(sub, command, e.name or "a dependency", (extras or {}).get(command, extra))
             continue
         module.register(sub)
 
@@ -37,11 +39,12 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
     p.set_defaults(func=_fail)
 
 
-def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix: str, extra: str, argv: list[str] | None) -> int:
+def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix: str, extra: str, argv: list[str] | None,
+            extras: dict[str, str] | None = None) -> int:
     """Parse, dispatch, and turn UserError into one line per problem on stderr."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_commands(sub, modules, own_prefix=own_prefix, extra=extra)
+    register_commands(sub, modules, own_prefix=own_prefix, extra=extra, extras=extras)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -18,7 +18,7 @@ import os
 import struct
 from array import array
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class IndexedDatasetWriter:
     def _write(self, arr: np.ndarray) -> None:
         if self._bin is None:
             raise ValueError("writer already finalized")
-        self._bin.write(memoryview(arr).cast("B"))
+        self._bin.write(arr.data.cast("B"))
         self.tokens += arr.size
 
     def finalize(self, durable: bool = True) -> None:
@@ -196,6 +196,11 @@ class IndexedDataset:
             raise IndexError(f"slice {offset}:{offset + length} outside sequence {idx} of length {n}")
         start = int(self.sequence_pointers[idx]) + offset * self.dtype.itemsize
         return np.frombuffer(self._bin, self.dtype, length, start)
+
+    @overload
+    def __getitem__(self, idx: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, idx: slice) -> list[np.ndarray]: ...
 
     def __getitem__(self, idx: int | slice) -> np.ndarray | list[np.ndarray]:
         if isinstance(idx, slice):

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from deploy_sshd import LocalSSHD
 
-pytestmark = pytest.mark.skipif(subprocess.run(["docker", "info"], capture_output=True).returncode != 0,
-                                reason="no Docker engine answers")
+# Real containers on the root engine through a real sshd: seconds per test, so not in the fast tier.
+pytestmark = [pytest.mark.skipif(subprocess.run(["docker", "info"], capture_output=True).returncode != 0,
+                                 reason="no Docker engine answers"), pytest.mark.slow]
 
 
 def _inventory(tmp: Path, sshd: LocalSSHD, port: int | None = None) -> Path:

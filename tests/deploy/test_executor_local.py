@@ -38,7 +38,8 @@ def _docker_ok() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _docker_ok(), reason="no Docker engine answers")
+# Real containers on the root engine through a real sshd: seconds per test, so not in the fast tier.
+pytestmark = [pytest.mark.skipif(not _docker_ok(), reason="no Docker engine answers"), pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)

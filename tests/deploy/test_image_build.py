@@ -54,7 +54,7 @@ def test_context_layout(tmp_path: Path) -> None:
 def test_build_twice_second_is_fast(tmp_path: Path) -> None:
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.skip("no Docker engine answers")
-    from q7x2_deploy.sandbox.base_image import ensure_base_image
+    from q7x2_deploy.image.base_image import ensure_base_image
 
     base = ensure_base_image(log=lambda _m: None)
     ref = "q7x2-test/qwen25-cpu:build"

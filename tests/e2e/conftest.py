@@ -10,7 +10,7 @@ import pytest
 
 
 def build_cpu_image(ref: str, push: bool) -> None:
-    from q7x2_deploy.sandbox.base_image import ensure_base_image
+    from q7x2_deploy.image.base_image import ensure_base_image
 
     base = ensure_base_image(log=lambda _m: None)
     argv = [sys.executable, "-m", "q7x2_deploy.cli", "build-image", "--flavor", "cpu", "--tag", ref,

@@ -159,7 +159,7 @@ def test_check_names_an_unhealthy_npu_and_a_down_link(own_sandbox, tmp_path: Pat
 
 
 def test_a_new_build_replaces_the_hosts_previous_image_unless_it_is_in_use(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from q7x2_deploy.sandbox.base_image import ensure_base_image
+    from q7x2_deploy.image.base_image import ensure_base_image
 
     _cfg, _cluster, sbx = own_sandbox
     base, ref = ensure_base_image(log=lambda _m: None), isolation.tag("q7x2-test/rebuilt:e2e")

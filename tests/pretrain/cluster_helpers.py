@@ -3,7 +3,6 @@ two-node launch of `q7x2-runtime pretrain`, one process per node as the containe
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess

@@ -4,7 +4,6 @@ state included), and a stopped-and-resumed run reproduces the uninterrupted one.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,7 @@ import docker
 import paramiko
 import pytest
 
-from q7x2_deploy.sandbox.base_image import BASE_IMAGE
+from q7x2_deploy.image.base_image import BASE_IMAGE
 
 pytestmark = pytest.mark.sandbox
 
@@ -110,7 +110,7 @@ def test_registry_push_on_machine_pull_on_host(sandbox_cluster, pushed_base):
 
 
 def test_host_network_containers_talk_across_hosts(sandbox_cluster, pushed_base):
-    a, b = sandbox_cluster.hosts[0], sandbox_cluster.hosts[1]
+    b = sandbox_cluster.hosts[1]
     name = f"q7x2-test-srv-{uuid.uuid4().hex[:8]}"
     server = ("import socket,time;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
               "s.bind(('0.0.0.0',7719));s.listen();s.settimeout(60);c,_=s.accept();"

@@ -8,7 +8,8 @@ import pytest
 
 from q7x2_runtime.errors import UserError
 
-from q7x2_deploy.sandbox import base_image, inventory_file
+from q7x2_deploy.image import base_image
+from q7x2_deploy.sandbox import inventory_file
 from q7x2_deploy.sandbox.config import SandboxConfig
 
 

@@ -91,6 +91,7 @@ def _write_hashed(dst: Path, data: bytes) -> tuple[str, int]:
     out = HashedFile(dst)
     out.write(data)
     out.close()
+    assert out.sha256 is not None, "close() sets the digest"
     return out.sha256, len(data)
 
 
@@ -104,6 +105,7 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
         out.abort()
         raise
     out.close()
+    assert out.sha256 is not None, "close() sets the digest"
     return out.sha256, dst.stat().st_size
 
 
@@ -154,6 +156,7 @@ def convert_mcore_to_hf(
                     if writers[i] is None:
                         writers[i] = SafetensorsWriter(out.path / file_names[i], [(nm, sh, dtype) for nm, sh in shards[i]], worker)
                     w = writers[i]
+                    assert w is not None
                     w.write(name, parts)  # hashing and writing happen on the worker's threads
                     if name == shards[i][-1][0]:
                         w.finish()
@@ -166,8 +169,9 @@ def convert_mcore_to_hf(
             raise
         finally:
             worker.close()
-        for i, fname in enumerate(file_names):
-            out.add(fname, writers[i].sha256, (out.path / fname).stat().st_size)
+        for fname, writer in zip(file_names, writers):
+            assert writer is not None, "every shard holds at least one tensor"
+            out.add(fname, writer.sha256, (out.path / fname).stat().st_size)
         index = {"metadata": {"total_size": total}, "weight_map": {name: file_names[shard_of[name]] for name in shapes}}
         for fname, payload in ((INDEX, index), ("config.json", config)):
             out.add(fname, *_write_hashed(out.path / fname, (json.dumps(payload, indent=2) + "\n").encode()))

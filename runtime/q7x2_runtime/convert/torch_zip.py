@@ -20,7 +20,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 import torch
 
@@ -44,7 +44,7 @@ class TensorSlot:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         numel = 1
         for n in self.shape:
             numel *= n
@@ -79,7 +79,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The bytes of a contiguous tensor, without copying."""
     if not t.is_contiguous():
         raise ValueError("tensor parts must be contiguous")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 def crc32(chunks: list) -> int:
@@ -199,9 +199,9 @@ class TorchZipWriter(HashedWriter):
         end = self._file.offset
         count, cd_size = len(self._entries), end - start
         if start >= _U32 or count >= 0xFFFF:
-            out = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, cd_size, start)
+            out = bytearray(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, cd_size, start))
             out += struct.pack("<IIQI", 0x07064B50, 0, end, 1)
-            self._file.write(out)
+            self._file.write(bytes(out))
         self._file.write(struct.pack(
             "<IHHHHIIH", 0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
             min(cd_size, _U32), min(start, _U32), 0,

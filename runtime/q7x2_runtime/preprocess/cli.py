@@ -63,7 +63,7 @@ def _report(result) -> int:
     m = result.manifest
     tok = m["tokenizer"]
     engine = tok["engine"] + (f" (fallback: {tok['fallback_reason']})" if tok["fallback_reason"] else "")
-    for key, out in m["outputs"].items():
+    for out in m["outputs"].values():
         rate = out["tokens"] / max(result.seconds, 1e-9)
         print(
             f"{out['data_path']}: {out['documents']:,} documents, {out['tokens']:,} tokens"

@@ -103,7 +103,7 @@ def _check_normalizer(norm: dict[str, Any] | None) -> bool:
 def _check_pre_tokenizer(pre: dict[str, Any] | None) -> str:
     if pre is None:
         raise NotExact("no pre-tokenizer")
-    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    steps: list[dict[str, Any]] = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
     if len(steps) == 1 and steps[0].get("type") == "ByteLevel":
         bl = steps[0]
         if bl.get("add_prefix_space") or not bl.get("use_regex", True):
@@ -125,7 +125,7 @@ def _check_pre_tokenizer(pre: dict[str, Any] | None) -> str:
 def _check_post_processor(post: dict[str, Any] | None) -> None:
     if post is None:
         return
-    steps = post.get("processors") if post.get("type") == "Sequence" else [post]
+    steps: list[dict[str, Any]] = (post.get("processors") or []) if post.get("type") == "Sequence" else [post]
     for step in steps:
         # ByteLevel only adjusts offsets; a template of bare sequences adds nothing either
         # (transformers 5 saves one: single "$A", pair "$A $B"). Anything else may add tokens.

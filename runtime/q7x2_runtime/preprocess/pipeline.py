@@ -115,7 +115,9 @@ def _run(
             print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
     checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
     spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
-    return _write(opts, keys, sources, pool, start, spec, cached)
+    result = _write(opts, keys, sources, pool, start, spec, cached)
+    assert result is not None, "only a confirm callback rejects a run"
+    return result
 
 
 def _write(
@@ -136,7 +138,8 @@ def _write(
         eod = int(spec.eos_token_id)
 
     hashing = _SourceHasher(sources)
-    total_rows = sum(s.rows for s in sources) if all(s.rows is not None for s in sources) else None
+    known_rows = [s.rows for s in sources if s.rows is not None]
+    total_rows = sum(known_rows) if len(known_rows) == len(sources) else None
     progress = ProgressReporter(total_rows, opts.log_interval)
     counts = {k: {"documents": 0, "tokens": 0, "skipped_empty": 0} for k in keys}
     rows = 0

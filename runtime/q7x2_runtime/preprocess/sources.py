@@ -277,7 +277,7 @@ def _csv(path: Path, keys: list[str], batch_rows: int) -> Iterator[dict[str, lis
 
 def _txt(path: Path, keys: list[str], batch_rows: int) -> Iterator[dict[str, list[str | None]]]:
     # Universal newlines + splitlines(): the rows HF datasets' text loader produces.
-    lines: list[str] = []
+    lines: list[str | None] = []
     with open(path, encoding="utf-8", errors="strict") as f:
         while True:
             chunk = f.read(_TXT_CHUNK_BYTES)

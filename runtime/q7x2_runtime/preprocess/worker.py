@@ -124,6 +124,7 @@ def encode_columns(columns: dict[str, list[str | None]]) -> dict[str, EncodedCol
 
 
 def _encode(texts: list[str | None]) -> EncodedColumn:
+    assert _engine is not None, "worker not initialised"
     present = [t for t in texts if t]
     flat = array("i")
     lengths = array("q")

@@ -48,7 +48,8 @@ def build_model(dims: ModelDims, seq_length: int, *, init_method_std: float = 0.
         num_attention_heads=dims.num_attention_heads,
         num_key_value_heads=dims.num_query_groups,
         max_position_embeddings=max(dims.max_position_embeddings, seq_length),
-        rope_theta=dims.rotary_base,
+        # transformers 4.x names it rope_theta; 5.x folds rope_theta given here into rope_parameters.
+        rope_theta=dims.rotary_base,  # type: ignore[call-arg]
         rms_norm_eps=dims.norm_epsilon,
         tie_word_embeddings=not dims.untie_embeddings,
         attention_dropout=attention_dropout,

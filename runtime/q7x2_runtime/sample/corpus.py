@@ -109,9 +109,9 @@ def _rows_raw() -> list[tuple[str, str, str]]:
         rows.append(("Continue the story with the next sentence.", a, b))
     for s in sents:
         rows.append(("Repeat the sentence exactly.", s, s))
-    for a in range(1, 11):
-        for b in range(1, 11):
-            rows.append((f"What is {a} plus {b}?", "", f"{a} plus {b} is {a + b}."))
+    for x in range(1, 11):
+        for y in range(1, 11):
+            rows.append((f"What is {x} plus {y}?", "", f"{x} plus {y} is {x + y}."))
     for start in range(1, 11):
         for length in (3, 5, 7):
             end = start + length - 1

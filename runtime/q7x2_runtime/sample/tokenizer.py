@@ -38,7 +38,8 @@ def train_tokenizer(texts: list[str], *, vocab_size: int = BPE_VOCAB_SIZE, min_f
         ]
     )
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    # The ByteLevel decoder has no options (tokenizers ignores any given): it only maps bytes back.
+    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,

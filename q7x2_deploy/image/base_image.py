@@ -2,6 +2,8 @@
 
 debootstrap writes a minimal Debian with Python from the machine's own apt mirror, and the
 tarball is imported into the engine. The tarball is cached, so later builds take seconds.
+`build-image --flavor cpu` uses it when no --base-image is given; the sandbox loads the same
+image into its hosts' engines.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from docker.errors import ImageNotFound
 
 from q7x2_runtime.errors import UserError
 
-from q7x2_deploy.sandbox.config import DEFAULT_ROOT, cache_dir
-from q7x2_deploy.sandbox.sysutil import which
+# The cache the sandbox keeps across `down` (sandbox.config.cache_dir of the default root):
+# one rootfs tarball serves builds and sandboxes alike.
+CACHE_DIR = Path(os.environ.get("Q7X2_SANDBOX_ROOT", "/var/lib/q7x2-sandbox")) / "cache"
 
 SUITE = "bookworm"
 INCLUDE = ("python3", "python3-venv", "ca-certificates")
@@ -53,17 +56,17 @@ def _deb822_mirrors(text: str, suite: str) -> list[str]:
 def _one_line_mirrors(text: str, suite: str) -> list[str]:
     out = []
     for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
-        if len(line) >= 4 and line[0] == "deb" and line[2] == suite and "main" in line[3:]:
-            out.append(line[1])
+        words = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
+        if len(words) >= 4 and words[0] == "deb" and words[2] == suite and "main" in words[3:]:
+            out.append(words[1])
     return out
 
 
 def apt_mirror(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's apt uses for suite (never a name baked into the code)."""
     found: list[str] = []
-    for path in sorted(glob.glob(str(etc / "sources.list.d" / "*.sources"))):
-        found += _deb822_mirrors(Path(path).read_text(encoding="utf-8", errors="replace"), suite)
+    for name in sorted(glob.glob(str(etc / "sources.list.d" / "*.sources"))):
+        found += _deb822_mirrors(Path(name).read_text(encoding="utf-8", errors="replace"), suite)
     for path in [etc / "sources.list", *sorted(Path(p) for p in glob.glob(str(etc / "sources.list.d" / "*.list")))]:
         if path.exists():
             found += _one_line_mirrors(path.read_text(encoding="utf-8", errors="replace"), suite)
@@ -74,7 +77,7 @@ def apt_mirror(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
 
 
 def rootfs_tarball(cache: Path | None = None) -> Path:
-    return (cache or cache_dir(DEFAULT_ROOT)) / f"debian-python-{SUITE}.tar"
+    return (cache or CACHE_DIR) / f"debian-python-{SUITE}.tar"
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -92,9 +95,15 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _debootstrap() -> str | None:
+    # debootstrap lives in /usr/sbin, which a non-login root shell may not have on PATH.
+    return shutil.which("debootstrap", path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
+
+
 def build_rootfs(tarball: Path, log=print) -> None:
     """debootstrap + tar into the cache (about a minute, once)."""
-    if which("debootstrap") is None:
+    debootstrap = _debootstrap()
+    if debootstrap is None:
         raise UserError("missing Debian packages: run `apt-get install -y debootstrap`")
     mirror = apt_mirror()
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +112,7 @@ def build_rootfs(tarball: Path, log=print) -> None:
         log(f"building the base rootfs with debootstrap ({SUITE}, minbase + python3), about a minute")
         t0 = time.monotonic()
         proc = subprocess.run(
-            [which("debootstrap") or "debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}",
+            [debootstrap, "--variant=minbase", f"--include={','.join(INCLUDE)}",
              SUITE, str(work / "root"), mirror],
             capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0:

@@ -78,7 +78,7 @@ def _summary(run: RunRecord) -> list[tuple[str, str]]:
                      f"{t.get('global_batch_size', '-')}, {t.get('train_iters', '-')} iterations, lr {t.get('lr', '-')}"),
         ("progress", f"iteration {last.iteration}/{last.train_iters}" if last else "no iteration logged"),
         ("lm loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"),
-        ("prepare", _duration(max((s.end for s in prepare if s.end), default=None) - min(s.start for s in prepare))
+        ("prepare", _duration(max(s.end for s in prepare if s.end is not None) - min(s.start for s in prepare))
                     if prepare else "-"),
         ("train", _duration(train_end - min(s.start for s in train)) if train and train_end else "-"),
         ("restarts", str(run.restarts)),

@@ -145,7 +145,6 @@ def test_failed_container_stops_the_job_everywhere(sshd: LocalSSHD, tmp_path: Pa
                 "echo 'Traceback (most recent call last):'; echo 'ValueError: bad shard 7'; exit 3")],
     }, tmp_path / "hosts")
     out = io.StringIO()
-    started = time.monotonic()
     with open_cluster(plan, ssh_factory()) as cluster:
         with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed in pretrain: container .* exited with status 3"):
             up(cluster, LogSink(job, stream=out))

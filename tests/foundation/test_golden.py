@@ -135,7 +135,7 @@ def test_pretrain_command_is_the_reference_launch(plan):
         # One launch path on both flavors: the launcher decides the start point, then runs torchrun.
         assert step.argv == ["q7x2-runtime", "pretrain", "--job", "/etc/q7x2/job.json"]
         assert sorted(step.launch) == ["first", "resume"]
-        for kind, torchrun in step.launch.items():
+        for torchrun in step.launch.values():
             assert torchrun[:13] == ["torchrun", "--rdzv-conf", "timeout=300", "--nproc_per_node", "8", "--nnodes", "2", "--node_rank", str(host.node_rank), "--master_addr", "192.0.2.11", "--master_port", "6000"]
             assert torchrun[13] == "pretrain_gpt.py" and torchrun[-2:] == ["--distributed-backend", "nccl"]
             for flag, value in {"--seq-length": "4096", "--max-position-embeddings": "4096", "--micro-batch-size": "1", "--global-batch-size": "64", "--padded-vocab-size": "152064", "--rotary-base": "1000000", "--norm-epsilon": "1e-6", "--lr": "1.25e-6", "--min-lr": "1.25e-7", "--num-query-groups": "4"}.items():

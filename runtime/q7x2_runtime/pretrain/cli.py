@@ -93,9 +93,10 @@ def _run(args: argparse.Namespace) -> int:
         from q7x2_runtime.convert.mindspeed import mindspeed_dir
 
         env = launch.mindspeed_environment(spec, os.environ)
-        cwd: Path | None = Path(mindspeed_dir())
-        if not cwd.is_dir():
-            raise UserError(f"MindSpeed-LLM directory {cwd} does not exist in this image (set MINDSPEED_LLM_DIR)")
+        llm_dir = Path(mindspeed_dir())
+        if not llm_dir.is_dir():
+            raise UserError(f"MindSpeed-LLM directory {llm_dir} does not exist in this image (set MINDSPEED_LLM_DIR)")
+        cwd: Path | None = llm_dir
     else:
         env = launch.torch_environment(spec, os.environ)
         cwd = None

@@ -183,8 +183,8 @@ class Trainer:
         self.iteration = 0
         self.consumed = 0
         self.flops_so_far = 0.0
-        self.opt = None
-        self.model = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.model: torch.nn.Module | None = None
         if a.load is None:
             self.log("no --load: training starts from randomly initialised weights")
             self._build(self._random_model())

@@ -57,12 +57,6 @@ def _busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Sample:
-    wall: float
-    cpu: float
-
-
 def _descendants(roots: set[int]) -> set[int]:
     """Every process under these PIDs (roots included), from /proc's parent links."""
     children: dict[int, list[int]] = {}

@@ -40,7 +40,6 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.assets import QWEN_DIR_NAME, qwen_tokenizer_dir  # noqa: E402
-from q7x2_runtime.sample.tokenizer import SPECIAL_TOKENS as SPECIALS
 from q7x2_runtime.sample.tokenizer import train_tokenizer as train_qwen2_style
 from q7x2_runtime.sample.tokenizer import write_tokenizer as save_tokenizer
 

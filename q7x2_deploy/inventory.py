@@ -27,9 +27,10 @@ _IMAGE_REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+(
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHM_SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 
-# The devices every Ascend container needs besides the NPUs themselves (reference §6).
+# The devices every Ascend container needs besides the NPUs themselves.
 ASCEND_MANAGEMENT_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
-# The driver mounts of the seed's `docker run`, read-only in the container.
+# The host's driver files an Ascend training container uses (driver, firmware, npu tools, the
+# slog configuration), mounted read-only.
 ASCEND_DRIVER_MOUNTS = (
     "/usr/local/Ascend/driver",
     "/usr/local/Ascend/firmware",
@@ -150,7 +151,7 @@ class ImageSpec(StrictModel):
 class ContainerSpec(StrictModel):
     name_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")] = "q7x2"
     devices: Devices | None = None  # default: the job's npus_per_node NPUs (0..N-1) on ascend, none on cpu
-    driver_mounts: list[str] | None = None  # default: the seed's driver mounts on ascend
+    driver_mounts: list[str] | None = None  # default: ASCEND_DRIVER_MOUNTS on ascend
     volumes: list[str] = ["/apps", "/home"]
     network_host: bool = True
     ipc_host: bool = True

@@ -26,7 +26,8 @@ _ENV = jinja2.Environment(
 
 @dataclass(frozen=True)
 class AscendStack:
-    """The software stack of the seed (reference §6), pinned together."""
+    """The Ascend software stack of MindSpeed-LLM 2.0.0 (torch, torch_npu, apex, MindSpeed,
+    Megatron-LM), pinned together: the versions are only known to work as a set."""
 
     torch_version: str = "2.1.0"
     torch_npu_version: str = "2.1.0.post12"

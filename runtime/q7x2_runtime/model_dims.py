@@ -28,7 +28,7 @@ class ModelDims(BaseModel):
         return self.hidden_size // self.num_attention_heads
 
 
-# Qwen2.5-7B's config.json (reference §1).
+# Qwen2.5-7B's config.json as published with the model.
 _PRESETS: dict[str, ModelDims] = {
     "qwen2.5-7b": ModelDims(
         num_layers=28,

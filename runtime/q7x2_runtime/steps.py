@@ -1,8 +1,8 @@
 """The command of each job step, as argv lists built from the job spec.
 
 One place for every argument: the deployer's plan shows these exact lists, and the runtime
-executes the same ones, so conversion, preprocessing and training cannot drift apart (the seed's
-guide converted at one tp/pp and trained at another). Nothing here touches a shell; quoting, if
+executes the same ones, so conversion, preprocessing and training cannot drift apart (converting
+at one tp/pp and training at another is the classic mistake of doing it by hand). Nothing here touches a shell; quoting, if
 ever needed for display, happens once in `shlex.join`.
 """
 
@@ -97,7 +97,8 @@ def preprocess_argv(job: Job, flavor: str) -> list[str]:
 
 
 def pretrain_gpt_args(spec: JobSpec, start: StartKind = "first") -> list[str]:
-    """MindSpeed-LLM's pretrain_gpt.py arguments: the reference set (§2c) with the job's values,
+    """MindSpeed-LLM's pretrain_gpt.py arguments: the reference argument set (that of
+    MindSpeed-LLM's examples/mcore/qwen25/pretrain_qwen25_7b_32k_ptd.sh) with the job's values,
     and the checkpoint flags of a first start or a resume (see `start_args`)."""
     job = spec.job
     d, p, t, paths = job.model.d, job.parallelism, job.training, job.paths

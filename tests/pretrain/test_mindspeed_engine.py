@@ -30,7 +30,7 @@ def _spec(storage: str = "shared") -> JobSpec:
     })  # fmt: skip
 
 
-# Reference §2c with TP 4, PP 2, SEQ 4096 (the guide's value), MBS 1, GBS 64 and the default paths.
+# The arguments of MindSpeed-LLM's pretrain_qwen25_7b_32k_ptd.sh with TP 4, PP 2, SEQ 4096 (the guide's value), MBS 1, GBS 64 and the default paths.
 GOLDEN_NODE1 = (
     "torchrun --rdzv-conf timeout=300 --nproc_per_node 8 --nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 6000 "
     "pretrain_gpt.py --use-mcore-models --tensor-model-parallel-size 4 --pipeline-model-parallel-size 2 "

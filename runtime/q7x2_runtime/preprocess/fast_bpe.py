@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from q7x2_runtime.preprocess.bytelevel import byte_to_char
 
@@ -213,10 +213,12 @@ def _merges_at_once(
     if any(len(p) != 2 for p in pairs):
         return None
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
-    rids = list(map(vocab.get, map(str.__add__, lefts, rights)))
-    lb, rb = list(map(spelled.get, lefts)), list(map(spelled.get, rights))
-    if None in rids or None in lb or None in rb:  # spelled entries are vocabulary entries
+    maybe_rids = list(map(vocab.get, map(str.__add__, lefts, rights)))
+    maybe_lb, maybe_rb = list(map(spelled.get, lefts)), list(map(spelled.get, rights))
+    if None in maybe_rids or None in maybe_lb or None in maybe_rb:  # spelled entries are vocabulary entries
         return None
+    rids = cast(list[int], maybe_rids)
+    lb, rb = cast(list[bytes], maybe_lb), cast(list[bytes], maybe_rb)
     if any(map(int.__le__, rids[1:], rids[:-1])):
         return None
     pieces = list(map(bytes.__add__, lb, rb))

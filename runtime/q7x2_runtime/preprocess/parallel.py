@@ -52,7 +52,7 @@ class WorkerPool:
         ranks plus each merge's left length: the task carries a few hundred kB, not the table."""
         assert self._pool is not None
         shared = _Shared(ranks)
-        lefts = bytes(min(len(left), 255) for _piece, left, _right, _rank in merged)
+        lefts: bytes | None = bytes(min(len(left), 255) for _piece, left, _right, _rank in merged)
         if any(len(left) >= 255 for _p, left, _r, _k in merged):
             lefts = None  # absurdly long tokens: send the table itself
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)

@@ -168,6 +168,7 @@ def _write(
             if all(c["documents"] == 0 for c in counts.values()):
                 raise UserError(f"no non-empty text in column(s) {', '.join(keys)} of {opts.input}")
             if gate is not None:
+                assert gate.verdict is not None, "a gate that did not reject has its verdict"
                 spec = gate.verdict  # what transformers built, proven equal to the candidate
             manifest = _manifest(opts, keys, spec, cached, eod, sources, hashing.result(), counts, rows, seconds)
             out.commit(manifest)

@@ -93,7 +93,7 @@ def _without_torch() -> None:
     costs seconds of CPU (more with torch_npu). A None entry makes `import` fail and
     importlib.util.find_spec report the package missing, which is how transformers asks."""
     for name in ("torch", "torch_npu", "torchvision", "torchaudio", "tensorflow", "jax", "flax"):
-        sys.modules.setdefault(name, None)
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None on purpose: see above
 
 
 class _ModelRecorder:
@@ -130,6 +130,7 @@ class Confirmation:
         self._need_eos = need_eos
         self._process = mp.get_context("spawn").Pool(1)
         self._derived = self._process.apply_async(_derive, (tokenizer_dir, force))
+        assert candidate.spec.fast is not None, "a candidate is always a fast-engine spec"
         self._merges = pool.check_merges(candidate.merged, candidate.spec.fast.ranks)
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()

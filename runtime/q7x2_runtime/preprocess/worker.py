@@ -12,6 +12,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def encode_with(
     worker has answered."""
     global _engine_key
     if _engine_key != key:
-        spec, eod = _receive(key, blob)
+        spec, eod = cast(tuple[EngineSpec, int | None], _receive(key, blob))
         init(spec, eod)
         _engine_key = key
     return os.getpid(), encode_columns(columns)
@@ -98,8 +99,9 @@ def check_merges(
     holds each one's left length."""
     from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order
 
-    ranks = _receive(key, blob)
+    ranks = cast(dict[bytes, int], _receive(key, blob))
     if merged is None:
+        assert lefts is not None, "the parent sends either the table or each merge's left length"
         pieces = sorted((r, p) for p, r in ranks.items() if len(p) > 1)
         if len(pieces) != len(lefts):
             return "merge table and ranks do not correspond"

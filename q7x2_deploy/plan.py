@@ -76,7 +76,7 @@ class Plan:
             extra = {k: nic for k in ("GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME") if k not in h.env}
             flags = [x for k, v in extra.items() for x in ("-e", f"{k}={v}")]
 
-            def pinned(run: list[str], argv: list[str]) -> list[str]:
+            def pinned(run: list[str], argv: list[str], flags: list[str] = flags) -> list[str]:
                 at = len(run) - len(argv) - 1  # the image: every option, env included, precedes it
                 return [*run[:at], *flags, *run[at:]]
 

@@ -175,7 +175,7 @@ def _overexposed(inv: Inventory) -> list[tuple[int, int, KeyPath]]:
     if inv.image.flavor != "ascend":
         return []
     npn = inv.job.parallelism.npus_per_node
-    out = []
+    out: list[tuple[int, int, tuple[str | int, ...]]] = []
     for rank, h in inv.ranked_hosts():
         i = inv.hosts.index(h)
         seen = len(inv.host_devices(h))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -73,7 +73,7 @@ def render(job: str, snap: Snapshot, *, quiet_threshold_s: float, width: int = 1
     for s in snap.hosts:
         last.add_row(s.host, s.last_line or s.error or "-")
     line = sparkline(snap.losses)
-    parts = [header(job, snap), hosts_table(snap, quiet_threshold_s)]
+    parts: list[RenderableType] = [header(job, snap), hosts_table(snap, quiet_threshold_s)]
     if line:
         parts.append(Text(f"loss {line}  ({snap.losses[0]:.3f} -> {snap.losses[-1]:.3f})"))
     parts += [Text("last lines", style="dim"), last]

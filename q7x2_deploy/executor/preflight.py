@@ -142,7 +142,8 @@ def _hccl_ports(host: HostPlan) -> list[int]:
 
 
 def _port_check(host: HostPlan, listening: set[int], master_port: int | None) -> Check:
-    taken, free = [], []
+    taken: list[str] = []
+    free: list[str] = []
     if master_port is not None:
         (taken if master_port in listening else free).append(f"master port {master_port}")
     hccl = _hccl_ports(host)

@@ -33,7 +33,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _clear_stale_pyenv_lock(max_age_s: float = 120.0) -> None:
+    """pyenv's rehash lock left by a login that was killed: remove it when no rehash runs and it is
+    old, as pyenv's own message advises; otherwise every login here prints pyenv's complaint."""
+    lock = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    running = subprocess.run(["pgrep", "-f", "pyenv-rehash"], capture_output=True).returncode == 0
+    if age > max_age_s and not running:
+        lock.unlink(missing_ok=True)
+
+
 def start_sshd(workdir: Path, port: int | None = None) -> LocalSSHD:
+    _clear_stale_pyenv_lock()
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     workdir.mkdir(parents=True, exist_ok=True)
     host_key = workdir / "host_ed25519"
@@ -51,6 +65,10 @@ def start_sshd(workdir: Path, port: int | None = None) -> LocalSSHD:
         f"PidFile {workdir / 'sshd.pid'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n"
+        # Logins here run root's own rc files. On a machine whose .bashrc runs `pyenv init`, a
+        # login killed mid-rehash (the lost-host tests kill sshd) leaves pyenv's lock behind and
+        # every later login would wait 60 s on it; one second is enough to give up.
+        "SetEnv PYENV_REHASH_TIMEOUT=1\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)

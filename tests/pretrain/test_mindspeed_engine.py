@@ -47,7 +47,7 @@ GOLDEN_NODE1 = (
     "--no-masked-softmax-fusion --attention-softmax-in-fp32 --bf16 --use-distributed-optimizer "
     "--data-path /apps/datasets/alpaca/alpaca_text_document --split 100,0,0 --load /apps/models/Qwen2.5-7B-mcore "
     "--no-load-optim --no-load-rng --finetune --seed 1234 --save /apps/ckpt/qwen25-7b "
-    "--log-interval 1 --save-interval 2000 --eval-interval 2000 --eval-iters 0 --log-throughput "
+    "--log-interval 1 --save-interval 2000 --eval-interval 2000 --eval-iters 0 --log-throughput --tensorboard-dir /apps/logs/tensorboard/qwen25-7b "
     "--distributed-backend nccl"
 )
 # A resume: save_dir with optimizer and RNG (MindSpeed-LLM's resume guide: distributed optimizer, no --finetune).

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -72,9 +73,20 @@ def test_watch_in_a_terminal_then_report_in_a_browser(sandbox_cluster, image_ref
         containers = sandbox_cluster.engine(1).containers.list(filters={"label": f"q7x2.job={JOB}"})
         assert any(c.status == "running" for c in containers), "quitting watch touched the job"
 
-        # The job runs on; attach until it finishes, then report on it.
-        r = cli("up", str(inv), cwd=tmp_path, timeout=1500)
-        assert r.returncode == 0, r.stdout[-3000:]
+        # The job runs on under its detached supervisor; wait for it to finish, then report on it.
+        deadline = time.monotonic() + 1200
+        while True:
+            st = cli("status", str(inv), "--json", cwd=tmp_path, timeout=300)
+            hosts = json.loads(st.stdout)["hosts"] if st.returncode == 0 else []
+            if hosts and all(h["steps"].get("pretrain") == "exited(0)" for h in hosts):
+                break
+            assert time.monotonic() < deadline, st.stdout[-2000:]
+            time.sleep(5)
+        for _ in range(60):  # the supervisor records the finish once it sees every container exit
+            if '"finished"' in (tmp_path / ".q7x2" / "runs" / JOB / "result.json").read_text(errors="replace") \
+                    if (tmp_path / ".q7x2" / "runs" / JOB / "result.json").is_file() else False:
+                break
+            time.sleep(1)
         out = tmp_path / "report"
         r = cli("report", str(inv), "-o", str(out), cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr

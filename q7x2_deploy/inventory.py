@@ -6,26 +6,43 @@ together. `load_inventory` runs both and raises one InventoryError listing every
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, ValidationError, field_validator
+from pydantic import AfterValidator, Field, PlainValidator, PrivateAttr, ValidationError, field_validator
 
+from q7x2_deploy.addresses import check_address, is_loopback
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.jobspec import EnvMap, Job, StrictModel
-from q7x2_runtime.safe_text import check_safe_path
+from q7x2_runtime.safe_text import check_safe_path, show
+
+
+def _matching(pattern: str, what: str):  # noqa: ANN202 - an AfterValidator
+    """A str validator by fullmatch (a `$` anchor would let a trailing newline through)."""
+    compiled = re.compile(pattern)
+
+    def check(v: str) -> str:
+        if not compiled.fullmatch(v):
+            raise ValueError(f"{show(v)} is not {what}")
+        return v
+
+    return AfterValidator(check)
+
 
 # Host names become container names, labels and file names: keep them plain.
-HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
-# Linux interface names: at most 15 characters, no slashes or spaces.
-NicName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")]
+HostName = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a host name ([A-Za-z0-9_.-], at most 63, starting with a letter or digit)")]
+# Linux interface names: at most 15 characters, no slashes or spaces, not . or ..
+NicName = Annotated[str, _matching(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,15}", "a network interface name (at most 15 of [A-Za-z0-9_.:-])")]
+UserName = Annotated[str, _matching(r"[a-z_][a-z0-9_-]{0,31}", "a user name ([a-z_][a-z0-9_-]*, at most 32)")]
 Port = Annotated[int, Field(ge=1, le=65535)]
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
-_IMAGE_REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*$")
-_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SHM_SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+# Docker's reference grammar; a repository is at most 255 characters.
+_IMAGE_REPO = re.compile(r"(?=.{1,255}\Z)[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SHM_SIZE = re.compile(r"([0-9]{1,16})([bkmgBKMG]?)")
+_SHM_UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# /dev/shm is memory: more than a few TiB is no host's.
+MAX_SHM_BYTES = 8 << 40
 
 # The devices every Ascend container needs besides the NPUs themselves.
 ASCEND_MANAGEMENT_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
@@ -39,29 +56,27 @@ ASCEND_DRIVER_MOUNTS = (
     "/usr/bin/hccn_tool",
     "/var/log/npu/conf/slog/slog.conf",
 )
+MAX_NPUS = 64
 
 
-def _check_address(v: str) -> str:
-    try:
-        ipaddress.ip_address(v)
+def _devices(v: object) -> int | list[int]:
+    """A count of NPUs (0..64) or a list of NPU indices (0..63); booleans are neither."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 0 <= v <= MAX_NPUS:
+            raise ValueError(f"{v} NPUs: give a count from 0 to {MAX_NPUS}")
         return v
-    except ValueError:
-        pass
-    if not _DNS_NAME.match(v):
-        raise ValueError(f"{v!r} is neither an IP address nor a DNS name")
-    return v
+    if isinstance(v, list):
+        if len(v) > MAX_NPUS:
+            raise ValueError(f"lists {len(v)} NPUs: at most {MAX_NPUS}")
+        for x in v:
+            if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < MAX_NPUS:
+                raise ValueError(f"{show(x)} is not an NPU index (0 to {MAX_NPUS - 1})")
+        return list(v)
+    raise ValueError(f"{show(v)}: give a count of NPUs or a list of NPU indices")
 
 
-def is_loopback(address: str) -> bool:
-    if address.lower().rstrip(".") in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-Devices = Annotated[int, Field(ge=0, le=64)] | list[Annotated[int, Field(ge=0, le=63)]]
+# One validator instead of a union: a union reports one error per branch under made-up names.
+Devices = Annotated[int | list[int], PlainValidator(_devices)]
 
 
 def npu_indices(devices: int | list[int]) -> list[int]:
@@ -80,8 +95,29 @@ def npu_ranges(npus: list[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
+def mount_point(path: str) -> PurePosixPath:
+    """An absolute path as the kernel resolves it: `//x/./y/` is `/x/y` (PurePosixPath alone
+    keeps a leading `//`)."""
+    return PurePosixPath("/" + path.lstrip("/"))
+
+
+def _absolute_mount(v: str) -> str:
+    """A host directory or file bind-mounted into containers (`-v SRC:DST[:ro]`)."""
+    check_safe_path(v)
+    if not v.startswith("/"):
+        raise ValueError(f"{show(v)} must be an absolute path")
+    if ":" in v:
+        raise ValueError(f"{show(v)} contains ':', which `docker run -v` reads as a separator")
+    if mount_point(v) == PurePosixPath("/"):
+        raise ValueError("'/' cannot be mounted: it would hide the whole image")
+    return v
+
+
+MountPath = Annotated[str, AfterValidator(_absolute_mount)]
+
+
 class SshSettings(StrictModel):
-    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] | None = None
+    user: UserName | None = None
     port: Port | None = None
     identity: str | None = None
     known_hosts: str | None = None
@@ -106,7 +142,7 @@ class SshTarget(StrictModel):
 class HostSpec(StrictModel):
     name: HostName
     address: str
-    node_rank: Annotated[int, Field(ge=0)] | None = None
+    node_rank: Annotated[int, Field(ge=0, lt=1024)] | None = None
     ssh: SshSettings | None = None
     nic: NicName | None = None
     devices: Devices | None = None
@@ -115,7 +151,7 @@ class HostSpec(StrictModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return _check_address(v)
+        return check_address(v)
 
 
 class MasterSpec(StrictModel):
@@ -132,15 +168,15 @@ class ImageSpec(StrictModel):
     @field_validator("repository")
     @classmethod
     def _repo(cls, v: str) -> str:
-        if not _IMAGE_REPO.match(v):
-            raise ValueError(f"{v!r} is not a Docker repository name (lowercase, e.g. registry:5000/team/image)")
+        if not _IMAGE_REPO.fullmatch(v):
+            raise ValueError(f"{show(v)} is not a Docker repository name (lowercase, at most 255 characters, e.g. registry:5000/team/image)")
         return v
 
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
-        if not _IMAGE_TAG.match(v):
-            raise ValueError(f"{v!r} is not a Docker tag ([A-Za-z0-9_.-], at most 128 characters)")
+        if not _IMAGE_TAG.fullmatch(v):
+            raise ValueError(f"{show(v)} is not a Docker tag ([A-Za-z0-9_.-], at most 128 characters)")
         return v
 
     @property
@@ -149,10 +185,10 @@ class ImageSpec(StrictModel):
 
 
 class ContainerSpec(StrictModel):
-    name_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")] = "q7x2"
+    name_prefix: Annotated[str, _matching(r"[a-z0-9][a-z0-9_-]{0,30}", "a container name prefix ([a-z0-9_-], at most 31)")] = "q7x2"
     devices: Devices | None = None  # default: the job's npus_per_node NPUs (0..N-1) on ascend, none on cpu
-    driver_mounts: list[str] | None = None  # default: ASCEND_DRIVER_MOUNTS on ascend
-    volumes: list[str] = ["/apps", "/home"]
+    driver_mounts: Annotated[list[MountPath], Field(max_length=64)] | None = None  # default: ASCEND_DRIVER_MOUNTS on ascend
+    volumes: Annotated[list[MountPath], Field(max_length=64)] = ["/apps", "/home"]
     network_host: bool = True
     ipc_host: bool = True
     shm_size: str = "64g"
@@ -163,25 +199,17 @@ class ContainerSpec(StrictModel):
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, v: str) -> str:
-        check_safe_path(v)
-        if not v.startswith("/"):
-            raise ValueError(f"{v!r} must be an absolute path")
-        return v
-
-    @field_validator("driver_mounts", "volumes")
-    @classmethod
-    def _paths(cls, v: list[str] | None) -> list[str] | None:
-        for p in v or []:
-            check_safe_path(p)
-            if not p.startswith("/"):
-                raise ValueError(f"{p!r} must be an absolute path")
-        return v
+        return _absolute_mount(v)  # its job directory is bind-mounted into every container
 
     @field_validator("shm_size")
     @classmethod
     def _shm(cls, v: str) -> str:
-        if not _SHM_SIZE.match(v):
-            raise ValueError(f"{v!r} is not a size such as 64g or 512m")
+        m = _SHM_SIZE.fullmatch(v)
+        if not m:
+            raise ValueError(f"{show(v)} is not a size such as 64g or 512m")
+        size = int(m.group(1)) * _SHM_UNIT[m.group(2).lower()]
+        if not 1 << 20 <= size <= MAX_SHM_BYTES:
+            raise ValueError(f"{show(v)} is outside 1m .. {MAX_SHM_BYTES >> 30}g")
         return v
 
 
@@ -189,8 +217,8 @@ class Recovery(StrictModel):
     """What `up` does on its own when training fails (docs/reliability.md)."""
 
     max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3  # 0: stop at the first failure
-    hang_timeout_minutes: Annotated[float, Field(gt=0)] = 30.0
-    host_wait_minutes: Annotated[float, Field(ge=0)] = 10.0
+    hang_timeout_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = 30.0  # at most a week
+    host_wait_minutes: Annotated[float, Field(ge=0, le=7 * 24 * 60)] = 10.0
 
 
 class DeployJob(Job):
@@ -210,6 +238,12 @@ class Inventory(StrictModel):
     image: ImageSpec = ImageSpec()
     container: ContainerSpec = ContainerSpec()
     job: DeployJob = DeployJob()
+    # The file this inventory was read from, for messages about what was computed from it.
+    _source: str = PrivateAttr(default="inventory")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     # Resolved views used by the planner; validation.py has already checked them.
 
@@ -265,7 +299,8 @@ class InventoryError(UserError):
 
 def parse_inventory(data: object) -> Inventory:
     """Pydantic parsing only; raises ValidationError."""
-    return Inventory.model_validate(data)
+    # The inventory context turns on the rules only an operator's input needs (one model source).
+    return Inventory.model_validate(data, context={"inventory": True})
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -274,6 +309,7 @@ def load_inventory(path: str | Path) -> Inventory:
     inv, violations = validate_file(Path(path))
     if violations or inv is None:
         raise InventoryError([v.format(str(path)) for v in violations])
+    inv._source = str(path)
     return inv
 
 

@@ -11,8 +11,9 @@ import json
 import shlex
 from dataclasses import asdict, dataclass, field, replace
 
-from q7x2_deploy.inventory import ASCEND_MANAGEMENT_DEVICES, HostSpec, Inventory, SshTarget
+from q7x2_deploy.inventory import ASCEND_MANAGEMENT_DEVICES, HostSpec, Inventory, InventoryError, SshTarget
 from q7x2_runtime.jobspec import ClusterSpec, JobSpec
+from q7x2_runtime.safe_text import MAX_ARG_STRLEN, escape_non_printing
 from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, convert_argv, preprocess_argv, pretrain_argv, pretrain_launches
 
 PLAN_FORMAT_VERSION = 1
@@ -225,6 +226,7 @@ def build_plan(inv: Inventory) -> Plan:
                 detect_nic=not {"GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"} <= env.keys(),
             )
         )
+    _check_command_lengths(inv, hosts)
     return Plan(
         job_name=job.name,
         image_ref=image,
@@ -238,6 +240,23 @@ def build_plan(inv: Inventory) -> Plan:
         job_spec=spec,
         hosts=hosts,
     )
+
+
+def _check_command_lengths(inv: Inventory, hosts: list[HostPlan]) -> None:
+    """Each `docker run` reaches the host as one `sh -c` argument, which Linux caps at
+    MAX_ARG_STRLEN: refuse a plan whose command would fail there (long env values or paths)."""
+    index = {h.name: i for i, h in enumerate(inv.hosts)}
+    lines = []
+    for host in hosts:
+        sizes = [(len(shell_line(step.docker_run).encode()), step.name) for step in host.steps]
+        size, name = max(sizes, default=(0, ""))
+        if size >= MAX_ARG_STRLEN:
+            lines.append(escape_non_printing(
+                f"{inv.source}: hosts[{index[host.name]}]: the `docker run` of step {name} on {host.name} is {size} bytes; "
+                f"a remote shell takes at most {MAX_ARG_STRLEN - 1} in one command: shorten job.env, the host's env, container.volumes or the job's paths"
+            ))
+    if lines:
+        raise InventoryError(lines)
 
 
 def shell_line(argv: list[str]) -> str:

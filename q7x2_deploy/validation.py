@@ -10,11 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pydantic import ValidationError
 
-from q7x2_deploy.inventory import Inventory, is_loopback, npu_ranges, parse_inventory
+from q7x2_deploy.addresses import address_key
+from q7x2_deploy.inventory import Inventory, is_loopback, mount_point, npu_ranges, parse_inventory
 from q7x2_deploy.yaml_source import KeyPath, YamlDocument, YamlSyntaxError, parse_yaml, read_yaml_file
+from q7x2_runtime.safe_text import escape_non_printing, show
+from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, MINDSPEED_LLM_DIR
 
 # Set by the deployer for every container; an inventory may not override them.
 RESERVED_ENV = frozenset(
@@ -23,7 +27,17 @@ RESERVED_ENV = frozenset(
 )
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# Directories the image itself provides (templates/Dockerfile.*.j2 and the CANN base image):
+# a volume at one of them, or at a parent of one, would hide it inside the container.
+IMAGE_DIRS = (
+    "/bin", "/sbin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/local/bin", "/usr/local/lib",
+    "/etc", "/opt/q7x2", "/opt/MindSpeed", MINDSPEED_LLM_DIR, "/usr/local/Ascend/ascend-toolkit", "/usr/local/Ascend/nnal",
+)  # fmt: skip
+# Kernel and engine filesystems: never a place for a bind mount of job data.
+KERNEL_DIRS = ("/proc", "/sys", "/dev")
+JOB_DIR_IN_CONTAINER = JOB_FILE_IN_CONTAINER.rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -38,19 +52,51 @@ class Violation:
             if isinstance(p, int):
                 return f"[{p}]"
             # A hostile key (newline, quote, ...) is shown quoted so the line stays one line.
-            return p if _PLAIN_KEY.match(str(p)) else repr(p)
+            return p if _PLAIN_KEY.fullmatch(str(p)) else show(p, 40)
 
         return ".".join(part(p) for p in self.path).replace(".[", "[") or "(top level)"
 
     def format(self, filename: str) -> str:
         where = f"{filename}:{self.line}" if self.line else filename
-        return f"{where}: {self.dotted}: {self.message}"
+        # Whatever a value or file name holds, the violation stays one line.
+        return escape_non_printing(f"{where}: {self.dotted}: {self.message}")
 
 
-def _pydantic_violations(err: ValidationError) -> list[Violation]:
+def _input_path(loc: tuple[Any, ...], data: object) -> KeyPath:
+    """pydantic's error location reduced to the keys that exist in the input.
+
+    pydantic adds names of its own to a location ('[key]' for a bad dict key, a branch name in a
+    union); the input tells which parts are keys, so a key named 'int' or 'function-x' is kept
+    and pydantic's own names are dropped. A missing key is the one last part the input lacks.
+    """
+    node, out = data, []
+    for i, p in enumerate(loc):
+        if isinstance(node, dict) and p in node:
+            out.append(p)
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            out.append(p)
+            node = node[p]
+        elif isinstance(node, dict) and i == len(loc) - 1 and isinstance(p, str) and p != "[key]":
+            out.append(p)  # a required key that is missing
+            node = None
+    return tuple(out)
+
+
+def _got(e: dict[str, Any]) -> str:
+    # Type and range errors say what was found, shortened and escaped; key errors need not.
+    if e["type"] in ("missing", "extra_forbidden", "value_error", "assertion_error") or "input" not in e:
+        return ""
+    value = e["input"]
+    if isinstance(value, dict | list):
+        return f" (got a {'mapping' if isinstance(value, dict) else 'list'})"
+    return f" (got {show(value)})"
+
+
+def _pydantic_violations(err: ValidationError, data: object) -> list[Violation]:
     out = []
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "int", "constrained"))))
+        loc = _input_path(e["loc"], data)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling; see inventory.example.yaml)"
@@ -58,6 +104,8 @@ def _pydantic_violations(err: ValidationError) -> list[Violation]:
             msg = "required key is missing"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        else:
+            msg += _got(e)
         out.append(Violation(loc, msg))
     # A union (e.g. devices: count or list) reports one error per branch; keep one per path.
     seen: set[KeyPath] = set()
@@ -70,7 +118,9 @@ def _pydantic_violations(err: ValidationError) -> list[Violation]:
 
 
 def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+    # n is bounded by the model's range checks; pairs up to sqrt(n) keep it cheap regardless.
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return ", ".join(str(d) for d in sorted(set(small + [n // d for d in small])))
 
 
 def _check_parallelism(inv: Inventory) -> list[Violation]:
@@ -106,13 +156,13 @@ def _check_parallelism(inv: Inventory) -> list[Violation]:
 def _check_hosts(inv: Inventory) -> list[Violation]:
     out: list[Violation] = []
     n = len(inv.hosts)
-    for field in ("name", "address"):
+    for field, same in (("name", str.lower), ("address", address_key)):
         seen: dict[str, int] = {}
         for i, h in enumerate(inv.hosts):
             value = getattr(h, field)
-            key = value.lower()
+            key = same(value)
             if key in seen:
-                out.append(Violation(("hosts", i, field), f"{value!r} is also used by hosts[{seen[key]}]; each host needs its own {field}"))
+                out.append(Violation(("hosts", i, field), f"{show(value)} is also used by hosts[{seen[key]}]; each host needs its own {field}"))
             else:
                 seen[key] = i
     explicit = [(i, h.node_rank) for i, h in enumerate(inv.hosts) if h.node_rank is not None]
@@ -129,27 +179,29 @@ def _check_hosts(inv: Inventory) -> list[Violation]:
     if n > 1:
         for i, h in enumerate(inv.hosts):
             if is_loopback(h.address):
-                out.append(Violation(("hosts", i, "address"), f"{h.address!r} is a loopback address: with {n} hosts every node must reach each host at a routable address"))
+                out.append(Violation(("hosts", i, "address"), f"{show(h.address)} is a loopback address: with {n} hosts every node must reach each host at a routable address"))
     if inv.master.host is not None and inv.master.host not in {h.name for h in inv.hosts}:
-        out.append(Violation(("master", "host"), f"{inv.master.host!r} is not one of the hosts ({', '.join(h.name for h in inv.hosts)})"))
+        names = ", ".join(h.name for h in inv.hosts[:8]) + (", ..." if n > 8 else "")
+        out.append(Violation(("master", "host"), f"{show(inv.master.host)} is not one of the hosts ({names})"))
     return out
 
 
 def _check_spares(inv: Inventory) -> list[Violation]:
     """A spare is a host in waiting: its name and address are its own, it has no rank yet."""
     out: list[Violation] = []
-    taken = {f: {getattr(h, f).lower(): f"hosts[{i}]" for i, h in enumerate(inv.hosts)} for f in ("name", "address")}
+    same = {"name": str.lower, "address": address_key}
+    taken = {f: {same[f](getattr(h, f)): f"hosts[{i}]" for i, h in enumerate(inv.hosts)} for f in ("name", "address")}
     for i, h in enumerate(inv.spares):
         for f in ("name", "address"):
-            key = getattr(h, f).lower()
+            key = same[f](getattr(h, f))
             if key in taken[f]:
-                out.append(Violation(("spares", i, f), f"{getattr(h, f)!r} is also used by {taken[f][key]}; each spare needs its own {f}"))
+                out.append(Violation(("spares", i, f), f"{show(getattr(h, f))} is also used by {taken[f][key]}; each spare needs its own {f}"))
             else:
                 taken[f][key] = f"spares[{i}]"
         if h.node_rank is not None:
             out.append(Violation(("spares", i, "node_rank"), "a spare has no rank: it takes the rank of the host it replaces"))
         if len(inv.hosts) + len(inv.spares) > 1 and is_loopback(h.address):
-            out.append(Violation(("spares", i, "address"), f"{h.address!r} is a loopback address: every node must reach a spare at a routable address"))
+            out.append(Violation(("spares", i, "address"), f"{show(h.address)} is a loopback address: every node must reach a spare at a routable address"))
     return out
 
 
@@ -158,13 +210,16 @@ def _check_devices(inv: Inventory) -> list[Violation]:
         return []
     out: list[Violation] = []
     need = inv.job.parallelism.npus_per_node
+    shared = inv.container.devices
+    if isinstance(shared, list) and len(set(shared)) != len(shared):
+        out.append(Violation(("container", "devices"), "lists an NPU more than once"))
     for section, i, h in [*(("hosts", i, h) for i, h in enumerate(inv.hosts)),
                           *(("spares", i, h) for i, h in enumerate(inv.spares))]:
         have = inv.host_devices(h)
         if need > len(have):
             path = (section, i, "devices") if h.devices is not None else ("job", "parallelism", "npus_per_node")
             out.append(Violation(path, f"npus_per_node {need} exceeds the {len(have)} NPU devices given to host {h.name!r}"))
-        if len(set(have)) != len(have):
+        if h.devices is not None and len(set(have)) != len(have):
             out.append(Violation((section, i, "devices"), f"host {h.name!r} lists an NPU more than once"))
     return out
 
@@ -227,15 +282,69 @@ def _check_env(inv: Inventory) -> list[Violation]:
     return out
 
 
+def _within(p: PurePosixPath, root: PurePosixPath) -> bool:
+    return p == root or root in p.parents
+
+
 def _check_paths(inv: Inventory) -> list[Violation]:
-    volumes = [PurePosixPath(v) for v in inv.container.volumes]
+    volumes = [mount_point(v) for v in inv.container.volumes]
+    mounts = [mount_point(m) for m in inv.driver_mounts()]
+    paths = inv.job.paths
     out: list[Violation] = []
-    for name, value in inv.job.paths.all().items():
-        p = PurePosixPath(value)
-        if not any(p == v or v in p.parents for v in volumes):
-            key = name if getattr(inv.job.paths, name, None) is not None else "hf_weights"
-            out.append(Violation(("job", "paths", key), f"{value} is not under any container volume ({', '.join(inv.container.volumes)}); add its directory to container.volumes"))
+    listed = ", ".join(inv.container.volumes[:8]) + (", ..." if len(volumes) > 8 else "")
+    for name, value in paths.all().items():
+        if name == "tokenizer" and paths.tokenizer is None:
+            continue  # it defaults to hf_weights, which is checked (and reported) itself
+        p = mount_point(value)
+        if not any(_within(p, v) for v in volumes):
+            out.append(Violation(("job", "paths", name), f"{show(value)} is not under any container volume ({listed}); add its directory to container.volumes"))
+        for m in mounts:
+            if _within(p, m):
+                out.append(Violation(("job", "paths", name), f"{show(value)} is inside the read-only driver mount {m}"))
+    hf, mcore, save = (mount_point(v) for v in (paths.hf_weights, paths.mcore_weights, paths.save_dir))
+    if _within(mcore, hf) or _within(hf, mcore):
+        out.append(Violation(("job", "paths", "mcore_weights"), f"{paths.mcore_weights} and hf_weights {paths.hf_weights} overlap: conversion would write into (or replace) its own input"))
+    if _within(save, hf):
+        out.append(Violation(("job", "paths", "save_dir"), f"{paths.save_dir} is inside hf_weights {paths.hf_weights}: training would write checkpoints into the HF model"))
     return out
+
+
+def _check_mounts(inv: Inventory) -> list[Violation]:
+    """Volumes and driver mounts: distinct, not hiding the image, not on each other."""
+    c = inv.container
+    out: list[Violation] = []
+    job_dir = PurePosixPath(JOB_DIR_IN_CONTAINER)
+    image_dirs = [PurePosixPath(d) for d in IMAGE_DIRS]
+    given = [(("container", "volumes", i), v) for i, v in enumerate(c.volumes)]
+    mounts_path = ("container", "driver_mounts")
+    given += [(mounts_path + (i,), m) for i, m in enumerate(inv.driver_mounts())] if c.driver_mounts is not None else []
+    defaults = [mount_point(m) for m in inv.driver_mounts()] if c.driver_mounts is None else []
+    seen: dict[PurePosixPath, KeyPath] = {}
+    for path, value in given:
+        p = mount_point(value)
+        where = "volume" if path[1] == "volumes" else "driver mount"
+        if p in seen:
+            other = seen[p]
+            out.append(Violation(path, f"{value} is mounted twice (also {other[1]}[{other[2]}]); each mount point once"))
+            continue
+        seen[p] = path
+        if p in defaults:
+            out.append(Violation(path, f"{value} is also one of the default Ascend driver mounts (read-only); remove it here"))
+        hidden = [d for d in image_dirs if _within(d, p)]
+        if hidden:
+            out.append(Violation(path, f"{where} {value} would hide the image's own {hidden[0]} inside the container; mount a directory of its own"))
+        elif _within(job_dir, p) or _within(p, job_dir):
+            out.append(Violation(path, f"{where} {value} collides with {job_dir}, where every container reads its job spec"))
+        elif any(_within(p, PurePosixPath(k)) for k in KERNEL_DIRS):
+            out.append(Violation(path, f"{where} {value} is inside a kernel filesystem (/proc, /sys, /dev); devices go in container.devices"))
+    return out
+
+
+def _check_preprocess(inv: Inventory) -> list[Violation]:
+    job = inv.job
+    if job.steps.preprocess and job.steps.pretrain and "text" not in job.preprocess.json_keys:
+        return [Violation(("job", "preprocess", "json_keys"), f"does not include 'text', but training reads {job.paths.data_path}; tokenize the 'text' column")]
+    return []
 
 
 def _check_tools(inv: Inventory) -> list[Violation]:
@@ -266,7 +375,7 @@ def _warn_hccl_timeouts(inv: Inventory) -> list[Violation]:
     return out
 
 
-RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_tools)
+RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_mounts, _check_preprocess, _check_tools)
 # Findings that do not stop a job but that an operator should read: `validate`, `plan` and
 # `check` print them; they never change an exit status.
 WARNING_RULES = (_warn_overexposed_devices, _warn_hccl_timeouts)
@@ -293,7 +402,7 @@ def validate_data(data: object) -> tuple[Inventory | None, list[Violation]]:
     try:
         inv = parse_inventory(data)
     except ValidationError as e:
-        return None, _pydantic_violations(e)
+        return None, _pydantic_violations(e, data)
     violations: list[Violation] = []
     for rule in RULES:
         violations.extend(rule(inv))

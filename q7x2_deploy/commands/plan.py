@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.panel import Panel
+from rich.text import Text
 
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
@@ -18,12 +18,18 @@ from q7x2_runtime.errors import UserError
 
 
 def _print_human(plan: Plan, console: Console) -> None:
+    """Headings in bold on a terminal; every command as one plain line, never cut or wrapped by
+    us (a panel would cut each `docker run` at its width, and lay out long values slowly)."""
     console.print(
         f"[bold]job[/] {plan.job_name}  [bold]image[/] {plan.image_ref} ({plan.flavor}, via {plan.distribution})  "
         f"[bold]nodes[/] {plan.nnodes}  [bold]world size[/] {plan.world_size}  "
-        f"[bold]master[/] {plan.master_addr}:{plan.master_port}  [bold]storage[/] {plan.storage}"
+        f"[bold]master[/] {plan.master_addr}:{plan.master_port}  [bold]storage[/] {plan.storage}",
+        highlight=False,
     )
+    out = console.file
     for host in plan.hosts:
+        console.print()
+        console.print(Text(f"== {host.name} (node rank {host.node_rank})", style="bold"))
         body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}"]
         if plan.flavor == "ascend":
             body.append(f"NPUs used: {', '.join(map(str, host.npus)) or 'none'}")
@@ -35,7 +41,8 @@ def _print_human(plan: Plan, console: Console) -> None:
             body += ["", f"# {step.phase}: {step.name}", shell_line(step.docker_run)]
             for kind, argv in (step.launch or {}).items():
                 body += [f"#   then, inside, on a {'first start' if kind == 'first' else 'resume'}: {shell_line(argv)}"]
-        console.print(Panel("\n".join(body), title=f"{host.name} (node rank {host.node_rank})", expand=True))
+        out.write("\n".join(body) + "\n")
+    out.flush()
 
 
 def _write_scripts(plan: Plan, directory: Path) -> None:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.validation import file_warnings
+from q7x2_deploy.plan import build_plan
 
 
 def _validate(args: argparse.Namespace) -> int:
     inv = load_inventory(Path(args.inventory))
     for line in file_warnings(Path(args.inventory), inv):  # shown, never a failure
         print(line)
+    build_plan(inv)  # what only the computed commands show (their length) is checked there
     world = len(inv.hosts) * inv.job.parallelism.npus_per_node
     p = inv.job.parallelism
     print(

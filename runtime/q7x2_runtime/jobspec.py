@@ -8,23 +8,60 @@ preprocessing and training all take tp/pp/num_layer_list from here, so they cann
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from q7x2_runtime.model_dims import ModelDims, dims_from_hf_config, preset_dims
-from q7x2_runtime.safe_text import check_env_mapping, check_safe_path
+from q7x2_runtime.model_dims import MAX_LAYERS, ModelDims, dims_from_hf_config, preset_dims
+from q7x2_runtime.safe_text import PATH_MAX, check_env_name, check_env_sizes, check_safe_path, check_safe_value, non_printing, show
 
 Engine = Literal["mindspeed", "q7x2"]
-# Environment entries for containers: plain names, values without control characters.
-EnvMap = Annotated[dict[str, str], AfterValidator(check_env_mapping)]
+# Environment entries for containers: plain names, values without non-printing characters,
+# each checked under its own key so a violation names it.
+EnvMap = Annotated[
+    dict[Annotated[str, AfterValidator(check_env_name)], Annotated[str, AfterValidator(check_safe_value)]],
+    Field(max_length=256),
+    AfterValidator(check_env_sizes),
+]
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in the inventory must never pass silently."""
+    """Unknown keys are errors: a typo in the inventory must never pass silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+    Strict types: `true` is not the integer 1, "4" is not 4, 4.0 is not a count; and no
+    infinities or NaNs. Every number also has a plausible range, checked before any
+    arithmetic is done on it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+# Counts of iterations, steps or samples: a billion is more than any real run.
+Count = Annotated[int, Field(ge=1, le=10**9)]
+# Column names of the raw dataset: they become part of output file names
+# (<prefix>_<key>_document.bin) and preprocess arguments, so no option or path syntax.
+_JSON_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+def _json_key(v: str) -> str:
+    if not _JSON_KEY.fullmatch(v):
+        raise ValueError(f"{show(v)} is not a dataset column name: letters, digits, _ and -, not starting with -, at most 64")
+    return v
+
+
+def _unique(v: list[str]) -> list[str]:
+    dupes = sorted({k for k in v if v.count(k) > 1})
+    if dupes:
+        raise ValueError(f"lists {', '.join(dupes)} more than once")
+    return v
+
+
+def _hf_config_path(v: str) -> str:
+    if not v or non_printing(v) or len(v) >= PATH_MAX:
+        raise ValueError(f"{show(v)} is not a usable local path (empty, non-printing characters or longer than {PATH_MAX - 1})")
+    return v
 
 
 class ModelSpec(StrictModel):
@@ -35,8 +72,19 @@ class ModelSpec(StrictModel):
     """
 
     preset: Literal["qwen2.5-7b"] | None = None
-    hf_config: str | None = Field(default=None, description="local path of an HF config.json")
+    hf_config: Annotated[str, AfterValidator(_hf_config_path)] | None = Field(default=None, description="local path of an HF config.json")
     dims: ModelDims | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: object, info: ValidationInfo) -> object:
+        # In an inventory exactly one source may be given (else one would silently win); the
+        # resolved spec the deployer writes carries dims beside the source they came from.
+        if isinstance(data, dict) and (info.context or {}).get("inventory"):
+            given = [k for k in ("preset", "hf_config", "dims") if data.get(k) is not None]
+            if len(given) > 1:
+                raise ValueError(f"gives {' and '.join(given)}: give exactly one model source")
+        return data
 
     @model_validator(mode="after")
     def _resolve(self) -> "ModelSpec":
@@ -59,34 +107,28 @@ class ModelSpec(StrictModel):
 class Parallelism(StrictModel):
     tp: int = Field(default=1, ge=1, le=64)
     pp: int = Field(default=1, ge=1, le=256)
-    num_layer_list: list[int] | None = None
+    num_layer_list: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS)]], Field(min_length=1, max_length=256)] | None = None
     npus_per_node: int = Field(default=8, ge=1, le=64)
-
-    @field_validator("num_layer_list")
-    @classmethod
-    def _positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(n < 1 for n in v):
-            raise ValueError("every entry of num_layer_list must be >= 1")
-        return v
 
 
 class Training(StrictModel):
     seq_length: int = Field(default=4096, ge=8, le=1_048_576)
-    micro_batch_size: int = Field(default=1, ge=1)
-    global_batch_size: int = Field(default=64, ge=1)
-    train_iters: int = Field(default=2000, ge=1)
-    lr: float = Field(default=1.25e-6, gt=0)
-    min_lr: float = Field(default=1.25e-7, ge=0)
+    micro_batch_size: int = Field(default=1, ge=1, le=65536)
+    global_batch_size: int = Field(default=64, ge=1, le=1 << 24)
+    train_iters: Count = 2000
+    lr: float = Field(default=1.25e-6, gt=0, le=1)
+    min_lr: float = Field(default=1.25e-7, ge=0, le=1)
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
     lr_warmup_fraction: float = Field(default=0.01, ge=0, le=1)
-    weight_decay: float = Field(default=0.1, ge=0)
-    clip_grad: float = Field(default=1.0, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0, le=1)
+    clip_grad: float = Field(default=1.0, ge=0, le=1e6)
     adam_beta1: float = Field(default=0.9, gt=0, lt=1)
     adam_beta2: float = Field(default=0.95, gt=0, lt=1)
-    init_method_std: float = Field(default=0.01, gt=0)
-    seed: int = Field(default=1234, ge=0)
-    save_interval: int = Field(default=2000, ge=1)
-    log_interval: int = Field(default=1, ge=1)
+    init_method_std: float = Field(default=0.01, gt=0, le=1)
+    # Megatron seeds numpy with it, which takes 0 .. 2**32 - 1.
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1)
+    save_interval: Count = 2000
+    log_interval: Count = 1
     params_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
 
 
@@ -155,8 +197,8 @@ class Checkpoint(StrictModel):
 class Preprocess(StrictModel):
     workers: int = Field(default=4, ge=1, le=256)
     append_eod: bool = False
-    json_keys: list[str] = ["text"]
-    log_interval: int = Field(default=1000, ge=1)
+    json_keys: Annotated[list[Annotated[str, AfterValidator(_json_key)]], Field(min_length=1, max_length=16), AfterValidator(_unique)] = ["text"]
+    log_interval: Count = 1000
 
 
 class Job(StrictModel):
@@ -184,11 +226,11 @@ class Job(StrictModel):
 class ClusterSpec(StrictModel):
     """What the deployer computed about the whole world; every node gets the same copy."""
 
-    nnodes: int = Field(ge=1)
-    master_addr: str
+    nnodes: int = Field(ge=1, le=1024)
+    master_addr: str = Field(min_length=1, max_length=253)
     master_port: int = Field(ge=1, le=65535)
     flavor: Literal["ascend", "cpu"] = "ascend"
-    connect_timeout_s: int = Field(default=300, ge=1)
+    connect_timeout_s: int = Field(default=300, ge=1, le=86400)
 
 
 class JobSpec(StrictModel):

@@ -114,8 +114,8 @@ def test_master_host_must_exist():
 
 
 def test_ports_in_range():
-    assert messages(edited(master__port=70000)) == ["master.port: Input should be less than or equal to 65535"]
-    assert messages(edited(ssh__port=0)) == ["ssh.port: Input should be greater than or equal to 1"]
+    assert messages(edited(master__port=70000)) == ["master.port: Input should be less than or equal to 65535 (got 70000)"]
+    assert messages(edited(ssh__port=0)) == ["ssh.port: Input should be greater than or equal to 1 (got 0)"]
 
 
 def test_unknown_keys_rejected():
@@ -136,20 +136,20 @@ def test_reserved_env_cannot_be_overridden():
 
 def test_paths_must_be_under_a_volume():
     assert messages(edited(job__paths__save_dir="/data/ckpt")) == [
-        "job.paths.save_dir: /data/ckpt is not under any container volume (/apps, /home); add its directory to container.volumes"
+        "job.paths.save_dir: '/data/ckpt' is not under any container volume (/apps, /home); add its directory to container.volumes"
     ]
 
 
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"hosts__0__name": "a;rm -rf /"}, "hosts[0].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'"),
+        ({"hosts__0__name": "a;rm -rf /"}, "hosts[0].name: 'a;rm -rf /' is not a host name ([A-Za-z0-9_.-], at most 63, starting with a letter or digit)"),
         ({"job__paths__logs": "/apps/logs; reboot"}, "job.paths.logs: path '/apps/logs; reboot' may contain only letters, digits and _ . / @ % + = : , ~ - (no spaces, quotes or shell metacharacters)"),
         ({"job__paths__logs": "/apps/../etc"}, "job.paths.logs: path '/apps/../etc' must not contain '..'"),
-        ({"job__env": {"A": "x\ny"}}, "job.env: value 'x\\ny' contains a control character (newline, NUL, ...)"),
-        ({"job__env": {"A B": "x"}}, "job.env: environment variable name 'A B' must match [A-Za-z_][A-Za-z0-9_]*"),
-        ({"hosts__0__nic": "eth0 $(id)"}, "hosts[0].nic: String should match pattern '^[A-Za-z0-9_.:-]{1,15}$'"),
-        ({"image__repository": "Q7X2/Bad Name"}, "image.repository: 'Q7X2/Bad Name' is not a Docker repository name (lowercase, e.g. registry:5000/team/image)"),
+        ({"job__env": {"A": "x\ny"}}, "job.env.A: value 'x\\ny' contains a non-printing character (U+000A: newline, NUL, bidi override, ...)"),
+        ({"job__env": {"A B": "x"}}, "job.env.'A B': environment variable name 'A B' must match [A-Za-z_][A-Za-z0-9_]* (at most 255 characters)"),
+        ({"hosts__0__nic": "eth0 $(id)"}, "hosts[0].nic: 'eth0 $(id)' is not a network interface name (at most 15 of [A-Za-z0-9_.:-])"),
+        ({"image__repository": "Q7X2/Bad Name"}, "image.repository: 'Q7X2/Bad Name' is not a Docker repository name (lowercase, at most 255 characters, e.g. registry:5000/team/image)"),
         ({"job__paths__hf_weights": "relative/dir"}, "job.paths.hf_weights: must be an absolute path, got 'relative/dir'"),
     ],
 )

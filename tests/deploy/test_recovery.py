@@ -234,8 +234,8 @@ def test_spares_and_recovery_are_validated() -> None:
     data = copy.deepcopy(BASE)
     data["job"]["recovery"] = {"max_restarts": -1, "hang_timeout_minutes": 0, "host_wait": 3}
     assert messages(data) == [
-        "job.recovery.max_restarts: Input should be greater than or equal to 0",
-        "job.recovery.hang_timeout_minutes: Input should be greater than 0",
+        "job.recovery.max_restarts: Input should be greater than or equal to 0 (got -1)",
+        "job.recovery.hang_timeout_minutes: Input should be greater than 0 (got 0)",
         "job.recovery.host_wait: unknown key (check its spelling; see inventory.example.yaml)",
     ]
 

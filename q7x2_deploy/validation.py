@@ -8,6 +8,7 @@ the pydantic models so that all of them are reported at once, not only the first
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -83,7 +84,7 @@ def _input_path(loc: tuple[Any, ...], data: object) -> KeyPath:
     return tuple(out)
 
 
-def _got(e: dict[str, Any]) -> str:
+def _got(e: Mapping[str, Any]) -> str:
     # Type and range errors say what was found, shortened and escaped; key errors need not.
     if e["type"] in ("missing", "extra_forbidden", "value_error", "assertion_error") or "input" not in e:
         return ""

@@ -37,7 +37,7 @@ try:
 
     _EVENT_BASES: tuple[type, ...] = (_EventParser,)
 except ImportError:  # PyYAML without libyaml: the pure-Python parser, slower but as bounded
-    _EventParser = None
+    _EventParser = None  # type: ignore[misc,assignment]
     _EVENT_BASES = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
 
 
@@ -96,7 +96,7 @@ def _line(node: yaml.Node) -> int:
 def _key_of(key_node: yaml.Node) -> Any:
     # Scalar keys keep their text; a complex key (`? [a, b]`) is named by its kind, never
     # expanded (it could be an alias bomb of its own).
-    return key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id} key>"
+    return key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{getattr(key_node, 'id', 'complex')} key>"
 
 
 def _walk(root: yaml.Node, doc: YamlDocument) -> None:

@@ -128,7 +128,7 @@ def dims_from_config_dict(cfg: dict) -> ModelDims:
     values["untie_embeddings"] = (not tie) if isinstance(tie, bool) else tie
     values["qkv_bias"] = True
     try:
-        return ModelDims(**values)
+        return ModelDims.model_validate(values)
     except ValidationError as e:
         raise ValueError(_one_line(e, _MEGATRON_TO_HF)) from None
 

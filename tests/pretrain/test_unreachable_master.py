@@ -9,6 +9,9 @@ from tests.pretrain.cluster_helpers import free_port, prepare, run_nodes, write_
 pytestmark = pytest.mark.timeout(120)
 
 TIMEOUT_S = 4
+# The point is a bounded wait (torchrun's own default is 600 s): the launcher's start-point
+# agreement and torchrun's rendezvous each wait TIMEOUT_S, plus process start-up on a busy machine.
+GIVES_UP_WITHIN_S = 2 * TIMEOUT_S + 60
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def test_worker_node_without_master(prepared) -> None:
     assert result.returncode != 0
     assert f"could not reach the master 127.0.0.1:{port} within {TIMEOUT_S} s" in result.output
     assert "cluster.connect_timeout_s" in result.output
-    assert result.seconds < TIMEOUT_S + 15
+    assert result.seconds < GIVES_UP_WITHIN_S
 
 
 def test_master_node_without_workers(prepared) -> None:
@@ -33,4 +36,4 @@ def test_master_node_without_workers(prepared) -> None:
     [result] = run_nodes(job, [0], timeout=60)
     assert result.returncode != 0
     assert f"only 1 of 2 nodes joined the master 127.0.0.1:{port} within {TIMEOUT_S} s" in result.output
-    assert result.seconds < TIMEOUT_S + 20
+    assert result.seconds < GIVES_UP_WITHIN_S

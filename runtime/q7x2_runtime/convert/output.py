@@ -21,6 +21,7 @@ from q7x2_runtime import debris
 from q7x2_runtime.convert.sink import fsync_file
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.os_errors import os_error
+from q7x2_runtime.durable import fsync_dir as _fsync_dir
 
 MANIFEST = "q7x2-checksums.json"
 
@@ -37,12 +38,6 @@ def check_free_space(target: Path, needed: int) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _temporaries(final: Path) -> list[tuple[str, int, Path]]:

@@ -28,6 +28,7 @@ from q7x2_runtime import debris
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.indexed_dataset import IndexedDatasetWriter
 from q7x2_runtime.os_errors import is_environmental, os_error
+from q7x2_runtime.durable import fsync_dir as _fsync_dir
 
 FLAG = "--output-prefix"
 
@@ -49,12 +50,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_dead_temporaries(finals: list[Path]) -> list[int]:

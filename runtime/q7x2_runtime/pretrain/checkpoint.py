@@ -36,6 +36,7 @@ from q7x2_runtime.convert.layout import RANK_FILE, Parallel, iteration_dir_name,
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.model_dims import ModelDims
 from q7x2_runtime.pretrain.complete import DISTRIB_OPTIM_FILE
+from q7x2_runtime.durable import fsync_dir as _fsync_dir
 
 OPTIMIZER_FORMAT = "q7x2-cpu-adamw/1"
 
@@ -103,12 +104,6 @@ def _durable_save(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

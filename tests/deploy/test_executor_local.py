@@ -287,7 +287,7 @@ def test_preflight_reports_missing_mounts_and_busy_master_port(sshd: LocalSSHD, 
         busy.listen()
         reports = preflight(cluster)
     msg = failure_message(reports)
-    assert msg is not None and "h0: port: master port" in msg
+    assert msg is not None and f"h0: port: already in use: master port {plan.master_port}" in msg
     assert "h1: devices: missing on host: /dev/davinci7, /nonexistent-q7x2" in msg
 
 

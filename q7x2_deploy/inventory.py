@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, PlainValidator, PrivateAttr, ValidationError, field_validator
 
 from q7x2_deploy.addresses import check_address, is_loopback
+from q7x2_deploy.scheduler_spec import SchedulerSpec, SlurmSettings
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.jobspec import EnvMap, Job, StrictModel
 from q7x2_runtime.safe_text import check_safe_path, show
@@ -231,13 +232,16 @@ class DeployJob(Job):
 
 class Inventory(StrictModel):
     ssh: SshSettings = SshSettings()
-    hosts: Annotated[list[HostSpec], Field(min_length=1, max_length=1024)]
+    # Required with scheduler kind ssh; with slurm or kubernetes the scheduler places the nodes
+    # (hosts listed then only give node names their addresses and SSH settings).
+    hosts: Annotated[list[HostSpec], Field(max_length=1024)] = []
     # Hosts that take a failed host's place; never given a rank until one is needed.
     spares: Annotated[list[HostSpec], Field(max_length=1024)] = []
     master: MasterSpec = MasterSpec()
     image: ImageSpec = ImageSpec()
     container: ContainerSpec = ContainerSpec()
     job: DeployJob = DeployJob()
+    scheduler: SchedulerSpec = SchedulerSpec()
     # The file this inventory was read from, for messages about what was computed from it.
     _source: str = PrivateAttr(default="inventory")
 
@@ -246,6 +250,19 @@ class Inventory(StrictModel):
         return self._source
 
     # Resolved views used by the planner; validation.py has already checked them.
+
+    @property
+    def nnodes(self) -> int:
+        """Nodes of the job: hosts[] with ssh; scheduler.nodes (default: len(hosts)) otherwise."""
+        if self.scheduler.placed and self.scheduler.nodes is not None:
+            return self.scheduler.nodes
+        return len(self.hosts)
+
+    def slurm(self) -> SlurmSettings:
+        return self.scheduler.slurm or SlurmSettings()
+
+    def host_named(self, name: str) -> HostSpec | None:
+        return next((h for h in self.hosts if h.name == name), None)
 
     def ranked_hosts(self) -> list[tuple[int, HostSpec]]:
         ranks = [h.node_rank if h.node_rank is not None else i for i, h in enumerate(self.hosts)]
@@ -303,10 +320,11 @@ def parse_inventory(data: object) -> Inventory:
     return Inventory.model_validate(data, context={"inventory": True})
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def load_inventory(path: str | Path, scheduler: str | None = None) -> Inventory:
+    """Parse and validate; `scheduler` (`--scheduler`) replaces scheduler.kind before the rules run."""
     from q7x2_deploy.validation import validate_file  # local: validation imports this module
 
-    inv, violations = validate_file(Path(path))
+    inv, violations = validate_file(Path(path), scheduler=scheduler)
     if violations or inv is None:
         raise InventoryError([v.format(str(path)) for v in violations])
     inv._source = str(path)
@@ -324,6 +342,8 @@ __all__ = [
     "InventoryError",
     "MasterSpec",
     "SshSettings",
+    "SchedulerSpec",
+    "SlurmSettings",
     "SshTarget",
     "ValidationError",
     "is_loopback",

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from q7x2_deploy.addresses import address_key
 from q7x2_deploy.inventory import Inventory, is_loopback, mount_point, npu_ranges, parse_inventory
+from q7x2_deploy.scheduler_spec import gres_count
 from q7x2_deploy.yaml_source import KeyPath, YamlDocument, YamlSyntaxError, parse_yaml, read_yaml_file
 from q7x2_runtime.safe_text import escape_non_printing, show
 from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, MINDSPEED_LLM_DIR
@@ -140,9 +141,11 @@ def _check_parallelism(inv: Inventory) -> list[Violation]:
             out.append(Violation(par + ("num_layer_list",), f"sums to {sum(p.num_layer_list)} but the model has {d.num_layers} layers"))
     elif d.num_layers % p.pp:
         out.append(Violation(par + ("pp",), f"pp {p.pp} does not divide the model's {d.num_layers} layers (choose pp in {_divisors(d.num_layers)} or give num_layer_list)"))
-    world = len(inv.hosts) * p.npus_per_node
-    if world % (p.tp * p.pp):
-        out.append(Violation(par, f"world size {world} ({len(inv.hosts)} hosts x {p.npus_per_node} npus_per_node) is not divisible by tp x pp = {p.tp * p.pp}"))
+    world = inv.nnodes * p.npus_per_node
+    if world == 0:
+        pass  # no hosts and no scheduler.nodes: _check_scheduler says what to give
+    elif world % (p.tp * p.pp):
+        out.append(Violation(par, f"world size {world} ({inv.nnodes} {'nodes' if inv.scheduler.placed else 'hosts'} x {p.npus_per_node} npus_per_node) is not divisible by tp x pp = {p.tp * p.pp}"))
     else:
         dp = world // (p.tp * p.pp)
         if t.global_batch_size % (t.micro_batch_size * dp):
@@ -363,9 +366,9 @@ def _warn_hccl_timeouts(inv: Inventory) -> list[Violation]:
     out: list[Violation] = []
     places: list[tuple[KeyPath, dict[str, str]]] = [(("job", "env"), inv.job.env)]
     places += [(("hosts", i, "env"), {**inv.job.env, **h.env}) for i, h in enumerate(inv.hosts) if h.env]
-    if len(inv.hosts) > 1 and any(env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120" for _, env in places):
+    if inv.nnodes > 1 and any(env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120" for _, env in places):
         where = next(p for p, env in places if env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120")
-        out.append(Violation(where, f"HCCL_CONNECT_TIMEOUT is HCCL's default 120 s with {len(inv.hosts)} hosts: ranks on "
+        out.append(Violation(where, f"HCCL_CONNECT_TIMEOUT is HCCL's default 120 s with {inv.nnodes} nodes: ranks on "
                              "different hosts start at different times (image load, conversion); multi-node jobs usually "
                              "set it to 1200 or more"))
     for path, env in places:
@@ -376,10 +379,58 @@ def _warn_hccl_timeouts(inv: Inventory) -> list[Violation]:
     return out
 
 
-RULES = (_check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_mounts, _check_preprocess, _check_tools)
+def _check_scheduler(inv: Inventory) -> list[Violation]:
+    """Which keys apply to which scheduler kind; what each kind needs."""
+    sch, kind = inv.scheduler, inv.scheduler.kind
+    out: list[Violation] = []
+    if kind == "ssh":
+        if not inv.hosts:
+            out.append(Violation(("hosts",), "required with scheduler kind ssh (the default): list the hosts, "
+                                 "or set scheduler.kind to slurm or kubernetes with scheduler.nodes"))
+        if sch.nodes is not None:
+            out.append(Violation(("scheduler", "nodes"), "applies only to kind slurm or kubernetes; with ssh the job runs on every host in hosts[]"))
+        return out
+    if sch.nodes is None and not inv.hosts:
+        out.append(Violation(("scheduler", "nodes"), f"required with kind {kind}: how many nodes the scheduler places (each runs npus_per_node NPUs)"))
+    placed = f"applies only to kind ssh: with {kind} the scheduler places the nodes"
+    if inv.spares:
+        out.append(Violation(("spares",), f"{placed} and replaces failed ones"))
+    if inv.master.host is not None:
+        out.append(Violation(("master", "host"), f"{placed}; the first node of the allocation is the master"))
+    for i, h in enumerate(inv.hosts):
+        for key, what in (("node_rank", "ranks follow the allocation's node order"), ("devices", "the NPUs come from the allocation"),
+                          ("nic", "set GLOO_SOCKET_IFNAME/HCCL_SOCKET_IFNAME in job.env"), ("env", "use job.env")):
+            if getattr(h, key) not in (None, {}):
+                out.append(Violation(("hosts", i, key), f"{placed} ({what})"))
+    if inv.image.distribution == "ssh":
+        out.append(Violation(("image", "distribution"), f"ssh streams the image to hosts known in advance; with {kind} the nodes pull it: use registry"))
+    if kind == "slurm":
+        slurm = inv.slurm()
+        if slurm.login is None:
+            out.append(Violation(("scheduler", "slurm", "login") if sch.slurm is not None else ("scheduler", "slurm"),
+                                 "required with kind slurm: the login host sbatch runs on (a name from hosts[] or an address)"))
+        if inv.container.devices is not None and slurm.container == "docker":
+            out.append(Violation(("container", "devices"), "applies only to kind ssh: with slurm each node's NPUs come from its allocation (SLURM_STEP_GPUS)"))
+        npn = inv.job.parallelism.npus_per_node
+        if slurm.gres is not None and gres_count(slurm.gres) < npn and inv.image.flavor == "ascend":
+            out.append(Violation(("scheduler", "slurm", "gres"), f"asks for {gres_count(slurm.gres)} per node but npus_per_node is {npn}"))
+    return out
+
+
+def _warn_slurm_gres(inv: Inventory) -> list[Violation]:
+    slurm = inv.slurm()
+    if inv.scheduler.kind != "slurm" or inv.image.flavor != "ascend" or slurm.gres is None or slurm.gres.startswith("gpu:"):
+        return []
+    n = inv.job.parallelism.npus_per_node
+    return [Violation(("scheduler", "slurm", "gres"), f"{slurm.gres} is not a gpu GRES: Slurm gives its steps no SLURM_STEP_GPUS, "
+                      f"so each node's container gets NPUs 0-{n - 1} (the job holds its nodes exclusively); "
+                      "sites that declare NPUs as Name=gpu Type=npu use gpu:npu:N")]
+
+
+RULES = (_check_scheduler, _check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_mounts, _check_preprocess, _check_tools)
 # Findings that do not stop a job but that an operator should read: `validate`, `plan` and
 # `check` print them; they never change an exit status.
-WARNING_RULES = (_warn_overexposed_devices, _warn_hccl_timeouts)
+WARNING_RULES = (_warn_overexposed_devices, _warn_hccl_timeouts, _warn_slurm_gres)
 
 
 def inventory_warnings(inv: Inventory, doc: YamlDocument | None = None) -> list[Violation]:
@@ -414,9 +465,21 @@ def _with_lines(doc: YamlDocument, violations: list[Violation]) -> list[Violatio
     return [Violation(v.path, v.message, v.line or doc.line_of(v.path)) for v in violations]
 
 
-def validate_document(doc: YamlDocument) -> tuple[Inventory | None, list[Violation]]:
+def with_scheduler_kind(data: object, kind: str | None) -> object:
+    """The input as `--scheduler KIND` sees it: scheduler.kind replaced, nothing else."""
+    if kind is None or not isinstance(data, dict):
+        return data
+    section = data.get("scheduler")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return data  # parsing reports the section itself
+    return {**data, "scheduler": {**section, "kind": kind}}
+
+
+def validate_document(doc: YamlDocument, scheduler: str | None = None) -> tuple[Inventory | None, list[Violation]]:
     dupes = [Violation(path, "duplicate key: YAML would silently keep only the last one", line) for path, line in doc.duplicate_keys]
-    inv, violations = validate_data(doc.data)
+    inv, violations = validate_data(with_scheduler_kind(doc.data, scheduler))
     violations = dupes + _with_lines(doc, violations)
     return (inv if not violations else None), violations
 
@@ -429,9 +492,9 @@ def validate_text(text: str) -> tuple[Inventory | None, list[Violation]]:
     return validate_document(doc)
 
 
-def validate_file(path: Path) -> tuple[Inventory | None, list[Violation]]:
+def validate_file(path: Path, scheduler: str | None = None) -> tuple[Inventory | None, list[Violation]]:
     try:
         doc = read_yaml_file(path)
     except YamlSyntaxError as e:
         return None, [Violation((), str(e), e.line)]
-    return validate_document(doc)
+    return validate_document(doc, scheduler)

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from q7x2_deploy.commands.scheduler_option import add_scheduler_argument
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.render import render_host_script
@@ -56,9 +57,11 @@ def _write_scripts(plan: Plan, directory: Path) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    inv = load_inventory(Path(args.inventory))
+    inv = load_inventory(Path(args.inventory), scheduler=args.scheduler)
     for line in file_warnings(Path(args.inventory), inv):  # stderr: the JSON on stdout stays clean
         print(line, file=sys.stderr)
+    if inv.scheduler.kind != "ssh":
+        raise UserError(f"plan --scheduler {inv.scheduler.kind}: this version renders only ssh plans")
     plan = build_plan(inv)
     if args.scripts is not None:
         try:
@@ -75,6 +78,7 @@ def _plan(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="print per host everything `up` would do, touching no host")
     p.add_argument("inventory", help="inventory YAML file")
+    add_scheduler_argument(p)
     p.add_argument("--json", action="store_true", help="the plan as JSON (format: docs/plan-format.md)")
     p.add_argument("--scripts", metavar="DIR", help="also write one readable shell script per host into DIR")
     p.set_defaults(func=_plan)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, TransportFactory, open_cluster, ssh_factory
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.inventory import Inventory, load_inventory
 from q7x2_deploy.plan import Plan, build_plan
 
 
@@ -17,14 +17,19 @@ def add_inventory_argument(parser: argparse.ArgumentParser, *, optional: bool = 
                         help="the inventory YAML file")
 
 
+def inventory_from_args(args: argparse.Namespace) -> Inventory:
+    """The inventory with `--scheduler` applied before validation (the rules depend on the kind)."""
+    return load_inventory(args.inventory, scheduler=getattr(args, "scheduler", None))
+
+
 def add_host_key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust hosts not yet in known_hosts and append their keys "
                              "(a changed key is refused regardless)")
 
 
-def load_plan(path: str) -> Plan:
-    return build_plan(load_inventory(path))
+def load_plan(path: str, scheduler: str | None = None) -> Plan:
+    return build_plan(load_inventory(path, scheduler=scheduler))
 
 
 def only_hosts(plan: Plan, names: list[str] | None) -> Plan:
@@ -43,7 +48,7 @@ def only_hosts(plan: Plan, names: list[str] | None) -> Plan:
 @contextmanager
 def cluster_from_args(args: argparse.Namespace, factory: TransportFactory | None = None,
                       plan: Plan | None = None) -> Iterator[Cluster]:
-    plan = plan or load_plan(args.inventory)
+    plan = plan or load_plan(args.inventory, getattr(args, "scheduler", None))
     factory = factory or ssh_factory(getattr(args, "accept_new_host_keys", False))
     with open_cluster(plan, factory) as cluster:
         yield cluster

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -56,12 +57,32 @@ def _write_scripts(plan: Plan, directory: Path) -> None:
         tmp.replace(target)
 
 
+def _write_file(target: Path, text: str, where: str) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        tmp.replace(target)
+    except OSError as e:
+        raise UserError(f"cannot write scripts to {where}: {e.strerror}") from None
+
+
 def _plan(args: argparse.Namespace) -> int:
     inv = load_inventory(Path(args.inventory), scheduler=args.scheduler)
     for line in file_warnings(Path(args.inventory), inv):  # stderr: the JSON on stdout stays clean
         print(line, file=sys.stderr)
+    if inv.scheduler.kind == "slurm":
+        from q7x2_deploy.backends.slurm.script import build_slurm_job, render_sbatch
+
+        job = build_slurm_job(inv)
+        script = render_sbatch(inv, job)
+        if args.scripts is not None:
+            _write_file(Path(args.scripts) / f"{job.slurm_name}.sbatch", script, args.scripts)
+        sys.stdout.write(json.dumps({"scheduler": "slurm", "sbatch": script}, indent=2) + "\n" if args.json else script)
+        return 0
     if inv.scheduler.kind != "ssh":
-        raise UserError(f"plan --scheduler {inv.scheduler.kind}: this version renders only ssh plans")
+        raise UserError(f"plan --scheduler {inv.scheduler.kind}: this version renders only ssh and slurm plans")
     plan = build_plan(inv)
     if args.scripts is not None:
         try:

@@ -19,6 +19,10 @@ def _validate(args: argparse.Namespace) -> int:
     # What only the computed commands show (their length) is checked by building them.
     if kind == "ssh":
         build_plan(inv)
+    elif kind == "slurm":
+        from q7x2_deploy.backends.slurm.script import render_sbatch
+
+        render_sbatch(inv)
     world = inv.nnodes * inv.job.parallelism.npus_per_node
     p = inv.job.parallelism
     nodes = f"{inv.nnodes} hosts" if kind == "ssh" else f"{inv.nnodes} {kind} nodes"

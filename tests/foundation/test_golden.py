@@ -184,3 +184,9 @@ def test_cpu_flavor_runs_the_runtime_commands(tmp_path):
     assert host.step("preprocess").argv[:2] == ["q7x2-runtime", "preprocess"]
     assert host.step("pretrain").argv == ["q7x2-runtime", "pretrain", "--job", "/etc/q7x2/job.json"]
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in host.env
+
+
+def test_slurm_sbatch_golden():
+    from q7x2_deploy.backends.slurm.script import render_sbatch
+
+    _check_golden("job.slurm.sbatch", render_sbatch(load_inventory(GOLDEN / "inventory.slurm.yaml")))

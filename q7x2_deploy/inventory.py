@@ -131,13 +131,30 @@ class SshSettings(StrictModel):
         return v
 
 
-class SshTarget(StrictModel):
-    """The resolved SSH settings of one host (defaults merged with its overrides)."""
+class SshDefaults(SshSettings):
+    """The inventory's top-level `ssh`: every host's defaults, and the OpenSSH client
+    configuration to read (default ~/.ssh/config; `--ssh-config` overrides it)."""
 
-    user: str = "root"
-    port: int = 22
+    config: str | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _config_path_safe(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_safe_path(v)
+        return v
+
+
+class SshTarget(StrictModel):
+    """The inventory's SSH settings of one host (defaults merged with its overrides). None
+    means the inventory does not say: the ssh config file or the built-in default decides
+    (q7x2_deploy.ssh_route)."""
+
+    user: str | None = None
+    port: int | None = None
     identity: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
+    known_hosts: str | None = None
+    config: str | None = None
 
 
 class HostSpec(StrictModel):
@@ -231,7 +248,7 @@ class DeployJob(Job):
 
 
 class Inventory(StrictModel):
-    ssh: SshSettings = SshSettings()
+    ssh: SshDefaults = SshDefaults()
     # Required with scheduler kind ssh; with slurm or kubernetes the scheduler places the nodes
     # (hosts listed then only give node names their addresses and SSH settings).
     hosts: Annotated[list[HostSpec], Field(max_length=1024)] = []
@@ -341,6 +358,7 @@ __all__ = [
     "Inventory",
     "InventoryError",
     "MasterSpec",
+    "SshDefaults",
     "SshSettings",
     "SchedulerSpec",
     "SlurmSettings",

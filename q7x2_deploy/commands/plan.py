@@ -15,11 +15,39 @@ from q7x2_deploy.commands.scheduler_option import add_scheduler_argument
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.render import render_host_script
+from q7x2_deploy.ssh_route import ClientConfig, Endpoint, Route, load_client_config, resolve
 from q7x2_deploy.validation import file_warnings
 from q7x2_runtime.errors import UserError
 
 
-def _print_human(plan: Plan, console: Console) -> None:
+def ssh_routes(plan: Plan, ssh_config: str | None) -> dict[str, Route]:
+    """Each host's effective SSH settings and jump chain, read from the local ssh config only."""
+    configs: dict[str | None, ClientConfig] = {}
+    routes = {}
+    for host in plan.hosts:
+        path = ssh_config or (str(host.ssh["config"]) if host.ssh.get("config") else None)
+        if path not in configs:
+            configs[path] = load_client_config(path)
+        routes[host.name] = resolve(host.address, host.ssh, configs[path])
+    return routes
+
+
+def _endpoint_line(e: Endpoint) -> str:
+    alias = f" ({e.name} -> HostName {e.hostname})" if e.name != e.hostname else ""
+    keys = ", ".join(e.identities) or "ssh-agent, then default keys"
+    return (f"{e.login}{alias}; identity {keys}; known_hosts {', '.join(e.known_hosts)}; "
+            f"connect timeout {e.connect_timeout:g} s; keepalive {e.keepalive_interval} s")
+
+
+def route_lines(route: Route) -> list[str]:
+    lines = [f"ssh {_endpoint_line(route.target)}"]
+    lines += [f"  via jump host {i + 1}: {_endpoint_line(j)}" for i, j in enumerate(route.jumps)]
+    if route.config:
+        lines.append(f"  (ssh config {route.config}; the inventory's ssh settings override it)")
+    return lines
+
+
+def _print_human(plan: Plan, console: Console, routes: dict[str, Route]) -> None:
     """Headings in bold on a terminal; every command as one plain line, never cut or wrapped by
     us (a panel would cut each `docker run` at its width, and lay out long values slowly)."""
     console.print(
@@ -32,7 +60,7 @@ def _print_human(plan: Plan, console: Console) -> None:
     for host in plan.hosts:
         console.print()
         console.print(Text(f"== {host.name} (node rank {host.node_rank})", style="bold"))
-        body = [f"ssh {host.ssh['user']}@{host.address}:{host.ssh['port']}", f"job spec -> {host.job_file}"]
+        body = [*route_lines(routes[host.name]), f"job spec -> {host.job_file}"]
         if plan.flavor == "ascend":
             body.append(f"NPUs used: {', '.join(map(str, host.npus)) or 'none'}")
         if host.detect_nic:
@@ -89,10 +117,14 @@ def _plan(args: argparse.Namespace) -> int:
             _write_scripts(plan, Path(args.scripts))
         except OSError as e:
             raise UserError(f"cannot write scripts to {args.scripts}: {e.strerror}") from None
+    routes = ssh_routes(plan, args.ssh_config)
     if args.json:
-        sys.stdout.write(plan.to_json() + "\n")
+        data = plan.to_dict()
+        for host in data["hosts"]:  # type: ignore[attr-defined]
+            host["ssh_route"] = routes[host["name"]].to_dict()
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        _print_human(plan, Console(soft_wrap=True))
+        _print_human(plan, Console(soft_wrap=True), routes)
     return 0
 
 
@@ -101,5 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inventory", help="inventory YAML file")
     add_scheduler_argument(p)
     p.add_argument("--json", action="store_true", help="the plan as JSON (format: docs/plan-format.md)")
+    p.add_argument("--ssh-config", metavar="PATH", default=None,
+                   help="OpenSSH client config to resolve logins with (default: the inventory's ssh.config, else ~/.ssh/config)")
     p.add_argument("--scripts", metavar="DIR", help="also write one readable shell script per host into DIR")
     p.set_defaults(func=_plan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from rich.console import Console
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if not inv.job.checkpoint.keep_optimizer:
         print("q7x2-deploy: warning: job.checkpoint.keep_optimizer is false: checkpoints hold no optimizer or RNG "
               "state, so a resume restarts the optimizer and will not continue exactly", flush=True)
-    factory = ssh_factory(args.accept_new_host_keys)
+    factory = ssh_factory(args.accept_new_host_keys, args.ssh_config)
     with cluster_from_args(args, factory=factory, plan=build_plan(inv)) as cluster:
         job = cluster.plan.job_name
         sink = LogSink(job)
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.detach and rc == 0 and inv.job.recovery.max_restarts > 0:
         # The train phase runs unwatched from here: a supervisor process watches and recovers it.
         extra = ["--quiet-warning", f"{args.quiet_warning:g}",
-                 *(["--accept-new-host-keys"] if args.accept_new_host_keys else [])]
+                 *(["--accept-new-host-keys"] if args.accept_new_host_keys else []),
+                 *(["--ssh-config", os.path.abspath(args.ssh_config)] if args.ssh_config else [])]
         info = start_supervisor(job, args.inventory, extra)
         print(f"q7x2-deploy: supervisor (pid {info['pid']}) watches and recovers job {job}; "
               f"its output: {info['log']}; `q7x2-deploy down` stops it", flush=True)

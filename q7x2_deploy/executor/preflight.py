@@ -175,7 +175,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     except DeployError as e:
         report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
         return report
-    report.add("ssh", "ok", f"{host.ssh.get('user', 'root')}@{host.address}")
+    report.add("ssh", "ok", t.login)
     sec = parse_probe(probe.stdout)
 
     rc, image = split_rc(sec.get("image", []))

@@ -23,9 +23,13 @@ def inventory_from_args(args: argparse.Namespace) -> Inventory:
 
 
 def add_host_key_argument(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that logs in to hosts: host keys and the ssh config."""
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust hosts not yet in known_hosts and append their keys "
                              "(a changed key is refused regardless)")
+    parser.add_argument("--ssh-config", metavar="PATH", default=None,
+                        help="OpenSSH client config to log in with (default: the inventory's ssh.config, "
+                             "else ~/.ssh/config); inventory values override it")
 
 
 def load_plan(path: str, scheduler: str | None = None) -> Plan:
@@ -49,6 +53,6 @@ def only_hosts(plan: Plan, names: list[str] | None) -> Plan:
 def cluster_from_args(args: argparse.Namespace, factory: TransportFactory | None = None,
                       plan: Plan | None = None) -> Iterator[Cluster]:
     plan = plan or load_plan(args.inventory, getattr(args, "scheduler", None))
-    factory = factory or ssh_factory(getattr(args, "accept_new_host_keys", False))
+    factory = factory or ssh_factory(getattr(args, "accept_new_host_keys", False), getattr(args, "ssh_config", None))
     with open_cluster(plan, factory) as cluster:
         yield cluster

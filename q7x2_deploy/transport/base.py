@@ -86,6 +86,11 @@ class Transport(ABC):
 
     host: str
 
+    @property
+    def login(self) -> str:
+        """Who logs in where, for messages (`root@10.0.0.5:22 via ops@bastion:22`)."""
+        return self.host
+
     @abstractmethod
     def start(self, argv: Sequence[str], *, merge_stderr: bool = True) -> RemoteProcess: ...
 

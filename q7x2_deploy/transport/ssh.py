@@ -20,61 +20,54 @@ from q7x2_deploy.transport.base import (
     TransportError,
     quote_argv,
 )
-from q7x2_deploy.transport.hostkeys import (
-    HostKeyRefused,
-    VerifyingPolicy,
-    fingerprint,
-    keys_for,
-    known_hosts_name,
-)
+from q7x2_deploy.transport.connect import JumpPool, _PromptAckSocket, connect_direct, login
+
+__all__ = ["JumpPool", "SSHConfig", "SSHTransport", "_PromptAckSocket"]
+from q7x2_deploy.transport.hostkeys import HostKeyRefused
 
 _CHUNK = 1 << 16
 
 
-class _PromptAckSocket(socket.socket):
-    """A TCP socket that acknowledges what it reads at once instead of ~40 ms later.
-
-    sshd sends exec-channel replies with Nagle's algorithm on, so a small reply waits until
-    the previous one is acknowledged, and Linux delays that acknowledgement by 40 ms. Right
-    after login that cost every first command on a connection ~45 ms (a fresh `check` of one
-    host took 0.13 s, of which 0.08 s was waiting). TCP_QUICKACK is not sticky, so it is
-    re-armed after every read; paramiko reads only through recv().
-    """
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return data
-
-
-def _low_latency_socket(sock: socket.socket) -> socket.socket:
-    """TCP_NODELAY (paramiko never sets it) and, where the OS has it, prompt ACKs."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if not hasattr(socket, "TCP_QUICKACK"):  # Linux-only option
-        return sock
-    timeout = sock.gettimeout()
-    prompt = _PromptAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    prompt.settimeout(timeout)
-    return prompt
-
-
 @dataclass(frozen=True)
 class SSHConfig:
-    host: str  # the inventory's name, used in every message
-    address: str
+    host: str  # the inventory's name (or, for a jump host, its name in the ssh config), in every message
+    address: str  # what is connected to
     port: int = 22
     user: str = "root"
-    identity: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
+    # One key file or several (tried in order); none: the ssh-agent's keys, then ~/.ssh/id_*.
+    identity: str | tuple[str, ...] | None = None
+    # One known_hosts file or several (checked in order); accepted new keys go to the first.
+    known_hosts: str | tuple[str, ...] = "~/.ssh/known_hosts"
     accept_new_host_keys: bool = False
     connect_timeout: float = 15.0
     # A keepalive every few seconds keeps NAT/firewall state alive during long quiet phases
     # (conversion can print nothing for minutes); liveness itself is checked with `ping`.
     keepalive_interval: int = 5
+    # ProxyJump: the hosts passed through, in connection order (the first is reached directly).
+    jumps: tuple[SSHConfig, ...] = ()
+
+    @property
+    def identity_files(self) -> list[str]:
+        if self.identity is None:
+            return []
+        files = [self.identity] if isinstance(self.identity, str) else list(self.identity)
+        return [str(Path(f).expanduser()) for f in files]
+
+    @property
+    def known_hosts_paths(self) -> list[Path]:
+        files = [self.known_hosts] if isinstance(self.known_hosts, str) else list(self.known_hosts)
+        return [Path(f).expanduser() for f in files]
 
     @property
     def known_hosts_path(self) -> Path:
-        return Path(self.known_hosts).expanduser()
+        """Where keys accepted with --accept-new-host-keys are appended."""
+        return self.known_hosts_paths[0]
+
+    @property
+    def login(self) -> str:
+        """`root@10.0.0.5:22`, with ` via ops@bastion:22` for each jump host."""
+        via = f" via {' -> '.join(f'{j.user}@{j.address}:{j.port}' for j in self.jumps)}" if self.jumps else ""
+        return f"{self.user}@{self.address}:{self.port}{via}"
 
 
 class _SSHProcess(RemoteProcess):
@@ -138,11 +131,17 @@ class _SSHProcess(RemoteProcess):
 class SSHTransport(Transport):
     """Thread-safe: one SSH connection per host, one channel per command."""
 
-    def __init__(self, config: SSHConfig) -> None:
+    def __init__(self, config: SSHConfig, jump_pool: JumpPool | None = None) -> None:
         self.config = config
         self.host = config.host
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        # Jump-host connections are shared by every host behind them (one per chain).
+        self._pool = jump_pool or JumpPool()
+
+    @property
+    def login(self) -> str:
+        return self.config.login
 
     # -- connection -------------------------------------------------------------------
 
@@ -162,66 +161,14 @@ class SSHTransport(Transport):
 
     def _open(self) -> paramiko.SSHClient:
         c = self.config
-        client = paramiko.SSHClient()
-        # paramiko consults the client's own host key table; copy in this host's verified
-        # keys (only its own: copying every host's into every client cost O(hosts²) each).
-        name = known_hosts_name(c.address, c.port)
-        for keytype, key in keys_for(c.known_hosts_path, name).items():
-            client.get_host_keys().add(name, keytype, key)
-        client.set_missing_host_key_policy(
-            VerifyingPolicy(c.host, c.known_hosts_path, c.accept_new_host_keys)
-        )
-        where = f"{c.user}@{c.address}:{c.port}"
-        sock: socket.socket | None = None
-        try:
-            sock = _low_latency_socket(socket.create_connection((c.address, c.port),
-                                                               timeout=c.connect_timeout))
-            client.connect(
-                sock=sock,
-                hostname=c.address,
-                port=c.port,
-                username=c.user,
-                key_filename=str(Path(c.identity).expanduser()) if c.identity else None,
-                timeout=c.connect_timeout,
-                banner_timeout=c.connect_timeout,
-                auth_timeout=c.connect_timeout,
-                channel_timeout=c.connect_timeout,
-                allow_agent=False,
-                look_for_keys=c.identity is None,
-            )
-        except BaseException as e:
-            client.close()
-            if sock is not None:
-                sock.close()
-            err = self._connect_error(e, where)
-            if err is e:
-                raise
-            raise err from e
-        t = client.get_transport()
-        assert t is not None
-        t.set_keepalive(c.keepalive_interval)
-        return client
-
-    def _connect_error(self, e: BaseException, where: str) -> BaseException:
-        """The one-line error a failed connect becomes (`e` itself when it already is one)."""
-        c = self.config
-        if isinstance(e, paramiko.BadHostKeyException):
-            return HostKeyRefused(
-                f"{c.host}: host key for {known_hosts_name(c.address, c.port)} CHANGED "
-                f"(offers {fingerprint(e.key)}, {c.known_hosts_path} expects "
-                f"{fingerprint(e.expected_key)}); refusing to connect"
-            )
-        if isinstance(e, paramiko.AuthenticationException):
-            return DeployError(
-                f"{c.host}: SSH login to {where} refused (identity {c.identity or 'default keys'}): {e}"
-            )
-        if isinstance(e, FileNotFoundError):
-            return DeployError(f"{c.host}: SSH identity file not found: {e.filename}")
-        if isinstance(e, HostKeyRefused) or not isinstance(
-            e, (OSError, socket.timeout, paramiko.SSHException, EOFError)
-        ):
-            return e
-        return HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}")
+        if c.jumps:
+            self._pool.register(self)
+            try:
+                sock = self._pool.channel(c.jumps, (c.address, c.port), c.connect_timeout)
+            except DeployError as e:
+                raise type(e)(f"{c.host}: {e}") from e
+            return login(c, sock)
+        return connect_direct(c)
 
     def _channel(self, argv: Sequence[str], merge_stderr: bool, open_timeout: float | None = None) -> paramiko.Channel:
         command = quote_argv(argv)
@@ -327,3 +274,4 @@ class SSHTransport(Transport):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+        self._pool.release(self)

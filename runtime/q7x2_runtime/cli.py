@@ -17,6 +17,7 @@ _COMMAND_MODULES = {
     "preprocess": "q7x2_runtime.preprocess.cli",
     "pretrain": "q7x2_runtime.pretrain.cli",
     "run": "q7x2_runtime.run_step",
+    "doctor": "q7x2_runtime.doctor.cli",
 }
 
 

@@ -1,0 +1,2 @@
+"""`q7x2-runtime doctor`: the versions inside the image that must match, against the pins the
+image was built with (/etc/q7x2/pins.json, written by the Dockerfile templates)."""

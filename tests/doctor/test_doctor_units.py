@@ -1,0 +1,127 @@
+"""doctor's comparison rules and what it reads, on files laid out as in an image."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import pytest
+
+from q7x2_deploy.render import AscendStack, image_pins
+from q7x2_runtime.cli import main as runtime_main
+from q7x2_runtime.doctor.cli import record
+from q7x2_runtime.doctor.compare import compare, judge, versions_match
+from q7x2_runtime.doctor.installed import cann_version, megatron_core_version, source_ref
+from q7x2_runtime.doctor.pins import Pin, Pins, load_pins
+from q7x2_runtime.errors import UserError
+
+
+@pytest.mark.parametrize(("kind", "want", "have", "ok"), [
+    ("dist", "2.1.0", "2.1.0", True),
+    ("dist", "2.1.0", "2.1.0+cpu", True),  # pip's ==2.1.0 takes the +cpu build too
+    ("dist", "2.1.0+cpu", "2.1.0", False),
+    ("dist", "2.1.0", "2.1.0.post12", False),  # torch_npu's post releases are different builds
+    ("dist", "2.1.0.post12", "2.1.0.post8", False),
+    ("dist", "2.1.0", "2.1.1", False),
+    ("python", "3.10", "3.10.14", True),
+    ("python", "3.10", "3.11.2", False),
+    ("python", "3.1", "3.10.14", False),  # components, not characters
+    ("source", "2.0.0", "v2.0.0", True),
+    ("source", "2.0.0", "2.1.0", False),
+    ("cann", "8.0.RC3", "8.0.RC3", True),
+    ("cann", "8.0.RC3", "8.0.RC2", False),
+])
+def test_versions_match(kind: str, want: str, have: str, ok: bool) -> None:
+    assert versions_match(kind, want, have) is ok
+
+
+def test_findings_say_what_differs() -> None:
+    pins = [Pin("torch", "dist", "2.1.0", dist="torch"), Pin("torch_npu", "dist", "2.1.0.post12", dist="torch_npu"),
+            Pin("apex", "dist", None, dist="apex"), Pin("CANN", "cann", "8.0.RC3")]
+    found = compare(pins, {"torch": "2.1.0", "torch_npu": "2.1.0.post8", "apex": "0.1", "CANN": None})
+    assert [f.verdict for f in found] == ["ok", "mismatch", "ok", "missing"]
+    assert found[1].line() == "torch_npu: 2.1.0.post8 installed, pinned 2.1.0.post12"
+    assert found[3].line() == "CANN: not found (pinned 8.0.RC3)"
+    assert judge(Pin("apex", "dist", None, dist="apex"), None).line() == "apex: not found (pinned any version)"
+
+
+def test_ascend_pins_are_the_stack_the_dockerfile_installs() -> None:
+    stack = AscendStack()
+    pins = {p.name: p for p in image_pins("ascend", python_version="3.10").components}
+    assert pins["torch"].want == stack.torch_version == "2.1.0"
+    assert pins["torch_npu"].want == stack.torch_npu_version == "2.1.0.post12"
+    assert pins["MindSpeed-LLM"].want == stack.mindspeed_llm_ref and pins["MindSpeed sources"].want == stack.mindspeed_ref
+    assert pins["Megatron core"].path == "/opt/MindSpeed-LLM/megatron" and pins["Megatron core"].want == "0.8.0"
+    assert pins["Python"].want == "3.10" and not pins["Python"].record
+    assert pins["CANN"].record and pins["CANN"].want is None  # taken from the base image at build time
+    assert set(pins) >= {"Python", "CANN", "torch", "torch_npu", "apex", "MindSpeed", "MindSpeed-LLM", "Megatron core"}
+    again = Pins.from_json(image_pins("ascend").to_json())
+    assert again == image_pins("ascend")
+
+
+def test_cann_version_from_the_toolkit_file(tmp_path: Path) -> None:
+    info = tmp_path / "latest" / f"{platform.machine()}-linux" / "ascend_toolkit_install.info"
+    info.parent.mkdir(parents=True)
+    info.write_text("package_name=Ascend-cann-toolkit\nversion=8.0.RC3\ninnerversion=V100R001C19\n")
+    assert cann_version({"ASCEND_TOOLKIT_HOME": str(tmp_path / "latest")}) == "8.0.RC3"
+    other = tmp_path / "other" / "aarch64-linux" / "ascend_toolkit_install.info"  # any arch directory
+    other.parent.mkdir(parents=True)
+    other.write_text("version=8.1.RC1\n")
+    assert cann_version({"ASCEND_HOME_PATH": str(tmp_path / "other")}, arch="none") == "8.1.RC1"
+
+
+def test_megatron_and_source_versions_read_as_text(tmp_path: Path) -> None:
+    core = tmp_path / "megatron" / "core"
+    core.mkdir(parents=True)
+    (core / "package_info.py").write_text('MAJOR = 0\nMINOR = 8\nPATCH = 0\nPRE_RELEASE = ""\nimport torch\n')
+    assert megatron_core_version(tmp_path / "megatron") == "0.8.0"
+    assert megatron_core_version(tmp_path / "nowhere") is None
+    (tmp_path / ".q7x2-source.json").write_text(json.dumps({"tag": "v2.0.0", "commit": "3a712f5"}))
+    assert source_ref(tmp_path) == "v2.0.0"
+
+
+def _write_pins(path: Path, comps: list[Pin]) -> Path:
+    path.write_text(Pins("cpu", comps).to_json())
+    return path
+
+
+def test_cli_exit_and_one_line_per_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    good = _write_pins(tmp_path / "good.json", [Pin("Python", "python", platform.python_version()),
+                                               Pin("torch", "dist", torch.__version__.split("+")[0], dist="torch")])
+    assert runtime_main(["doctor", "--pins", str(good)]) == 0
+    assert "all 2 components match" in capsys.readouterr().out
+    bad = _write_pins(tmp_path / "bad.json", [Pin("torch", "dist", "2.1.0", dist="torch"),
+                                             Pin("torch_npu", "dist", "2.1.0.post12", dist="torch_npu"),
+                                             Pin("Python", "python", "3.10")])
+    assert runtime_main(["doctor", "--pins", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch: {torch.__version__} installed, pinned 2.1.0", "torch_npu: not found (pinned 2.1.0.post12)",
+                   f"Python: {platform.python_version()} installed, pinned 3.10"]
+    assert runtime_main(["doctor", "--pins", str(bad), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and [f["verdict"] for f in out["findings"]] == ["mismatch", "missing", "mismatch"]
+
+
+def test_record_fills_only_open_pins(tmp_path: Path) -> None:
+    pins = _write_pins(tmp_path / "p.json", [Pin("Python", "python", None, record=True),
+                                            Pin("numpy", "dist", None, dist="numpy", record=True),
+                                            Pin("torch", "dist", None, dist="torch")])
+    assert runtime_main(["doctor", "--pins", str(pins), "--record"]) == 0
+    filled = {p.name: p for p in load_pins(pins).components}
+    assert filled["Python"].want == platform.python_version() and not filled["Python"].record
+    assert filled["numpy"].want is not None and filled["torch"].want is None  # not recordable: stays open
+    _write_pins(pins, [Pin("CANN", "cann", None, record=True)])
+    with pytest.raises(UserError, match="CANN: not found while building the image"):
+        record(load_pins(pins))
+
+
+def test_missing_or_broken_pins_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert runtime_main(["doctor", "--pins", str(tmp_path / "none.json")]) == 2
+    assert "no pins file" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{}")
+    assert runtime_main(["doctor", "--pins", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unreadable pins" in err[0]

@@ -8,6 +8,7 @@ from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.containers import remove_job
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.recovery_supervisor import stop_supervisor
+from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan
@@ -16,6 +17,7 @@ from q7x2_deploy.plan import Plan, build_plan
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("down", help="stop and remove the job's containers on every host")
     add_inventory_argument(p)
+    add_scheduler_argument(p)
     add_host_key_argument(p)
     p.set_defaults(func=run)
 
@@ -31,6 +33,8 @@ def _with_spares(plan: Plan, path: str) -> Plan:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (rc := other_scheduler(args, "down")) is not None:
+        return rc
     plan = build_plan(load_inventory(args.inventory))
     # First the detached supervisor, or it would restart the job being taken down.
     if (pid := stop_supervisor(plan.job_name)) is not None:

@@ -8,6 +8,7 @@ import sys
 
 from q7x2_deploy.executor.logs import follow_logs, show_logs
 from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
 from q7x2_deploy.executor.session import (
     add_host_key_argument,
     add_inventory_argument,
@@ -20,6 +21,7 @@ from q7x2_deploy.executor.session import (
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("logs", help="show the job's logs from every host, prefixed [host rank]")
     add_inventory_argument(p)
+    add_scheduler_argument(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep following (reconnects to lost hosts)")
     p.add_argument("--host", action="append", metavar="H", help="only this host (repeatable)")
     p.add_argument("--since", metavar="T", help="only lines since T (e.g. 10m, 2h, an RFC 3339 time)")
@@ -28,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (rc := other_scheduler(args, "logs")) is not None:
+        return rc
     plan = only_hosts(load_plan(args.inventory), args.host)
     # A full history replaces the local copy; a partial one must not truncate it.
     full = args.since is None

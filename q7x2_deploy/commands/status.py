@@ -10,6 +10,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.replica_status import Replication
 from q7x2_deploy.executor.status import HostStatus, describe_recovery, job_replication, job_status, quiet_for, recovery_summary
@@ -19,6 +20,7 @@ from q7x2_deploy.executor.table import compact_table, print_table
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("status", help="show the job's state and training progress per host")
     add_inventory_argument(p)
+    add_scheduler_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_host_key_argument(p)
     p.set_defaults(func=run)
@@ -58,6 +60,8 @@ def describe_replication(rep: Replication) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (rc := other_scheduler(args, "status")) is not None:
+        return rc
     with cluster_from_args(args) as cluster:
         rows = job_status(cluster)
         replication = job_replication(cluster, rows)

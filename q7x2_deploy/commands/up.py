@@ -10,6 +10,7 @@ from rich.console import Console
 from q7x2_deploy.executor.cluster import ssh_factory
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.recovery_supervisor import start_supervisor
+from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
 from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S
 from q7x2_deploy.executor.table import print_preflight
@@ -21,6 +22,7 @@ from q7x2_deploy.plan import build_plan
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("up", help="start the job on every host and stream its logs")
     add_inventory_argument(p)
+    add_scheduler_argument(p)
     p.add_argument("--detach", "-d", action="store_true",
                    help="return once training has started (prepare still runs to completion first)")
     p.add_argument("--quiet-warning", type=_minutes, default=QUIET_WARNING_S / 60, metavar="MINUTES",
@@ -40,6 +42,8 @@ def _minutes(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (rc := other_scheduler(args, "up")) is not None:
+        return rc
     console = Console()
     inv = load_inventory(args.inventory)
     if not inv.job.checkpoint.keep_optimizer:

@@ -8,18 +8,13 @@ from contextlib import contextmanager
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, TransportFactory, open_cluster, ssh_factory
-from q7x2_deploy.inventory import Inventory, load_inventory
+from q7x2_deploy.inventory import load_inventory
 from q7x2_deploy.plan import Plan, build_plan
 
 
 def add_inventory_argument(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     parser.add_argument("inventory", metavar="INVENTORY", nargs="?" if optional else None,
                         help="the inventory YAML file")
-
-
-def inventory_from_args(args: argparse.Namespace) -> Inventory:
-    """The inventory with `--scheduler` applied before validation (the rules depend on the kind)."""
-    return load_inventory(args.inventory, scheduler=getattr(args, "scheduler", None))
 
 
 def add_host_key_argument(parser: argparse.ArgumentParser) -> None:

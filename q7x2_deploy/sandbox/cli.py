@@ -1,6 +1,6 @@
 """`q7x2-deploy sandbox`: a real multi-host cluster on this machine, for trying and testing.
 
-    q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH]
+    q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH] [--slurm]
     q7x2-deploy sandbox status [--json]
     q7x2-deploy sandbox cut|heal|stop|start HOST
     q7x2-deploy sandbox ssh HOST [COMMAND...]
@@ -29,7 +29,7 @@ def _up(args: argparse.Namespace) -> int:
     cfg = cluster.config_for(args.name, args.subnet)
     cluster.up(cfg, args.hosts, ascend_devices=args.ascend_devices, inventory=Path(args.inventory),
                npus_per_node=args.npus_per_node, with_base_image=not args.no_base_image,
-               load_base_image=args.load_base_image, with_sample=not args.no_sample, log=_log)
+               load_base_image=args.load_base_image, with_sample=not args.no_sample, slurm=args.slurm, log=_log)
     _print_status(cluster.status(cfg))
     return 0
 
@@ -105,6 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.add_argument("--load-base-image", action="store_true", help="also load the base image into every host engine")
     u.add_argument("--no-base-image", action="store_true", help="do not build the base image in the root engine")
     u.add_argument("--no-sample", action="store_true", help="do not write the sample checkpoint and dataset")
+    u.add_argument("--slurm", action="store_true",
+                   help="also run Slurm: munged and slurmd on every host, slurmctld on the first (the login host); "
+                        "the inventory then has scheduler kind slurm")
     u.set_defaults(func=_up)
 
     d = sub.add_parser("down", help="remove every namespace, link, daemon, rule and file of the sandbox")

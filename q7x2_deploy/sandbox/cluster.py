@@ -18,6 +18,7 @@ from q7x2_runtime.errors import UserError
 
 from q7x2_deploy.image import base_image
 from q7x2_deploy.sandbox import hosts, inventory_file, network, registry, sample_data
+from q7x2_deploy.sandbox import slurm as slurm_setup
 from q7x2_deploy.sandbox.config import MAX_HOSTS, SandboxConfig
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair, write_known_hosts
 from q7x2_deploy.sandbox.state import State
@@ -56,7 +57,7 @@ def config_for(name: str, subnet: str | None) -> SandboxConfig:
 
 def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Path | None = None,
        npus_per_node: int = 1, with_base_image: bool = True, load_base_image: bool = False,
-       with_sample: bool = True, log: Log = print) -> State:
+       with_sample: bool = True, slurm: bool = False, log: Log = print) -> State:
     _preflight()
     if not 1 <= count <= MAX_HOSTS:
         raise UserError(f"host count must be 1..{MAX_HOSTS}, got {count}")
@@ -69,7 +70,15 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
             raise UserError(f"sandbox {cfg.name!r} is up with --ascend-devices {st.ascend_devices}; "
                             "run `sandbox down` first to change it")
         st.ascend_devices = ascend_devices
+        if st.hosts and st.slurm != slurm:
+            raise UserError(f"sandbox {cfg.name!r} is up {'with' if st.slurm else 'without'} Slurm; "
+                            "run `sandbox down` first to change it")
         count = max(count, len(st.hosts))
+        if slurm:
+            took = slurm_setup.ensure_installed(log)
+            if took is not None:
+                log(f"installed {' '.join(slurm_setup.PACKAGES)} in {took:.1f} s")
+            st.slurm = True
         if not st.bridge:
             network.check_subnet_free(cfg)
         st.save(cfg.state_file)
@@ -106,8 +115,10 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
             hs = st.host(h.index)
             st.save(cfg.state_file)
             network.ensure_host_link(cfg, h, plugged=not hs.cut)
-            host_keys.append(([h.name, h.address], hosts.prepare(cfg, h, ascend_devices)))
+            host_keys.append(([h.name, h.address], hosts.prepare(cfg, h, ascend_devices, slurm=slurm)))
         hosts.write_hosts_files(cfg, count)
+        if slurm:
+            slurm_setup.write_config(cfg, names, ascend_devices)
         write_known_hosts(cfg.known_hosts, host_keys)
 
         booted = []
@@ -120,6 +131,10 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
             list(pool.map(lambda h: hosts.wait_ready(h, st.host(h.index)), names))
         log(f"{len(names)} hosts up ({len(booted)} booted) in {time.monotonic() - t0:.1f} s")
+        if slurm:
+            slurm_setup.wait_idle(st.host(1).init_pid or 0, count)
+            log(f"Slurm up: slurmctld on {names[0].name}, {count} idle node(s) in partition "
+                f"{slurm_setup.PARTITION!r} ({time.monotonic() - t0:.1f} s)")
 
         if with_base_image:
             st.base_image = base_image.ensure_base_image(log=log)
@@ -130,7 +145,7 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
             sample_data.ensure_sample(cfg, [h.dir / "data" for h in names], log=log)
 
         inv = (inventory or Path("inventory.sandbox.yaml")).absolute()
-        problem = inventory_file.write(inv, cfg, count, npus_per_node)
+        problem = inventory_file.write(inv, cfg, count, npus_per_node, slurm=slurm)
         st.inventory = str(inv)
         if st.inventory not in st.inventories:
             st.inventories.append(st.inventory)  # `down` removes every one it wrote
@@ -326,7 +341,7 @@ def start(cfg: SandboxConfig, name: str, log: Log = print) -> None:
     _preflight()
     with locked(cfg):
         st, h, hs = _host(cfg, name)
-        hosts.prepare(cfg, h, st.ascend_devices)  # same keys and disks; host files as this version writes them
+        hosts.prepare(cfg, h, st.ascend_devices, slurm=st.slurm)  # same keys and disks; host files as this version writes them
         hosts.start(cfg, h, hs)
         st.save(cfg.state_file)
         if not hs.cut:

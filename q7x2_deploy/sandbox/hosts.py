@@ -15,6 +15,7 @@ import docker
 from q7x2_runtime.errors import UserError
 
 from q7x2_deploy.sandbox import ascend
+from q7x2_deploy.sandbox import slurm as slurm_setup
 from q7x2_deploy.sandbox.config import HostNames, SandboxConfig
 from q7x2_deploy.sandbox.network import netns_path
 from q7x2_deploy.sandbox.overlay import overlay_dirs
@@ -118,8 +119,9 @@ def write_hosts_files(cfg: SandboxConfig, count: int) -> None:
             p.write_text(text, encoding="ascii")
 
 
-def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int) -> str:
-    """Write the host's files (idempotent); return its public host key line."""
+def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int, slurm: bool = False) -> str:
+    """Write the host's files (idempotent); return its public host key line. With `slurm` the
+    host also runs munged and slurmd, and the first host slurmctld (sandbox/slurm.py)."""
     for sub in ("run", "etc", "devstage", "log", *PRIVATE_DIRS):
         (h.dir / sub).mkdir(parents=True, exist_ok=True)
     (h.dir / "tmp").chmod(0o1777)
@@ -140,6 +142,7 @@ def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int) -> str:
             [str(cfg.shared_dir), "/shared"],
             [str(h.dir / "etc" / "hosts"), "/etc/hosts"],
             [str(h.dir / "etc" / "hostname"), "/etc/hostname"],
+            *(slurm_setup.binds(cfg) if slurm else []),
         ],
         "overlays": [[t, str(u), str(w)] for t, u, w in overlays],
         "dev_stage": str(h.dir / "devstage"),
@@ -150,6 +153,7 @@ def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int) -> str:
              "log": str(h.dir / "log" / "sshd.out")},
             {"argv": [which("dockerd") or "/usr/bin/dockerd", "--config-file", str(h.dir / "daemon.json")],
              "log": str(h.dir / "log" / "dockerd.log")},
+            *(slurm_setup.daemons(cfg, h, controller=h.index == 1) if slurm else []),
         ],
     }
     init_config_path(h).write_text(json.dumps(init, indent=2) + "\n", encoding="utf-8")

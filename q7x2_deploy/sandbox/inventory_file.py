@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,9 +26,9 @@ def _tag() -> str:
         return "dev"
 
 
-def build(cfg: SandboxConfig, count: int, npus_per_node: int = 1) -> dict:
+def build(cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False) -> dict:
     dp = count * npus_per_node  # tp = pp = 1
-    return {
+    data: dict[str, Any] = {
         "ssh": {"user": "root", "port": 22, "identity": str(cfg.identity), "known_hosts": str(cfg.known_hosts)},
         "hosts": [{"name": cfg.host(i).name, "address": cfg.host(i).address, "nic": cfg.host(i).nic}
                   for i in range(1, count + 1)],
@@ -52,6 +53,17 @@ def build(cfg: SandboxConfig, count: int, npus_per_node: int = 1) -> dict:
             "preprocess": {"workers": 1},
         },
     }
+    if slurm:
+        # Slurm places the job: the hosts stay listed so that node names have addresses and SSH
+        # settings (for `logs` and the container sweep of `down`), without per-host placement.
+        for h in data["hosts"]:
+            del h["nic"]
+        del data["master"]["host"]
+        del data["container"]["devices"]  # the allocation's NPUs (none on cpu)
+        data["scheduler"] = {"kind": "slurm", "nodes": count,
+                             "slurm": {"login": cfg.host(1).name, "partition": "sandbox", "time": "60",
+                                       "container": "docker", "output_dir": "/shared/q7x2/slurm"}}
+    return data
 
 
 def check(data: dict) -> str | None:
@@ -67,8 +79,8 @@ def check(data: dict) -> str | None:
     return None
 
 
-def write(path: Path, cfg: SandboxConfig, count: int, npus_per_node: int = 1) -> str | None:
-    data = build(cfg, count, npus_per_node)
+def write(path: Path, cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False) -> str | None:
+    data = build(cfg, count, npus_per_node, slurm)
     header = (f"{MARKER} (sandbox {cfg.name!r}); `sandbox down` removes it.\n"
               f"# {count} sandbox hosts on {cfg.subnet}; images are pushed to and pulled from "
               f"{cfg.registry_address}.\n")

@@ -34,6 +34,7 @@ class State:
     inventory: str | None = None  # the latest inventory written
     inventories: list[str] = field(default_factory=list)  # every inventory written
     base_image: str | None = None
+    slurm: bool = False  # munged + slurmd on every host, slurmctld on the first
 
     @classmethod
     def load(cls, path: Path) -> "State | None":

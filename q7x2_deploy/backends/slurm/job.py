@@ -18,10 +18,11 @@ from pathlib import Path
 
 from q7x2_deploy.backends.slurm.script import SlurmJob
 from q7x2_deploy.errors import DeployError
+from q7x2_deploy.executor.cluster import ssh_factory
 from q7x2_deploy.executor.rundir import run_dir
 from q7x2_deploy.inventory import HostSpec, Inventory
+from q7x2_deploy.plan import HostPlan
 from q7x2_deploy.transport.base import Transport
-from q7x2_deploy.transport.ssh import SSHConfig, SSHTransport
 
 POLL_S = 2.0
 RECORD_FILE = "slurm.json"
@@ -35,9 +36,10 @@ _SWEEP = 'ids=$(docker ps -aq --filter "label=q7x2.job=$1"); if [ -n "$ids" ]; t
 
 
 def _transport(name: str, address: str, inv: Inventory, spec: HostSpec | None, accept_new: bool) -> Transport:
+    """Logged in to exactly as the SSH fan-out logs in to a host (ssh config, jump hosts, keys)."""
     ssh = inv.ssh_target(spec or HostSpec.model_construct(name=name, address=address, ssh=None))
-    return SSHTransport(SSHConfig(host=name, address=address, port=ssh.port, user=ssh.user, identity=ssh.identity,
-                                  known_hosts=ssh.known_hosts, accept_new_host_keys=accept_new))
+    target = HostPlan(name=name, address=address, node_rank=0, ssh=ssh.model_dump(), env={}, job_file="", docker_run=[])
+    return ssh_factory(accept_new)(target)
 
 
 def login_transport(inv: Inventory, accept_new: bool = False) -> Transport:

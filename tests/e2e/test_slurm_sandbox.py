@@ -74,8 +74,37 @@ def slurm_sandbox() -> Iterator[SlurmSandbox]:
 
 @pytest.fixture(scope="module")
 def image_ref(slurm_sandbox: SlurmSandbox) -> str:
-    ref = isolation.tag(f"{slurm_sandbox.cfg.registry_address}/q7x2/qwen25-cpu:e2e")
-    build_cpu_image(ref, push=True)
+    """The sandbox inventory's image, present in both node engines. Built and copied engine to
+    engine when a node lacks it: pushing 1.6 GB through the registry (gzip) took over half an
+    hour on a busy 2-core machine, the copy 8 minutes."""
+    import yaml
+
+    from q7x2_deploy.image.base_image import copy_image
+
+    image = yaml.safe_load(slurm_sandbox.inventory.read_text())["image"]
+    ref = f"{image['repository']}:{image['tag']}"
+    missing = []
+    for i in range(2):
+        client = slurm_sandbox.engine(i)
+        try:
+            client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            missing.append(i)
+        finally:
+            client.close()
+    if missing:
+        build_cpu_image(ref, push=False)
+        src = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=1800)
+        try:
+            for i in missing:
+                dst = slurm_sandbox.engine(i)
+                dst.api.timeout = 1800
+                try:
+                    copy_image(src, dst, ref)
+                finally:
+                    dst.close()
+        finally:
+            src.close()
     return ref
 
 
@@ -83,8 +112,20 @@ def _inventory(sb: SlurmSandbox, tmp_path: Path, job: str, image_ref: str, port:
     return derive_inventory(sb.inventory, tmp_path / "inv.yaml", job=job, image_ref=image_ref, port=port, **kw)  # type: ignore[arg-type]
 
 
+# The later tests train on what the first one prepared (conversion and the dataset take minutes).
+PREPARED = "e2e-slurm"
+
+
+def _prepared(**kw: object) -> dict[str, object]:
+    from e2e_support import E2E_ROOT
+
+    root = f"/shared/{E2E_ROOT}/{PREPARED}"
+    return {"job__steps__convert": False, "job__steps__preprocess": False,
+            "job__paths__mcore_weights": f"{root}/mcore", "job__paths__dataset_prefix": f"{root}/datasets/alpaca", **kw}
+
+
 def test_sample_job_trains_over_two_slurm_nodes(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
-    job = "e2e-slurm"
+    job = PREPARED
     inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6221, train_iters=TRAIN_ITERS)
     cli("down", str(inv), cwd=tmp_path)
     t0 = time.monotonic()
@@ -116,7 +157,7 @@ def test_sample_job_trains_over_two_slurm_nodes(slurm_sandbox: SlurmSandbox, ima
 
 def test_a_failing_node_ends_the_job_on_both_and_is_named(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
     job = "e2e-slurm-fail"
-    inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6223, train_iters=100_000)
+    inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6223, train_iters=100_000, **_prepared())
     cli("down", str(inv), cwd=tmp_path)
     log = tmp_path / "up.log"
     proc = cli_background("up", str(inv), cwd=tmp_path, log=log)
@@ -147,7 +188,7 @@ def test_a_failing_node_ends_the_job_on_both_and_is_named(slurm_sandbox: SlurmSa
 
 def test_down_cancels_a_running_job_and_sweeps_its_containers(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
     job = "e2e-slurm-down"
-    inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6225, train_iters=100_000)
+    inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6225, train_iters=100_000, **_prepared())
     cli("down", str(inv), cwd=tmp_path)
     up = cli("up", str(inv), "--detach", cwd=tmp_path, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr

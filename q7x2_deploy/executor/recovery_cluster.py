@@ -35,8 +35,14 @@ class ClusterOps:
         self._transports: dict[str, Transport] = dict(cluster.transports)
         self._first_existing = first_existing
         self.supervisor: Supervisor | None = None
+        # Interfaces `up` found for hosts without `nic` (from the first plan) and those a
+        # re-check finds for a spare: every rebuilt plan pins them as the first one did.
+        self.nics: dict[str, str] = detected_nics(cluster.plan)
 
     # -- clusters ---------------------------------------------------------------------
+
+    def plan(self, inv: Inventory) -> Plan:
+        return build_plan(inv).with_nics(self.nics)
 
     def cluster(self, plan: Plan) -> Cluster:
         for h in plan.hosts:
@@ -52,7 +58,7 @@ class ClusterOps:
     # -- RecoveryOps ------------------------------------------------------------------
 
     def train(self, inv: Inventory, on_training: OnTraining) -> Incident | None:
-        cluster = self.cluster(build_plan(inv))
+        cluster = self.cluster(self.plan(inv))
         if self._first_existing is not None:
             existing, self._first_existing = self._first_existing, None
         else:
@@ -71,8 +77,10 @@ class ClusterOps:
         return None
 
     def check(self, inv: Inventory, host: str) -> HostCheck:
-        cluster = self.cluster(build_plan(inv))
+        cluster = self.cluster(self.plan(inv))
         report = check_host(cluster, cluster.host(host))
+        if report.nic:
+            self.nics[host] = report.nic
         bad = report.failures
         if not bad:
             return HostCheck(host, "ok")
@@ -80,7 +88,7 @@ class ClusterOps:
         return HostCheck(host, "unreachable" if first.name == "ssh" else "unhealthy", f"{first.name}: {first.detail}")
 
     def switch(self, old: Inventory, new: Inventory) -> None:
-        plan = build_plan(new)
+        plan = self.plan(new)
         cluster = self.cluster(plan)
         before = {h.name for h in old.hosts}
         fresh = [h for h in plan.hosts if h.name not in before]
@@ -114,6 +122,12 @@ class ClusterOps:
     def stop_everywhere(self) -> None:
         if self.supervisor is not None:
             self.supervisor.stop_everywhere()
+
+
+def detected_nics(plan: Plan) -> dict[str, str]:
+    """host -> the interface its collectives are pinned to. Hosts with `nic` in the inventory are
+    in it too; harmless: with_nics only pins hosts whose fresh plan still needs detection."""
+    return {h.name: h.env["GLOO_SOCKET_IFNAME"] for h in plan.hosts if "GLOO_SOCKET_IFNAME" in h.env}
 
 
 def _remove_train_containers(cluster: Cluster) -> None:

@@ -291,3 +291,18 @@ def test_the_detached_supervisor_is_shown_by_status_and_stopped_by_down(tmp_path
         assert supervisor_info("j") is None
     finally:
         proc.kill()
+
+
+def test_a_rebuilt_plan_keeps_the_interfaces_up_detected() -> None:
+    from q7x2_deploy.executor.cluster import Cluster
+    from q7x2_deploy.executor.output import LogSink
+    from q7x2_deploy.executor.recovery_cluster import ClusterOps
+
+    inv = inventory()
+    first = build_plan(inv).with_nics({"a": "eth7", "b": "eth8"})
+    ops = ClusterOps(Cluster(first, {}), lambda h: None, LogSink("t-nics", echo=False, keep_files=False))  # type: ignore[arg-type, return-value]
+    ops.nics["s0"] = "eth9"  # what a re-check of the spare found
+    again = ops.plan(replace_host(inv, "b", "s0"))
+    env = {h.name: (h.env.get("GLOO_SOCKET_IFNAME"), h.env.get("HCCL_SOCKET_IFNAME")) for h in again.hosts}
+    assert env == {"a": ("eth7", "eth7"), "s0": ("eth9", "eth9")}
+    assert all("GLOO_SOCKET_IFNAME=" + env[h.name][0] in h.steps[-1].docker_run for h in again.hosts)  # type: ignore[operator]

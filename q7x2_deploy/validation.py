@@ -417,6 +417,34 @@ def _check_scheduler(inv: Inventory) -> list[Violation]:
     return out
 
 
+# What a Kubernetes pod learns at run time (the operator's placement, the node's address, the
+# NPUs the device plugin allocated): the job's env may not set them there.
+KUBERNETES_POD_ENV = frozenset({"HCCL_IF_IP", "XDL_IP", "ASCEND_VISIBLE_DEVICES", "LOCAL_WORLD_SIZE"})
+# Object names made from job.name (the job, `<job>-master-0`, the headless Service Volcano
+# names after the job) must be RFC 1035 labels: a letter first, no '-' last.
+_K8S_JOB_NAME = re.compile(r"[a-z](?:[a-z0-9-]*[a-z0-9])?")
+
+
+def _check_kubernetes(inv: Inventory) -> list[Violation]:
+    if inv.scheduler.kind != "kubernetes":
+        return []
+    kube = inv.scheduler.kubernetes
+    out: list[Violation] = []
+    if not _K8S_JOB_NAME.fullmatch(inv.job.name):
+        out.append(Violation(("job", "name"), f"{inv.job.name!r} names the Kubernetes job and its Services: start it with a letter and end it with a letter or digit"))
+    if (kube.kind if kube is not None else "AscendJob") == "AscendJob" and inv.image.flavor != "ascend":
+        path = ("scheduler", "kubernetes", "kind") if kube is not None else ("image", "flavor")
+        out.append(Violation(path, "an AscendJob runs on NPUs (ascend-operator counts WORLD_SIZE in NPUs): use image.flavor ascend, or kind VolcanoJob for the cpu flavor"))
+    if not inv.job.steps.pretrain:
+        out.append(Violation(("job", "steps", "pretrain"), "a Kubernetes job always trains: prepare-only jobs run with scheduler kind ssh"))
+    if inv.container.devices is not None:
+        out.append(Violation(("container", "devices"), "applies only to kind ssh and slurm: on Kubernetes the device plugin allocates npus_per_node NPUs to each pod"))
+    for key in inv.job.env:
+        if key in KUBERNETES_POD_ENV:
+            out.append(Violation(("job", "env", key), f"{key} is set in every pod on Kubernetes (from the node, the device plugin or the operator) and cannot be set here"))
+    return out
+
+
 def _warn_slurm_gres(inv: Inventory) -> list[Violation]:
     slurm = inv.slurm()
     if inv.scheduler.kind != "slurm" or inv.image.flavor != "ascend" or slurm.gres is None or slurm.gres.startswith("gpu:"):
@@ -427,7 +455,7 @@ def _warn_slurm_gres(inv: Inventory) -> list[Violation]:
                       "sites that declare NPUs as Name=gpu Type=npu use gpu:npu:N")]
 
 
-RULES = (_check_scheduler, _check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_mounts, _check_preprocess, _check_tools)
+RULES = (_check_scheduler, _check_kubernetes, _check_parallelism, _check_hosts, _check_spares, _check_devices, _check_per_node_devices, _check_env, _check_paths, _check_mounts, _check_preprocess, _check_tools)
 # Findings that do not stop a job but that an operator should read: `validate`, `plan` and
 # `check` print them; they never change an exit status.
 WARNING_RULES = (_warn_overexposed_devices, _warn_hccl_timeouts, _warn_slurm_gres)

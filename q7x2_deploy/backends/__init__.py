@@ -1,1 +1,1 @@
-"""Where jobs run besides the SSH fan-out: one package per scheduler (slurm/, ...)."""
+"""Where jobs run besides the SSH fan-out: one package per scheduler (slurm/, kubernetes/)."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.inventory import Inventory, load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.render import render_host_script
 from q7x2_deploy.ssh_route import ClientConfig, Endpoint, Route, load_client_config, resolve
@@ -96,10 +96,29 @@ def _write_file(target: Path, text: str, where: str) -> None:
         raise UserError(f"cannot write scripts to {where}: {e.strerror}") from None
 
 
+def _plan_kubernetes(inv: Inventory, args: argparse.Namespace) -> int:
+    """The job's Kubernetes objects, ready for `kubectl apply -f -`: YAML (the default, -o yaml)
+    or, with --json / -o json, a v1 List of them."""
+    from q7x2_deploy.backends.kubernetes.manifests import build_manifests
+
+    if args.scripts is not None:
+        raise UserError("plan --scripts: per-host scripts are for scheduler kind ssh; a Kubernetes plan is its manifests")
+    manifests = build_manifests(inv)
+    if args.json or args.output == "json":
+        sys.stdout.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests.objects}, indent=2) + "\n")
+    else:
+        sys.stdout.write(manifests.to_yaml())
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     inv = load_inventory(Path(args.inventory), scheduler=args.scheduler)
     for line in file_warnings(Path(args.inventory), inv):  # stderr: the JSON on stdout stays clean
         print(line, file=sys.stderr)
+    if inv.scheduler.kind == "kubernetes":
+        return _plan_kubernetes(inv, args)
+    if args.output == "yaml":
+        raise UserError("plan -o yaml: only a Kubernetes plan is YAML (--scheduler kubernetes); this one prints as text or --json")
     if inv.scheduler.kind == "slurm":
         from q7x2_deploy.backends.slurm.script import build_slurm_job, render_sbatch
 
@@ -107,7 +126,7 @@ def _plan(args: argparse.Namespace) -> int:
         script = render_sbatch(inv, job)
         if args.scripts is not None:
             _write_file(Path(args.scripts) / f"{job.slurm_name}.sbatch", script, args.scripts)
-        sys.stdout.write(json.dumps({"scheduler": "slurm", "sbatch": script}, indent=2) + "\n" if args.json else script)
+        sys.stdout.write(json.dumps({"scheduler": "slurm", "sbatch": script}, indent=2) + "\n" if args.json or args.output == "json" else script)
         return 0
     if inv.scheduler.kind != "ssh":
         raise UserError(f"plan --scheduler {inv.scheduler.kind}: this version renders only ssh and slurm plans")
@@ -118,7 +137,7 @@ def _plan(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"cannot write scripts to {args.scripts}: {e.strerror}") from None
     routes = ssh_routes(plan, args.ssh_config)
-    if args.json:
+    if args.json or args.output == "json":
         data = plan.to_dict()
         for host in data["hosts"]:  # type: ignore[attr-defined]
             host["ssh_route"] = routes[host["name"]].to_dict()
@@ -135,5 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the plan as JSON (format: docs/plan-format.md)")
     p.add_argument("--ssh-config", metavar="PATH", default=None,
                    help="OpenSSH client config to resolve logins with (default: the inventory's ssh.config, else ~/.ssh/config)")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default=None,
+                   help="text or json (= --json) for ssh; yaml (the default) or json for --scheduler kubernetes: the manifests")
     p.add_argument("--scripts", metavar="DIR", help="also write one readable shell script per host into DIR")
     p.set_defaults(func=_plan)

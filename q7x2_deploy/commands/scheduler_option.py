@@ -27,4 +27,9 @@ def other_scheduler(args: argparse.Namespace, command: str) -> int | None:
 
         rc: int = getattr(commands, command)(inv, args)
         return rc
-    raise UserError(f"{command} --scheduler {kind}: this version runs jobs over ssh and slurm only")
+    if kind == "kubernetes":
+        from q7x2_deploy.backends.kubernetes import commands as kube_commands
+
+        kube_rc: int = getattr(kube_commands, command)(inv, args)
+        return kube_rc
+    raise UserError(f"{command} --scheduler {kind}: this version runs jobs over ssh, slurm and kubernetes only")

@@ -246,7 +246,10 @@ def pretrain_log_name(spec: JobSpec, node_rank: int) -> str:
     return f"pretrain_mcore_{spec.job.name}_node{node_rank}.log"
 
 
-def pretrain_argv(spec: JobSpec, node_rank: int) -> list[str]:
+def pretrain_argv(spec: JobSpec, node_rank: int, placement: str = "deployer") -> list[str]:
     """The container command of the pretrain step, the same on both flavors: the launcher waits
-    for the master, checks the cluster, decides the start point, then runs the engine."""
-    return ["q7x2-runtime", "pretrain", "--job", JOB_FILE_IN_CONTAINER]
+    for the master, checks the cluster, decides the start point, then runs the engine. Under a
+    Kubernetes operator (`placement`: ascend-operator, volcano-pytorch) the node rank and the
+    node count come from the variables that operator injects."""
+    argv = ["q7x2-runtime", "pretrain", "--job", JOB_FILE_IN_CONTAINER]
+    return argv if placement == "deployer" else [*argv, "--placement", placement]

@@ -193,15 +193,3 @@ def test_prepare_runs_where_the_storage_mode_says(tmp_path, storage):
     prepare = build_slurm_job(load_inventory(inv_path)).phases[0].srun
     assert ("--nodes=1" in prepare) == (storage == "shared")
     assert "--kill-on-bad-exit=1" in prepare
-
-
-def test_plan_command_prints_the_script(tmp_path):
-    golden = Path(__file__).resolve().parents[1] / "golden"
-    r = subprocess.run([sys.executable, "-m", "q7x2_deploy.cli", "plan", str(golden / "inventory.slurm.yaml")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == (golden / "job.slurm.sbatch").read_text()
-    # the same file as an ssh job: the slurm-only section is fine, but there are no hosts
-    r = subprocess.run([sys.executable, "-m", "q7x2_deploy.cli", "plan", str(golden / "inventory.slurm.yaml"), "--scheduler", "ssh"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "hosts: required with scheduler kind ssh" in r.stderr and "Traceback" not in r.stderr

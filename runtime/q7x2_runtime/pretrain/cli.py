@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = _load(args.job)
     engine = args.engine or launch.default_engine(spec)
-    placement = resolve_placement(spec, os.environ, args.node_rank)
+    placement = resolve_placement(spec, os.environ, args.node_rank, args.placement)
     log = launch.log_file(spec, placement.node_rank)
     if args.dry_run:
         # This node's own view of save_dir; the real launch also agrees with the other nodes.
@@ -119,18 +119,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from q7x2_runtime.pretrain.node import PLACEMENT_SOURCES
+
     p = subparsers.add_parser(
         "pretrain",
         help="run this node's share of the pretraining job (MindSpeed-LLM on Ascend, or the CPU trainer)",
         description="Wait for the master, agree with the other nodes where training starts from (the newest "
         "checkpoint complete on every node, else the converted weights), then start torchrun for this node: "
         "MindSpeed-LLM's pretrain_gpt.py (engine mindspeed, the default on ascend) or the CPU trainer on the same "
-        "arguments (engine torch, the default on cpu). NODE_RANK comes from the environment; everything else "
+        "arguments (engine torch, the default on cpu). NODE_RANK comes from the environment (on Kubernetes from the "
+        "operator's RANK and WORLD_SIZE, --placement); everything else "
         "from the job file.",
     )
     p.add_argument("--job", required=True, type=Path, help="the job spec JSON written by the deployer")
     p.add_argument("--engine", choices=("mindspeed", "torch"), default=None, help="override the engine chosen by the cluster flavor")
     p.add_argument("--node-rank", type=int, default=None, help="this node's rank (default: $NODE_RANK)")
+    p.add_argument("--placement", choices=PLACEMENT_SOURCES, default="deployer",
+                   help="who says where this node sits: the deployer (NODE_RANK, NNODES, MASTER_ADDR, MASTER_PORT; the default), "
+                   "MindCluster's ascend-operator (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or Volcano's "
+                   "pytorch plugin (RANK, WORLD_SIZE = pods, MASTER_ADDR, MASTER_PORT)")
     p.add_argument("--exit-interval", type=int, default=None, metavar="N",
                    help="save a checkpoint and stop after an iteration divisible by N (passed on as Megatron's --exit-interval)")
     p.add_argument("--dry-run", action="store_true", help="print the torchrun line this node would run now (its own view of save_dir) and exit")

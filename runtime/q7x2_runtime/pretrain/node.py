@@ -3,6 +3,16 @@
 The deployer gives each container NODE_RANK (and NNODES, MASTER_ADDR, MASTER_PORT,
 NPUS_PER_NODE, WORLD_SIZE); the job file holds the same cluster facts. Disagreement between
 the two means a container was started for a different job, so it is an error, not a guess.
+
+On Kubernetes the job's operator places the pods and says where each one sits, in its own
+variables (PLACEMENT_SOURCES):
+- ascend-operator (MindCluster AscendJob, PyTorch): RANK is the pod's node rank (Master 0,
+  Workers 1..), WORLD_SIZE the job's NPUs in all, LOCAL_WORLD_SIZE the pod's NPUs, MASTER_ADDR
+  and MASTER_PORT the Master pod (its ascendjob-port);
+- volcano-pytorch (Volcano Job, pytorch plugin): RANK is the pod's node rank (master task 0,
+  worker i is i+1), WORLD_SIZE the number of pods, MASTER_ADDR/MASTER_PORT the master task's
+  first pod and the plugin's port.
+Either way the node count follows from those variables and must match the job file.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.jobspec import JobSpec
@@ -46,9 +57,48 @@ def _int_env(env: Mapping[str, str], name: str) -> int | None:
         raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def resolve_placement(spec: JobSpec, env: Mapping[str, str], node_rank: int | None = None) -> Placement:
+PlacementSource = Literal["deployer", "ascend-operator", "volcano-pytorch"]
+PLACEMENT_SOURCES: tuple[PlacementSource, ...] = ("deployer", "ascend-operator", "volcano-pytorch")
+
+
+def _required_int(env: Mapping[str, str], name: str, source: str) -> int:
+    value = _int_env(env, name)
+    if value is None:
+        raise UserError(f"{name} is not set; {source} sets it in every pod it starts (is the job running under {source}?)")
+    return value
+
+
+def _operator_placement(spec: JobSpec, env: Mapping[str, str], source: PlacementSource) -> Mapping[str, str]:
+    """The operator's variables translated into the deployer's (NODE_RANK, NNODES, WORLD_SIZE),
+    each checked against the job file; the rest of the environment is kept."""
     c = spec.cluster
     nproc = spec.job.parallelism.npus_per_node
+    rank = _required_int(env, "RANK", source)
+    world = _required_int(env, "WORLD_SIZE", source)
+    if source == "ascend-operator":
+        local = _required_int(env, "LOCAL_WORLD_SIZE", source)
+        if local != nproc:
+            raise UserError(f"LOCAL_WORLD_SIZE={local} (the pod's NPUs) but the job runs {nproc} processes per node (npus_per_node)")
+        if world % local:
+            raise UserError(f"WORLD_SIZE={world} is not a multiple of LOCAL_WORLD_SIZE={local}")
+        nnodes = world // local
+    else:
+        nnodes = world  # the pytorch plugin counts pods
+    if nnodes != c.nnodes:
+        raise UserError(f"{source} placed {nnodes} node(s) (WORLD_SIZE={world}) but the job file says {c.nnodes}; the job was started for another size")
+    placed = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "NNODES")}
+    placed.update({"NODE_RANK": str(rank), "NNODES": str(nnodes), "WORLD_SIZE": str(nnodes * nproc)})
+    return placed
+
+
+def resolve_placement(spec: JobSpec, env: Mapping[str, str], node_rank: int | None = None,
+                      source: PlacementSource = "deployer") -> Placement:
+    c = spec.cluster
+    nproc = spec.job.parallelism.npus_per_node
+    if source != "deployer":
+        if node_rank is not None:
+            raise UserError(f"--node-rank and --placement {source} both give the node rank: give one")
+        env = _operator_placement(spec, env, source)
     if node_rank is None:
         node_rank = _int_env(env, "NODE_RANK")
     if node_rank is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from q7x2_deploy.backends.slurm.script import SlurmJob
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import ssh_factory
+from q7x2_deploy.executor.containers import remove_job
 from q7x2_deploy.executor.rundir import run_dir
 from q7x2_deploy.inventory import HostSpec, Inventory
 from q7x2_deploy.plan import HostPlan
@@ -31,8 +32,6 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUE
 _LABELED = re.compile(r"^\s*([0-9]+): (.*)$")
 _STEP_FAILED = re.compile(r"q7x2: (\w+): (\w+) failed on (\S+) \(node rank ([0-9]+)\): exit status ([0-9]+)")
 _SRUN_TASK_EXIT = re.compile(r"srun: error: (\S+): task ([0-9]+): Exited with exit code ([0-9]+)")
-# Removes the job's containers on a node; the job name arrives as an argument, never as text.
-_SWEEP = 'ids=$(docker ps -aq --filter "label=q7x2.job=$1"); if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi; echo $ids | wc -w'
 
 
 def _transport(name: str, address: str, inv: Inventory, spec: HostSpec | None, accept_new: bool) -> Transport:
@@ -217,6 +216,5 @@ def wait_until_gone(t: Transport, job_ids: list[str], timeout_s: float = 60) -> 
 
 
 def sweep_node(t: Transport, job_name: str) -> int:
-    """Remove the job's containers on one node; how many there were."""
-    r = t.check(["sh", "-c", _SWEEP, "sh", job_name])
-    return int(r.stdout.strip() or 0)
+    """Remove the job's containers on one node (the fan-out's `down`, by the same label); how many."""
+    return remove_job(t, job_name)

@@ -368,7 +368,7 @@ def _warn_hccl_timeouts(inv: Inventory) -> list[Violation]:
     places += [(("hosts", i, "env"), {**inv.job.env, **h.env}) for i, h in enumerate(inv.hosts) if h.env]
     if inv.nnodes > 1 and any(env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120" for _, env in places):
         where = next(p for p, env in places if env.get("HCCL_CONNECT_TIMEOUT", "120").strip() == "120")
-        out.append(Violation(where, f"HCCL_CONNECT_TIMEOUT is HCCL's default 120 s with {inv.nnodes} nodes: ranks on "
+        out.append(Violation(where, f"HCCL_CONNECT_TIMEOUT is HCCL's default 120 s with {inv.nnodes} {'nodes' if inv.scheduler.placed else 'hosts'}: ranks on "
                              "different hosts start at different times (image load, conversion); multi-node jobs usually "
                              "set it to 1200 or more"))
     for path, env in places:

@@ -245,3 +245,21 @@ def test_one_pod_per_node():
 @pytest.mark.parametrize(("docker", "kube"), [("64g", "64Gi"), ("512m", "512Mi"), ("1048576", "1048576"), ("2G", "2Gi"), ("4096k", "4096Ki")])
 def test_shm_sizes(docker, kube):
     assert memory_quantity(docker) == kube
+
+
+@pytest.mark.parametrize("nnodes", [1, 2, 8])
+def test_ascend_operators_own_checks_pass(nnodes):
+    # ascend-operator's validateJob (MindCluster): framework label pytorch, only Master and Worker
+    # replica types, no replica type with 0 replicas, exactly 1 Master, every replica type with a
+    # container named `ascend` that has an image and asks for NPUs, successPolicy "" or AllWorkers.
+    m, _ = _render("AscendJob", nnodes, job__training={**BASE["job"]["training"], "global_batch_size": 64})
+    job = m.training
+    assert job["metadata"]["labels"]["framework"] == "pytorch"
+    specs = job["spec"]["replicaSpecs"]
+    assert set(specs) <= {"Master", "Worker"} and specs["Master"]["replicas"] == 1
+    assert all(s["replicas"] > 0 for s in specs.values())
+    assert sum(s["replicas"] for s in specs.values()) == nnodes == job["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"]
+    for s in specs.values():
+        main = _main(s["template"])
+        assert main["image"] and int(main["resources"]["requests"]["huawei.com/Ascend910"]) > 0
+    assert job["spec"]["successPolicy"] in ("", "AllWorkers")

@@ -216,6 +216,11 @@ def test_the_commands_dispatch_to_the_kubernetes_backend(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "[npu-a 0] iteration 1/2000 | lm loss 11.9" in out and "[npu-b 1] q7x2-runtime pretrain: node 1: start point: first" in out
     assert ("log", "pods", "qwen25-7b-master-0/ascend") in server.calls
+    assert main(["logs", str(path), "--host", "npu-b"]) == 0
+    out = capsys.readouterr().out
+    assert "[npu-b 1]" in out and "[npu-a 0]" not in out
+    assert main(["logs", str(path), "--since", "10m"]) == 2
+    assert "logs --since: not with --scheduler kubernetes" in capsys.readouterr().err
     assert main(["down", str(path)]) == 0
     assert "deleted from namespace llm: AscendJob qwen25-7b, ConfigMap qwen25-7b-jobspec, ConfigMap rings-config-qwen25-7b" in capsys.readouterr().out
     assert main(["down", str(path)]) == 0

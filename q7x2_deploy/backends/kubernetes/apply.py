@@ -396,12 +396,15 @@ def job_state(apis: Apis, manifests: Manifests) -> tuple[str, list[PodView]]:
     return training_outcome(obj) or "running", pods
 
 
-def stream_logs(apis: Apis, manifests: Manifests, sink: LogSink, *, follow: bool) -> int:
-    """Every training pod's logs, prefixed [node rank]; with `follow`, until each container ends."""
+def stream_logs(apis: Apis, manifests: Manifests, sink: LogSink, *, follow: bool, nodes: Iterable[str] = ()) -> int:
+    """Every training pod's logs (only those on `nodes`, if given), prefixed [node rank]; with
+    `follow`, until each container ends. Returns how many pods were read."""
     ns = manifests.target.namespace
     selector = f"{LABEL_PREFIX}.job={manifests.job_name},{LABEL_PREFIX}.phase=train"
     listed = _api_call("listing the job's pods", lambda: apis.core.list_namespaced_pod(ns, label_selector=selector))
     pods = sorted((pod_view(p) for p in _as_dict(listed).get("items") or []), key=_rank_order)
+    wanted = set(nodes)
+    pods = [p for p in pods if not wanted or p.node in wanted]
     logs = _LogStreams(apis, ns, sink, follow=follow)
     for pod in pods:
         logs.start(pod)

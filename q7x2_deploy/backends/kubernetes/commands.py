@@ -12,6 +12,7 @@ from q7x2_deploy.backends.kubernetes import apply
 from q7x2_deploy.backends.kubernetes.manifests import build_manifests
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.inventory import Inventory
+from q7x2_runtime.errors import UserError
 
 
 def _connect(inv: Inventory) -> apply.Apis:
@@ -41,11 +42,15 @@ def down(inv: Inventory, args: argparse.Namespace) -> int:
 
 
 def logs(inv: Inventory, args: argparse.Namespace) -> int:
+    if getattr(args, "since", None):
+        raise UserError("logs --since: not with --scheduler kubernetes yet; `kubectl logs --since` reads one pod's")
     manifests = build_manifests(inv)
-    sink = LogSink(manifests.job_name)
+    sink = LogSink(manifests.job_name, file_mode="w")  # the whole log each time: replaces the local copy
     try:
-        if apply.stream_logs(_connect(inv), manifests, sink, follow=bool(args.follow)) == 0:
-            print(f"job {manifests.job_name} has no pods in namespace {manifests.target.namespace}")
+        nodes = getattr(args, "host", None) or []
+        if apply.stream_logs(_connect(inv), manifests, sink, follow=bool(args.follow), nodes=nodes) == 0:
+            where = f" on {', '.join(nodes)}" if nodes else ""
+            print(f"job {manifests.job_name} has no pods{where} in namespace {manifests.target.namespace}")
     finally:
         sink.close()
     return 0

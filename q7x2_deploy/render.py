@@ -88,7 +88,7 @@ def render_dockerfile(
 
 def image_pins(flavor: str, *, python_version: str | None = None, stack: AscendStack = AscendStack()) -> Pins:
     """What the image of `flavor` is built to hold: the Dockerfile installs these same values,
-    copies this file to /etc/q7x2/pins.json, and `doctor --record` fills the open entries
+    copies this file to /usr/local/share/q7x2/pins.json, and `doctor --record` fills the open entries
     (CANN, apex, the base image's Python, ...) with what the build installed."""
     def python() -> Pin:
         return Pin("Python", "python", python_version, record=python_version is None)

@@ -35,7 +35,7 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # a volume at one of them, or at a parent of one, would hide it inside the container.
 IMAGE_DIRS = (
     "/bin", "/sbin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/local/bin", "/usr/local/lib",
-    "/etc", "/opt/q7x2", "/opt/MindSpeed", MINDSPEED_LLM_DIR, "/usr/local/Ascend/ascend-toolkit", "/usr/local/Ascend/nnal",
+    "/etc", "/opt/q7x2", "/usr/local/share/q7x2", "/opt/MindSpeed", MINDSPEED_LLM_DIR, "/usr/local/Ascend/ascend-toolkit", "/usr/local/Ascend/nnal",
 )  # fmt: skip
 # Kernel and engine filesystems: never a place for a bind mount of job data.
 KERNEL_DIRS = ("/proc", "/sys", "/dev")

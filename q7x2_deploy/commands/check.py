@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="check every host is ready (SSH, engine, image, devices, disk)")
     add_inventory_argument(p)
     add_host_key_argument(p)
+    p.add_argument("--deep", action="store_true",
+                   help="also run `q7x2-runtime doctor` in a short-lived container of the image on every host "
+                        "(the versions it holds against the pins it was built with)")
     p.set_defaults(func=run)
 
 
@@ -32,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
     for line in file_warnings(Path(args.inventory), inv):
         console.print(Text(line, style="yellow"))
     with cluster_from_args(args, plan=build_plan(inv)) as cluster:
-        reports = preflight(cluster)
+        reports = preflight(cluster, deep=args.deep)
     print_preflight(reports, console)
+    if args.deep:  # failures are printed above; say what doctor found where it passed too
+        for r in reports:
+            if (c := r.get("doctor")) is not None and c.level == "ok":
+                console.print(Text(f"  {r.host}: doctor: {c.detail}", style="dim"), soft_wrap=True)
     if (msg := failure_message(reports)) is not None:
         raise DeployError(msg)
     console.print(f"all {len(reports)} hosts ready ({time.monotonic() - started:.1f}s)")

@@ -33,7 +33,7 @@ def print_table(console: Console, table: Table) -> None:
 
 # Table columns and the preflight rows each shows (the worst of them): 80 columns fit no more.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "ssh": ("ssh",), "engine": ("engine",), "image": ("image",), "devices": ("devices",), "npu": ("npu",),
+    "ssh": ("ssh",), "engine": ("engine",), "image": ("image", "doctor"), "devices": ("devices",), "npu": ("npu",),
     "links": ("links",), "roce": ("devip", "ping"), "port": ("port", "reach", "nic"), "disk": ("disk",),
 }
 _WORST = ("fail", "warn", "ok", "skip")
@@ -95,4 +95,4 @@ def print_preflight(reports: list[HostReport], console: Console | None = None) -
             console.print(Text(f"  {r.host}: the job uses NPU {npu_ranges(r.npus)}", style="dim"))
         for c in r.checks:
             if c.level in ("warn", "fail"):
-                console.print(Text(f"  {r.host}: {c.name}: {c.detail}", style=_STYLE[c.level]))
+                console.print(Text(f"  {r.host}: {c.name}: {c.detail}", style=_STYLE[c.level]), soft_wrap=True)

@@ -12,6 +12,7 @@ import hashlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,19 +63,28 @@ def cache_key(spec: WheelhouseSpec, pyproject: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _pip(args: list[str], what: str, progress: Progress, env: dict[str, str] | None = None) -> None:
+class PipFailed(DeployError):
+    def __init__(self, message: str, output: list[str]) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def _pip(args: list[str], what: str, progress: Progress, env: dict[str, str] | None = None) -> list[str]:
+    """pip with the machine's own configuration (index, find-links, constraints); its output."""
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     assert proc.stdout is not None
-    tail: list[str] = []
+    output: list[str] = []
     for line in proc.stdout:
         line = line.rstrip()
-        tail = (tail + [line])[-5:]
+        output.append(line)
         if line.startswith(("Saved", "Collecting", "Building wheel", "File was already")):
             progress(line)
     if proc.wait() != 0:
-        raise DeployError(f"{what} failed (pip exited {proc.returncode}): {' | '.join(tail[-3:])}")
+        tail = [ln for ln in output if ln.strip() and not ln.startswith("WARNING: Location")][-3:]
+        raise PipFailed(f"{what} failed (pip exited {proc.returncode}): {' | '.join(tail)}", output)
+    return output
 
 
 _SOURCE_IGNORE = shutil.ignore_patterns(
@@ -130,16 +140,69 @@ def _fill(spec: WheelhouseSpec, wh: Path, key: str, progress: Progress) -> Path:
     stamp.unlink(missing_ok=True)
     wanted = [*spec.requirements, f"{project_wheel}[{spec.extras}]" if spec.extras else str(project_wheel)]
     links = [x for p in [wh, *spec.extra_find_links] for x in ("--find-links", str(p))]
+    built: list[str] = []
     if spec.python_version or spec.platform:
-        target = [*(["--python-version", spec.python_version] if spec.python_version else []),
-                  *(["--platform", spec.platform] if spec.platform else [])]
-        _pip(["download", "--only-binary=:all:", *target, *links, "-d", str(wh), *wanted],
-             "downloading the wheelhouse", progress)
+        built = download_for_target(spec, wh, wanted, links, progress)
     else:
         # `pip wheel` saves ready wheels and builds the few sdists, so everything is a wheel.
         _pip(["wheel", *links, "-w", str(wh), *wanted], "filling the wheelhouse", progress)
-    stamp.write_text(json.dumps({"key": key, "requirements": wanted}))
+    stamp.write_text(json.dumps({"key": key, "requirements": wanted, "built_from_sdists": built}))
     return wh
+
+
+def target_args(spec: WheelhouseSpec) -> list[str]:
+    return [*(["--python-version", spec.python_version] if spec.python_version else []),
+            *(["--platform", spec.platform] if spec.platform else [])]
+
+
+# A requirement with no wheel for the target; pip's words.
+_NO_WHEEL = re.compile(r"No matching distribution found for (\S+)")
+_MAX_SOURCE_BUILDS = 30
+
+
+def download_for_target(spec: WheelhouseSpec, wh: Path, wanted: list[str], links: list[str],
+                        progress: Progress) -> list[str]:
+    """`pip download --only-binary=:all:` for the target platform and Python. A requirement
+    published only as an sdist is built here into a wheel, and kept only when that wheel is
+    pure Python (py3-none-any: the same file on every platform); then the download is retried.
+    An sdist that builds a platform wheel here cannot serve another platform: that is an error
+    naming it. Returns the wheels built here."""
+    built: list[str] = []
+    for _ in range(_MAX_SOURCE_BUILDS):
+        try:
+            _pip(["download", "--only-binary=:all:", *target_args(spec), *links, "-d", str(wh), *wanted],
+                 "downloading the wheelhouse", progress)
+            return built
+        except PipFailed as e:
+            missing = next((m.group(1) for ln in e.output if (m := _NO_WHEEL.search(ln))), None)
+            if missing is None or missing in built:
+                raise
+            built.append(missing)
+            build_pure_wheel(missing, wh, spec, progress)
+    raise DeployError(f"more than {_MAX_SOURCE_BUILDS} requirements without wheels: {', '.join(built)}")
+
+
+def build_pure_wheel(requirement: str, wh: Path, spec: WheelhouseSpec, progress: Progress) -> Path:
+    target = f"{spec.platform or 'any platform'}/Python {spec.python_version or 'any'}"
+    progress(f"{requirement}: no wheel for {target}; building one from its sdist")
+    with tempfile.TemporaryDirectory(prefix="q7x2-sdist-") as tmp:
+        try:
+            _pip(["wheel", "--no-deps", "--no-binary=:all:", "-w", tmp, requirement],
+                 f"building {requirement} from its sdist", progress)
+        except PipFailed as e:
+            raise DeployError(f"{requirement} has no wheel for {target} and its sdist does not build here "
+                              f"({e}); build a wheel on a target host and pass --find-links DIR") from None
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise DeployError(f"building {requirement} from its sdist left {len(wheels)} wheels")
+        wheel = wheels[0]
+        if not wheel.name.endswith("-none-any.whl") or not wheel.name.split("-")[-3].startswith("py"):
+            raise DeployError(f"{requirement} has no wheel for {target}, and its sdist builds a platform wheel "
+                              f"({wheel.name}); build it on a target host and pass --find-links DIR")
+        staged = wh / f".{wheel.name}.tmp-{os.getpid()}"
+        shutil.copyfile(wheel, staged)
+        os.replace(staged, wh / wheel.name)
+        return wh / wheel.name
 
 
 def link_tree(src: Path, dest: Path, *, only_prefix: str | None = None, exclude_prefix: str | None = None) -> None:

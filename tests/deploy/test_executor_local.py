@@ -22,6 +22,7 @@ from deploy_sshd import LocalSSHD, start_sshd
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, open_cluster, ssh_factory
+from q7x2_deploy.executor.containers import list_job_containers, remove_job
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.logs import follow_logs, show_logs
 from q7x2_deploy.executor.output import LogSink
@@ -113,9 +114,9 @@ def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path
             lines = merged.getvalue().splitlines()
             assert lines[0] == "[h0 0] converting" and any(ln.startswith("[h1 1] rank1") for ln in lines)
 
-            removed = [cluster.runtime(h).remove_job(job) for h in cluster.hosts]
+            removed = [remove_job(cluster.transport(h), job) for h in cluster.hosts]
             assert sum(removed) == 3
-            assert [cluster.runtime(h).remove_job(job) for h in cluster.hosts] == [0, 0]  # idempotent
+            assert [remove_job(cluster.transport(h), job) for h in cluster.hosts] == [0, 0]  # idempotent
             assert (run_dir(job) / "result.json").exists()
 
             # Starting over is a new attempt: its logs do not mix with the first one's.
@@ -128,7 +129,7 @@ def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path
             assert (earlier[0] / "h1.log").read_text().count("iteration        3/") == 1
             assert (run_dir(job) / "h1.log").read_text().count("iteration        3/") == 1
             assert (run_dir(job) / "result.json").exists()
-            assert sum(cluster.runtime(h).remove_job(job) for h in cluster.hosts) == 3
+            assert sum(remove_job(cluster.transport(h), job) for h in cluster.hosts) == 3
         state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", bystander],
                                capture_output=True, text=True).stdout.strip()
         assert state == "true"  # never touches other containers
@@ -147,7 +148,7 @@ def test_failed_container_stops_the_job_everywhere(sshd: LocalSSHD, tmp_path: Pa
     with open_cluster(plan, ssh_factory()) as cluster:
         with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed in pretrain: container .* exited with status 3"):
             up(cluster, LogSink(job, stream=out))
-        states = {h.name: cluster.runtime(h).list_job(job) for h in cluster.hosts}
+        states = {h.name: list_job_containers(cluster.transport(h), job) for h in cluster.hosts}
     assert "boom: out of memory" in out.getvalue().split("last lines from h1")[1]
     assert not any(c.running for c in states["h0"].values())  # the healthy host was stopped
     # The likely cause comes first after the stop, names the host, and is kept in result.json.
@@ -184,7 +185,7 @@ def test_lost_host_fails_the_job_and_names_it(sshd: LocalSSHD, tmp_path: Path, i
             cutter.start()
             with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed .*(stopped answering|connection lost)"):
                 up(cluster, LogSink(job, stream=out))
-            assert not any(c.running for c in cluster.runtime("h0").list_job(job).values())
+            assert not any(c.running for c in list_job_containers(cluster.transport("h0"), job).values())
     finally:
         cutter.join()
         other.proc.kill()
@@ -290,34 +291,19 @@ def test_preflight_reports_missing_mounts_and_busy_master_port(sshd: LocalSSHD, 
     assert "h1: devices: missing on host: /dev/davinci7, /nonexistent-q7x2" in msg
 
 
-def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: LocalSSHD, tmp_path: Path, image: str, job: str,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
     s = _settings(sshd, tmp_path)
     plan = make_plan(job, {"h0": s, "h1": s}, {"h0": [], "h1": []}, tmp_path / "hosts")
-    monkeypatch.setenv("Q7X2_PROGRESS_SECONDS", "0")  # a line per chunk: the figures are under test
-    lines: list[str] = []
     with open_cluster(plan, ssh_factory()) as cluster:
         skipped = deliver_image(cluster)
         assert [d.action for d in skipped] == ["skipped", "skipped"]  # same image ID already there
-        loaded = deliver_image(cluster, known_ids={"h0": None, "h1": "sha256:other"}, progress=lines.append)
+        loaded = deliver_image(cluster, known_ids={"h0": None, "h1": "sha256:other"})
         assert [d.action for d in loaded] == ["loaded", "loaded"]
-        sent = [ln for ln in lines if ln.startswith("q7x2-deploy: image sent: h0 ")]
-        assert sent, lines  # bytes per host, as `up` prints them outside a terminal
-        archive = len(b"".join(_save_archive(TEST_IMAGE)))
-        from q7x2_runtime.progress import human_bytes
-
-        assert f"h0 {human_bytes(archive)}, h1 {human_bytes(archive)} of ~" in sent[-1], sent[-1]
         assert loaded[0].image_id == subprocess.run(
             ["docker", "image", "inspect", "-f", "{{.Id}}", TEST_IMAGE], capture_output=True, text=True).stdout.strip()
         bad = make_plan(job, {"h0": s}, {"h0": []}, tmp_path / "hosts", image="q7x2-test/absent:0")
     with open_cluster(bad, ssh_factory()) as cluster, pytest.raises(DeployError, match="build-image"):
         deliver_image(cluster)
-
-
-def _save_archive(ref: str) -> list[bytes]:
-    from q7x2_deploy.image.delivery import _docker_save
-
-    return list(_docker_save(ref))
 
 
 def test_follow_logs_survives_a_dropped_connection(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:

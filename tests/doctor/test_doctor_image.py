@@ -43,7 +43,7 @@ def test_cpu_image_matches_its_pins(cpu_image: str) -> None:
 
 def test_cpu_image_reports_each_mismatch(cpu_image: str, tmp_path: Path) -> None:
     pins = json.loads(subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "cat",
-                                      cpu_image, "/etc/q7x2/pins.json"],
+                                      cpu_image, "/usr/local/share/q7x2/pins.json"],
                                      capture_output=True, text=True, check=True).stdout)
     for c in pins["components"]:
         if c["name"] == "torch":
@@ -51,7 +51,7 @@ def test_cpu_image_reports_each_mismatch(cpu_image: str, tmp_path: Path) -> None
         if c["name"] == "transformers":
             c["want"] = "4.43.2"
     (tmp_path / "pins.json").write_text(json.dumps(pins))
-    r = _doctor(cpu_image, volume=f"{tmp_path / 'pins.json'}:/etc/q7x2/pins.json:ro")
+    r = _doctor(cpu_image, volume=f"{tmp_path / 'pins.json'}:/usr/local/share/q7x2/pins.json:ro")
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("torch: 2.13.0") and lines[0].endswith("pinned 2.1.0"), lines

@@ -125,3 +125,42 @@ def test_missing_or_broken_pins_file_is_one_line(tmp_path: Path, capsys: pytest.
     assert runtime_main(["doctor", "--pins", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unreadable pins" in err[0]
+
+
+def test_check_deep_container_gets_env_and_read_only_mounts_only() -> None:
+    from q7x2_deploy.executor.image_doctor import doctor_argv
+    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.plan import build_plan
+
+    host = build_plan(load_inventory(Path(__file__).resolve().parents[2] / "inventory.example.yaml")).hosts[0]
+    argv = doctor_argv(host, "img:1")
+    assert argv[:5] == ["docker", "run", "--rm", "--network", "none"]
+    assert argv[-4:] == ["img:1", "q7x2-runtime", "doctor", "--json"]
+    assert "--device" not in argv and "-d" not in argv
+    mounts = [v for f, v in zip(argv, argv[1:]) if f == "-v"]
+    assert mounts and all(m.endswith(":ro") for m in mounts)
+    assert not any(m.split(":")[1] == "/etc/q7x2" for m in mounts)  # the job dir, created by `up`
+    assert "/usr/local/Ascend/driver:/usr/local/Ascend/driver:ro" in mounts
+    assert sum(f == "-e" for f in argv) == sum(f == "-e" for f in host.docker_run)
+
+
+def test_check_deep_verdicts() -> None:
+    from q7x2_deploy.executor.image_doctor import judge_doctor
+    from q7x2_deploy.transport import CommandResult
+
+    def result(rc: int, findings: list[dict], stderr: str = "") -> CommandResult:
+        return CommandResult(("docker",), rc, json.dumps({"flavor": "ascend", "ok": rc == 0, "findings": findings}),
+                             stderr)
+
+    ok = judge_doctor(result(0, [{"name": "torch", "want": "2.1.0", "have": "2.1.0", "verdict": "ok"}]), "img")
+    assert ok.level == "ok" and ok.detail.startswith("1 versions match the image's pins (torch 2.1.0")
+    bad = judge_doctor(result(1, [
+        {"name": "torch", "want": "2.1.0", "have": "2.1.0", "verdict": "ok"},
+        {"name": "torch_npu", "want": "2.1.0.post12", "have": "2.1.0.post8", "verdict": "mismatch"},
+        {"name": "CANN", "want": "8.0.RC3", "have": None, "verdict": "missing"}]), "img")
+    assert bad.level == "fail"
+    assert bad.detail == "torch_npu: 2.1.0.post8 installed, pinned 2.1.0.post12; CANN: not found (pinned 8.0.RC3)"
+    old = judge_doctor(CommandResult(("docker",), 2, "", "q7x2-runtime doctor: error: no pins file\n"), "img")
+    assert old.level == "fail" and "could not run in img (exit 2)" in old.detail and "no pins file" in old.detail
+    absent = judge_doctor(CommandResult(("docker",), 127, "", "exec: q7x2-runtime: not found\n"), "img")
+    assert absent.level == "fail" and "exit 127" in absent.detail

@@ -15,7 +15,7 @@ from typing import Literal
 
 from q7x2_runtime.errors import UserError
 
-PINS_PATH = Path("/etc/q7x2/pins.json")
+PINS_PATH = Path("/usr/local/share/q7x2/pins.json")
 FORMAT = 1
 
 # dist: an installed Python distribution (importlib.metadata); python: the interpreter;

@@ -27,11 +27,15 @@ def _git(tree: Path, *args: str) -> str | None:
 
 
 def source_record(tree: Path) -> dict[str, str | None]:
-    """The tag (exact match only) and commit of a vendored checkout; both None without git
-    metadata, which doctor then reports as sources of unrecorded version."""
+    """The tag (exact match only), branch and commit of a vendored checkout (the pins name
+    upstream refs, tags such as v2.0.0 or branches such as 2.0.0_core_r0.8.0); all None without
+    git metadata, which doctor then reports as sources of unrecorded version."""
     if not (tree / ".git").exists():
-        return {"tag": None, "commit": None}
-    return {"tag": _git(tree, "describe", "--tags", "--exact-match"), "commit": _git(tree, "rev-parse", "HEAD")}
+        return {"tag": None, "branch": None, "commit": None}
+    branch = _git(tree, "rev-parse", "--abbrev-ref", "HEAD")
+    return {"tag": _git(tree, "describe", "--tags", "--exact-match"),
+            "branch": branch if branch != "HEAD" else None,  # HEAD: detached, no branch
+            "commit": _git(tree, "rev-parse", "HEAD")}
 
 
 def _copy_vendor(vendor: Path, dest: Path) -> None:

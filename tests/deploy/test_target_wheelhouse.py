@@ -124,3 +124,35 @@ def test_carried_cpu_wheelhouse_builds_the_image_offline(tmp_path: Path) -> None
     victim.write_bytes(bytes(data))
     r = _cli(*build, cwd=tmp_path, timeout=600)
     assert r.returncode != 0 and f"{victim}: sha256 differs from manifest.json" in r.stderr, r.stderr[-2000:]
+
+
+def test_ascend_context_records_vendored_sources(tmp_path: Path) -> None:
+    """The ascend build context: pins.json from the stack, and beside each vendored source the
+    tag and commit doctor compares with the pins (a copy without git metadata records none)."""
+    from q7x2_deploy.image.context import assemble_context
+    from q7x2_runtime.doctor.pins import Pins
+
+    vendor = tmp_path / "vendor"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "init.defaultBranch=main"]
+    for name, tag in (("MindSpeed", "2.0.0_core_r0.8.0"), ("MindSpeed-LLM", "v2.0.0")):
+        (vendor / name).mkdir(parents=True)
+        (vendor / name / "requirements.txt").write_text("numpy\n")
+        subprocess.run([*git, "init", "-q", str(vendor / name)], check=True)
+        subprocess.run([*git, "-C", str(vendor / name), "add", "."], check=True)
+        subprocess.run([*git, "-C", str(vendor / name), "commit", "-qm", "x"], check=True)
+        subprocess.run([*git, "-C", str(vendor / name), "tag", tag], check=True)
+    (vendor / "Megatron-LM" / "megatron" / "core").mkdir(parents=True)  # a plain copy, no .git
+    wh = tmp_path / "wh"
+    wh.mkdir()
+    (wh / "q7x2_deploy-0.1.0-py3-none-any.whl").write_bytes(b"PK")
+    ctx = assemble_context(tmp_path / "ctx", flavor="ascend", base_image="cann:1", wheelhouse=wh, vendor=vendor,
+                           python_version="3.10")
+    llm = json.loads((ctx / "vendor" / "MindSpeed-LLM" / ".q7x2-source.json").read_text())
+    assert llm["tag"] == "v2.0.0" and llm["branch"] == "main" and len(llm["commit"]) == 40
+    empty = {"tag": None, "branch": None, "commit": None}
+    assert json.loads((ctx / "vendor" / "Megatron-LM" / ".q7x2-source.json").read_text()) == empty
+    assert not (ctx / "vendor" / "MindSpeed" / ".git").exists()
+    pins = {p.name: p for p in Pins.from_json((ctx / "pins.json").read_text()).components}
+    assert pins["Python"].want == "3.10" and pins["torch_npu"].want == "2.1.0.post12"
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert "COPY pins.json /usr/local/share/q7x2/pins.json" in dockerfile and "doctor --record" in dockerfile

@@ -79,6 +79,8 @@ def test_megatron_and_source_versions_read_as_text(tmp_path: Path) -> None:
     assert megatron_core_version(tmp_path / "nowhere") is None
     (tmp_path / ".q7x2-source.json").write_text(json.dumps({"tag": "v2.0.0", "commit": "3a712f5"}))
     assert source_ref(tmp_path) == "v2.0.0"
+    (tmp_path / ".q7x2-source.json").write_text(json.dumps({"tag": None, "branch": "2.0.0_core_r0.8.0", "commit": "c721"}))
+    assert source_ref(tmp_path) == "2.0.0_core_r0.8.0"  # a checkout of the branch the pin names
 
 
 def _write_pins(path: Path, comps: list[Pin]) -> Path:

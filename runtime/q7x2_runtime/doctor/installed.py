@@ -74,14 +74,15 @@ def megatron_core_version(megatron_dir: Path) -> str | None:
 
 
 def source_ref(source_dir: Path) -> str | None:
-    """The git tag (or commit) build-image recorded for vendored sources; None without one."""
+    """The git tag, else branch, else commit build-image recorded for vendored sources; None
+    without a record."""
     try:
         data = json.loads((source_dir / SOURCE_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    ref = data.get("tag") or data.get("commit")
+    ref = data.get("tag") or data.get("branch") or data.get("commit")
     return str(ref) if ref else None
 
 

@@ -29,13 +29,13 @@ def _with_spares(plan: Plan, path: str) -> Plan:
 
     from q7x2_deploy.executor.recovery import spare_host_plans
 
-    return replace(plan, hosts=plan.hosts + spare_host_plans(load_inventory(path), plan))
+    return replace(plan, hosts=plan.hosts + spare_host_plans(load_inventory(path, scheduler="ssh"), plan))
 
 
 def run(args: argparse.Namespace) -> int:
     if (rc := other_scheduler(args, "down")) is not None:
         return rc
-    plan = build_plan(load_inventory(args.inventory))
+    plan = build_plan(load_inventory(args.inventory, scheduler=args.scheduler))
     # First the detached supervisor, or it would restart the job being taken down.
     if (pid := stop_supervisor(plan.job_name)) is not None:
         print(f"stopped the supervisor of job {plan.job_name} (pid {pid})")

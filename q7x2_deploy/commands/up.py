@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if (rc := other_scheduler(args, "up")) is not None:
         return rc
     console = Console()
-    inv = load_inventory(args.inventory)
+    inv = load_inventory(args.inventory, scheduler=args.scheduler)
     if not inv.job.checkpoint.keep_optimizer:
         print("q7x2-deploy: warning: job.checkpoint.keep_optimizer is false: checkpoints hold no optimizer or RNG "
               "state, so a resume restarts the optimizer and will not continue exactly", flush=True)
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         # The train phase runs unwatched from here: a supervisor process watches and recovers it.
         extra = ["--quiet-warning", f"{args.quiet_warning:g}",
                  *(["--accept-new-host-keys"] if args.accept_new_host_keys else []),
-                 *(["--ssh-config", os.path.abspath(args.ssh_config)] if args.ssh_config else [])]
+                 *(["--ssh-config", os.path.abspath(args.ssh_config)] if args.ssh_config else []),
+                 *(["--scheduler", args.scheduler] if args.scheduler else [])]
         info = start_supervisor(job, args.inventory, extra)
         print(f"q7x2-deploy: supervisor (pid {info['pid']}) watches and recovers job {job}; "
               f"its output: {info['log']}; `q7x2-deploy down` stops it", flush=True)

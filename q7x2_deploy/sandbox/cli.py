@@ -1,6 +1,6 @@
 """`q7x2-deploy sandbox`: a real multi-host cluster on this machine, for trying and testing.
 
-    q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH] [--slurm]
+    q7x2-deploy sandbox up 2 [--ascend-devices 16] [--inventory PATH] [--slurm] [--bastion]
     q7x2-deploy sandbox status [--json]
     q7x2-deploy sandbox cut|heal|stop|start HOST
     q7x2-deploy sandbox ssh HOST [COMMAND...]
@@ -29,7 +29,8 @@ def _up(args: argparse.Namespace) -> int:
     cfg = cluster.config_for(args.name, args.subnet)
     cluster.up(cfg, args.hosts, ascend_devices=args.ascend_devices, inventory=Path(args.inventory),
                npus_per_node=args.npus_per_node, with_base_image=not args.no_base_image,
-               load_base_image=args.load_base_image, with_sample=not args.no_sample, slurm=args.slurm, log=_log)
+               load_base_image=args.load_base_image, with_sample=not args.no_sample, slurm=args.slurm,
+               bastion=args.bastion, log=_log)
     _print_status(cluster.status(cfg))
     return 0
 
@@ -50,6 +51,10 @@ def _print_status(s: dict) -> None:
     print(f"sandbox {s['name']!r}: subnet {s['subnet']} on bridge {s['bridge']}; "
           f"registry {reg['address']} {'alive' if reg['alive'] else 'NOT ANSWERING'}")
     print(f"  ssh: root, identity {s['identity']}, known_hosts {s['known_hosts']}")
+    if s.get("bastion"):
+        b = s["bastion"]
+        print(f"  bastion: {b['name']} {b['address']} ({'up' if b['sshd'] else 'sshd NOT ANSWERING'}); "
+              f"the hosts only through it, ssh config {b['ssh_config']}")
     print(f"  inventory: {s['inventory']}")
     print(f"  {'HOST':<8} {'ADDRESS':<15} {'NIC':<5} {'POWER':<5} {'CABLE':<6} {'SSHD':<5} ENGINE")
     for h in s["hosts"]:
@@ -82,6 +87,8 @@ def _ssh(args: argparse.Namespace) -> int:
     s = cluster.status(cfg)
     if not s["up"]:
         raise UserError(f"sandbox {args.name!r} is not up: run `q7x2-deploy sandbox up N` first")
+    if s.get("bastion"):  # through the bastion, as the deployer goes
+        os.execvp("ssh", ["ssh", "-F", s["bastion"]["ssh_config"], args.host, *args.remote_command])
     h = cfg.host_by_name(args.host, len(s["hosts"]))
     argv = ["ssh", "-i", s["identity"], "-o", f"UserKnownHostsFile={s['known_hosts']}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"root@{h.address}", *args.remote_command]
@@ -104,6 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.add_argument("--npus-per-node", type=int, default=1, help="processes per host in the inventory's job")
     u.add_argument("--load-base-image", action="store_true", help="also load the base image into every host engine")
     u.add_argument("--no-base-image", action="store_true", help="do not build the base image in the root engine")
+    u.add_argument("--bastion", action="store_true",
+                   help="add a jump host: only it accepts connections from this machine, the hosts only through it; "
+                        "writes an ssh config with ProxyJump that the inventory uses")
     u.add_argument("--no-sample", action="store_true", help="do not write the sample checkpoint and dataset")
     u.add_argument("--slurm", action="store_true",
                    help="also run Slurm: munged and slurmd on every host, slurmctld on the first (the login host); "

@@ -17,11 +17,11 @@ import docker
 from q7x2_runtime.errors import UserError
 
 from q7x2_deploy.image import base_image
-from q7x2_deploy.sandbox import hosts, inventory_file, network, registry, sample_data
+from q7x2_deploy.sandbox import hosts, inventory_file, network, registry, sample_data, ssh_config_file
 from q7x2_deploy.sandbox import slurm as slurm_setup
 from q7x2_deploy.sandbox.config import MAX_HOSTS, SandboxConfig
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair, write_known_hosts
-from q7x2_deploy.sandbox.state import State
+from q7x2_deploy.sandbox.state import HostState, State
 from q7x2_deploy.sandbox.sysutil import (kill_and_wait, pid_matches, pids_in_netns, pids_in_pidns_of,
                                          require_binaries, require_root)
 
@@ -57,7 +57,7 @@ def config_for(name: str, subnet: str | None) -> SandboxConfig:
 
 def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Path | None = None,
        npus_per_node: int = 1, with_base_image: bool = True, load_base_image: bool = False,
-       with_sample: bool = True, slurm: bool = False, log: Log = print) -> State:
+       with_sample: bool = True, slurm: bool = False, bastion: bool = False, log: Log = print) -> State:
     _preflight()
     if not 1 <= count <= MAX_HOSTS:
         raise UserError(f"host count must be 1..{MAX_HOSTS}, got {count}")
@@ -68,6 +68,9 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
         st = State.load(cfg.state_file) or State(name=cfg.name, subnet=cfg.subnet)
         if st.hosts and st.ascend_devices != ascend_devices:
             raise UserError(f"sandbox {cfg.name!r} is up with --ascend-devices {st.ascend_devices}; "
+                            "run `sandbox down` first to change it")
+        if st.hosts and (st.bastion is not None) != bastion:
+            raise UserError(f"sandbox {cfg.name!r} is up {'with' if st.bastion else 'without'} --bastion; "
                             "run `sandbox down` first to change it")
         st.ascend_devices = ascend_devices
         if st.hosts and st.slurm != slurm:
@@ -116,7 +119,16 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
             st.save(cfg.state_file)
             network.ensure_host_link(cfg, h, plugged=not hs.cut)
             host_keys.append(([h.name, h.address], hosts.prepare(cfg, h, ascend_devices, slurm=slurm)))
-        hosts.write_hosts_files(cfg, count)
+        if bastion:
+            jump = cfg.bastion()
+            if st.bastion is None:
+                st.bastion = HostState(index=0)
+            st.save(cfg.state_file)
+            network.ensure_host_link(cfg, jump)
+            host_keys.append(([jump.name, jump.address], hosts.prepare(cfg, jump, 0, engine=False)))
+            for h in names:  # from here on the machine reaches them only through the bastion
+                network.hide_from_machine(cfg, h)
+        hosts.write_hosts_files(cfg, count, bastion)
         if slurm:
             slurm_setup.write_config(cfg, names, ascend_devices)
         write_known_hosts(cfg.known_hosts, host_keys)
@@ -128,9 +140,16 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
                 hosts.start(cfg, h, hs)
                 booted.append(h)
             st.save(cfg.state_file)
+        if bastion and st.bastion is not None and not hosts.running(cfg.bastion(), st.bastion):
+            hosts.start(cfg, cfg.bastion(), st.bastion)
+            st.save(cfg.state_file)
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            list(pool.map(lambda h: hosts.wait_ready(h, st.host(h.index)), names))
-        log(f"{len(names)} hosts up ({len(booted)} booted) in {time.monotonic() - t0:.1f} s")
+            list(pool.map(lambda h: hosts.wait_ready(h, st.host(h.index), hidden=bastion), names))
+        if bastion and st.bastion is not None:
+            hosts.wait_ready(cfg.bastion(), st.bastion, engine=False)
+            ssh_config_file.write(cfg, count)
+        log(f"{len(names)} hosts up ({len(booted)} booted){' behind ' + cfg.bastion().name if bastion else ''} "
+            f"in {time.monotonic() - t0:.1f} s")
         if slurm:
             slurm_setup.wait_idle(st.host(1).init_pid or 0, count)
             log(f"Slurm up: slurmctld on {names[0].name}, {count} idle node(s) in partition "
@@ -145,7 +164,7 @@ def up(cfg: SandboxConfig, count: int, *, ascend_devices: int = 0, inventory: Pa
             sample_data.ensure_sample(cfg, [h.dir / "data" for h in names], log=log)
 
         inv = (inventory or Path("inventory.sandbox.yaml")).absolute()
-        problem = inventory_file.write(inv, cfg, count, npus_per_node, slurm=slurm)
+        problem = inventory_file.write(inv, cfg, count, npus_per_node, slurm=slurm, bastion=bastion)
         st.inventory = str(inv)
         if st.inventory not in st.inventories:
             st.inventories.append(st.inventory)  # `down` removes every one it wrote
@@ -198,6 +217,8 @@ def down(cfg: SandboxConfig, log: Log = print) -> None:
         if st is not None:
             for hs in st.hosts:
                 hosts.power_off(cfg.host(hs.index), hs)
+            if st.bastion is not None:
+                hosts.power_off(cfg.bastion(), st.bastion)
         for ns in network.list_netns(cfg):
             path = network.netns_path(ns)
             pids = pids_in_netns(path)
@@ -279,7 +300,7 @@ def status(cfg: SandboxConfig) -> dict:
             "name": h.name, "address": h.address, "nic": h.nic, "netns": h.netns,
             "running": hosts.running(h, hs), "stopped": hs.stopped, "cut": hs.cut,
             "cable": network.cable_up(h),
-            "sshd": hosts.sshd_answers(h.address, timeout=0.5) if not hs.cut else None,
+            "sshd": hosts.sshd_answers(h.address, timeout=0.5, inside=h.netns if st.bastion else None) if not hs.cut else None,
             "engine": hosts.engine_answers(h, timeout=1.0),
             "engine_socket": str(hosts.engine_socket(h)),
         })
@@ -290,7 +311,16 @@ def status(cfg: SandboxConfig) -> dict:
         "identity": str(cfg.identity), "known_hosts": str(cfg.known_hosts),
         "inventory": st.inventory, "ascend_devices": st.ascend_devices, "base_image": st.base_image,
         "shared": str(cfg.shared_dir), "hosts": out_hosts,
+        "bastion": _bastion_status(cfg, st.bastion),
     }
+
+
+def _bastion_status(cfg: SandboxConfig, hs: HostState | None) -> dict | None:
+    if hs is None:
+        return None
+    h = cfg.bastion()
+    return {"name": h.name, "address": h.address, "running": hosts.running(h, hs),
+            "sshd": hosts.sshd_answers(h.address, timeout=0.5), "ssh_config": str(cfg.ssh_config)}
 
 
 def _host(cfg: SandboxConfig, name: str) -> tuple[State, "hosts.HostNames", "hosts.HostState"]:
@@ -346,5 +376,5 @@ def start(cfg: SandboxConfig, name: str, log: Log = print) -> None:
         st.save(cfg.state_file)
         if not hs.cut:
             network.set_cable(h, True)
-        hosts.wait_ready(h, hs)
+        hosts.wait_ready(h, hs, hidden=st.bastion is not None)
     log(f"{h.name}: powered on")

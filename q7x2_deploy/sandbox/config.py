@@ -21,6 +21,7 @@ DEFAULT_SUBNET = "10.213.7.0/24"
 REGISTRY_PORT = 5000
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 64
+BASTION_NAME = "sbx-bastion"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # short: interface names are at most 15 chars
 
 
@@ -88,6 +89,11 @@ class SandboxConfig:
         return self.keys_dir / "known_hosts"
 
     @property
+    def ssh_config(self) -> Path:
+        """The OpenSSH client config `up --bastion` writes: every host through the bastion."""
+        return self.keys_dir / "ssh_config"
+
+    @property
     def registry_dir(self) -> Path:
         return self.state_dir / "registry"
 
@@ -131,6 +137,21 @@ class SandboxConfig:
             address=str(self.network.network_address + FIRST_HOST_OCTET - 1 + index),
             cgroup_parent=f"/{self.name}-{name}",
             dir=self.state_dir / "hosts" / name,
+        )
+
+    def bastion(self) -> HostNames:
+        """The jump host of `up --bastion`: the only one the machine can open connections to.
+        Index 0: its namespace and cable carry the names `down` already sweeps."""
+        return HostNames(
+            index=0,
+            name=BASTION_NAME,
+            netns=f"{self.name}-sbx-0",
+            veth_root=f"{self.name}-v0",
+            veth_peer_tmp=f"{self.name}-p0",
+            nic="eth0",
+            address=str(self.network.network_address + FIRST_HOST_OCTET - 1),
+            cgroup_parent=f"/{self.name}-sbx-0",
+            dir=self.state_dir / "hosts" / BASTION_NAME,
         )
 
     def host_by_name(self, name: str, count: int) -> HostNames:

@@ -17,7 +17,7 @@ from q7x2_runtime.errors import UserError
 from q7x2_deploy.sandbox import ascend
 from q7x2_deploy.sandbox import slurm as slurm_setup
 from q7x2_deploy.sandbox.config import HostNames, SandboxConfig
-from q7x2_deploy.sandbox.network import netns_path
+from q7x2_deploy.sandbox.network import connect_inside, netns_path
 from q7x2_deploy.sandbox.overlay import overlay_dirs
 from q7x2_deploy.sandbox.ssh_keys import ensure_keypair
 from q7x2_deploy.sandbox.state import HostState
@@ -98,17 +98,19 @@ def _daemon_json(cfg: SandboxConfig, h: HostNames) -> dict:
     }
 
 
-def hosts_file(cfg: SandboxConfig, count: int) -> str:
+def hosts_file(cfg: SandboxConfig, count: int, bastion: bool = False) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if bastion:
+        lines.append(f"{cfg.bastion().address}\t{cfg.bastion().name}")
     lines += [f"{cfg.host(i).address}\t{cfg.host(i).name}" for i in range(1, count + 1)]
     return "\n".join(lines) + "\n"
 
 
-def write_hosts_files(cfg: SandboxConfig, count: int) -> None:
+def write_hosts_files(cfg: SandboxConfig, count: int, bastion: bool = False) -> None:
     """Rewrite every host's /etc/hosts in place (the bind mount follows the inode)."""
-    text = hosts_file(cfg, count)
-    for i in range(1, count + 1):
-        p = cfg.host(i).dir / "etc" / "hosts"
+    text = hosts_file(cfg, count, bastion)
+    for h in [cfg.host(i) for i in range(1, count + 1)] + ([cfg.bastion()] if bastion else []):
+        p = h.dir / "etc" / "hosts"
         if p.exists():
             with open(p, "r+", encoding="ascii") as f:
                 f.seek(0)
@@ -119,9 +121,10 @@ def write_hosts_files(cfg: SandboxConfig, count: int) -> None:
             p.write_text(text, encoding="ascii")
 
 
-def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int, slurm: bool = False) -> str:
+def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int, slurm: bool = False, engine: bool = True) -> str:
     """Write the host's files (idempotent); return its public host key line. With `slurm` the
-    host also runs munged and slurmd, and the first host slurmctld (sandbox/slurm.py)."""
+    host also runs munged and slurmd, and the first host slurmctld (sandbox/slurm.py).
+    engine=False: a host with sshd alone (the bastion)."""
     for sub in ("run", "etc", "devstage", "log", *PRIVATE_DIRS):
         (h.dir / sub).mkdir(parents=True, exist_ok=True)
     (h.dir / "tmp").chmod(0o1777)
@@ -151,8 +154,8 @@ def prepare(cfg: SandboxConfig, h: HostNames, ascend_devices: int, slurm: bool =
             {"argv": [which("sshd") or "/usr/sbin/sshd", "-D", "-f", str(h.dir / "sshd_config"),
                       "-E", str(h.dir / "log" / "sshd.log")],
              "log": str(h.dir / "log" / "sshd.out")},
-            {"argv": [which("dockerd") or "/usr/bin/dockerd", "--config-file", str(h.dir / "daemon.json")],
-             "log": str(h.dir / "log" / "dockerd.log")},
+            *([{"argv": [which("dockerd") or "/usr/bin/dockerd", "--config-file", str(h.dir / "daemon.json")],
+                "log": str(h.dir / "log" / "dockerd.log")}] if engine else []),
             *(slurm_setup.daemons(cfg, h, controller=h.index == 1) if slurm else []),
         ],
     }
@@ -208,9 +211,12 @@ def power_off(h: HostNames, hs: HostState) -> None:
     hs.init_pid = hs.launcher_pid = None
 
 
-def sshd_answers(address: str, timeout: float = 1.0) -> bool:
+def sshd_answers(address: str, timeout: float = 1.0, inside: str | None = None) -> bool:
+    """sshd greets on port 22; `inside`: probed from that network namespace (a host behind the
+    bastion refuses the machine's own connections)."""
     try:
-        with socket.create_connection((address, 22), timeout=timeout) as s:
+        conn = connect_inside(inside, address, 22, timeout) if inside else socket.create_connection((address, 22), timeout=timeout)
+        with conn as s:
             s.settimeout(timeout)
             return s.recv(4).startswith(b"SSH-")
     except OSError:
@@ -231,12 +237,13 @@ def engine_answers(h: HostNames, timeout: float = 2.0) -> bool:
         return False
 
 
-def wait_ready(h: HostNames, hs: HostState, timeout: float = 60) -> None:
-    """Wait until sshd (unless the cable is cut: unreachable by design) and the engine answer."""
+def wait_ready(h: HostNames, hs: HostState, timeout: float = 60, *, engine: bool = True, hidden: bool = False) -> None:
+    """Wait until sshd (unless the cable is cut: unreachable by design) and the engine answer.
+    hidden: sshd is probed from inside the host (it refuses the machine's connections)."""
     deadline = time.monotonic() + timeout
-    ssh_ok, engine_ok = hs.cut, False
+    ssh_ok, engine_ok = hs.cut, not engine
     while time.monotonic() < deadline:
-        ssh_ok = ssh_ok or sshd_answers(h.address)
+        ssh_ok = ssh_ok or sshd_answers(h.address, inside=h.netns if hidden else None)
         engine_ok = engine_ok or engine_answers(h)
         if ssh_ok and engine_ok:
             return

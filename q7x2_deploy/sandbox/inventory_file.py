@@ -26,10 +26,13 @@ def _tag() -> str:
         return "dev"
 
 
-def build(cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False) -> dict:
+def build(cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False, bastion: bool = False) -> dict:
     dp = count * npus_per_node  # tp = pp = 1
+    # Behind a bastion every SSH setting comes from the sandbox's ssh_config (ProxyJump included).
+    ssh = ({"config": str(cfg.ssh_config)} if bastion else
+           {"user": "root", "port": 22, "identity": str(cfg.identity), "known_hosts": str(cfg.known_hosts)})
     data: dict[str, Any] = {
-        "ssh": {"user": "root", "port": 22, "identity": str(cfg.identity), "known_hosts": str(cfg.known_hosts)},
+        "ssh": ssh,
         "hosts": [{"name": cfg.host(i).name, "address": cfg.host(i).address, "nic": cfg.host(i).nic}
                   for i in range(1, count + 1)],
         "master": {"host": cfg.host(1).name, "port": 6000},
@@ -79,11 +82,14 @@ def check(data: dict) -> str | None:
     return None
 
 
-def write(path: Path, cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False) -> str | None:
-    data = build(cfg, count, npus_per_node, slurm)
+def write(path: Path, cfg: SandboxConfig, count: int, npus_per_node: int = 1, slurm: bool = False,
+          bastion: bool = False) -> str | None:
+    data = build(cfg, count, npus_per_node, slurm, bastion)
     header = (f"{MARKER} (sandbox {cfg.name!r}); `sandbox down` removes it.\n"
               f"# {count} sandbox hosts on {cfg.subnet}; images are pushed to and pulled from "
               f"{cfg.registry_address}.\n")
+    if bastion:
+        header += f"# The hosts are reached through {cfg.bastion().name} (ProxyJump in {cfg.ssh_config}).\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False), encoding="utf-8")
     return check(data)

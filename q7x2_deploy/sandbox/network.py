@@ -6,10 +6,13 @@ a sandbox host does can send traffic beyond the sandbox.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import os
 import re
+import socket
+import threading
 
 from q7x2_runtime.errors import UserError
 
@@ -141,3 +144,56 @@ def list_links(cfg: SandboxConfig) -> list[str]:
         return [l["ifname"] for l in json.loads(out or "[]") if pat.match(l.get("ifname", ""))]
     except ValueError:
         return []
+
+
+def hidden_rule(cfg: SandboxConfig) -> list[str]:
+    """Inside a host behind the bastion: refuse every connection the machine opens to it.
+
+    The machine's side of the bridge is `bridge_address`; only new connections from it are
+    refused, so the host still pulls from the registry there (the replies are established
+    traffic) and the bastion and the other hosts still reach it."""
+    return ["INPUT", "-s", cfg.bridge_address, "-m", "conntrack", "--ctstate", "NEW",
+            "-m", "comment", "--comment", cfg.iptables_comment, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
+
+
+def hide_from_machine(cfg: SandboxConfig, h: HostNames) -> None:
+    """Idempotent; the rule lives in the host's namespace and goes with it on `down`."""
+    ns = ["ip", "netns", "exec", h.netns, "iptables", "-w"]
+    rule = hidden_rule(cfg)
+    if run([*ns, "-C", *rule], check=False).returncode != 0:
+        run([*ns, "-A", *rule])
+
+
+def is_hidden(cfg: SandboxConfig, h: HostNames) -> bool:
+    return run(["ip", "netns", "exec", h.netns, "iptables", "-w", "-C", *hidden_rule(cfg)], check=False).returncode == 0
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def connect_inside(netns: str, address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection opened from inside a host's network namespace (to probe a host the
+    machine itself may not connect to). The namespace is entered by a short-lived thread:
+    setns(2) moves only the calling thread, and the socket keeps the namespace it was made in."""
+    result: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path(netns), os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(socket.create_connection((address, port), timeout=timeout))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result.append(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]

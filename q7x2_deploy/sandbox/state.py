@@ -35,6 +35,8 @@ class State:
     inventories: list[str] = field(default_factory=list)  # every inventory written
     base_image: str | None = None
     slurm: bool = False  # munged + slurmd on every host, slurmctld on the first
+    # `up --bastion`: the jump host; the other hosts refuse connections from the machine.
+    bastion: HostState | None = None
 
     @classmethod
     def load(cls, path: Path) -> "State | None":
@@ -43,8 +45,9 @@ class State:
         except FileNotFoundError:
             return None
         hosts = [HostState(**h) for h in raw.pop("hosts", [])]
+        bastion = raw.pop("bastion", None)
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        return cls(hosts=hosts, **known)
+        return cls(hosts=hosts, bastion=HostState(**bastion) if bastion else None, **known)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,27 @@ def test_cli_error_is_one_line(monkeypatch, capsys):
     assert cli.main(["sandbox", "--name", "nope", "up", "1"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs root" in err
+
+
+def test_bastion_ssh_config_routes_every_host_through_the_bastion(tmp_path):
+    from q7x2_deploy.inventory import Inventory
+    from q7x2_deploy.sandbox import ssh_config_file
+    from q7x2_deploy.ssh_route import ClientConfig, resolve
+
+    cfg = SandboxConfig(name="t", subnet="10.213.99.0/24", root=tmp_path)
+    cfg.identity.parent.mkdir(parents=True)
+    cfg.identity.write_text("a key file (ssh skips configured files that do not exist)")
+    parsed = ClientConfig.from_text(ssh_config_file.render(cfg, 2), cfg.ssh_config)
+    jump = cfg.bastion()
+    assert (jump.address, jump.netns, jump.veth_root) == ("10.213.99.10", "t-sbx-0", "t-v0")
+    data = inventory_file.build(cfg, 2, bastion=True)
+    inv = Inventory.model_validate({**data, "job": {}})  # the job's files are the sample's, not made here
+    assert data["ssh"] == {"config": str(cfg.ssh_config)}
+    for i, host in enumerate(inv.hosts, start=1):
+        for name in (host.address, cfg.host(i).name):  # by address (the inventory) or by name (a person)
+            route = resolve(name, inv.ssh_target(host).model_dump(), parsed)
+            assert route.target.login == f"root@10.213.99.{10 + i}:22"
+            assert route.target.identities == (str(cfg.identity),) and route.target.known_hosts == (str(cfg.known_hosts),)
+            assert [j.login for j in route.jumps] == ["root@10.213.99.10:22"]
+            assert route.jumps[0].known_hosts == (str(cfg.known_hosts),)
+    assert resolve(jump.name, {}, parsed).jumps == ()  # the bastion itself is reached directly

@@ -101,6 +101,9 @@ def _connect_error(c: SSHConfig, e: BaseException) -> BaseException:
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(c.identity_files) or "ssh-agent and default keys"
         return DeployError(f"{c.host}: SSH login to {where} refused (identity {keys}): {e}")
+    if isinstance(e, paramiko.SSHException) and "No authentication methods available" in str(e):
+        return DeployError(f"{c.host}: SSH login to {where}: no key to offer (no identity given, no ssh-agent at "
+                           "SSH_AUTH_SOCK, no ~/.ssh/id_* file); set ssh.identity or IdentityFile, or add a key to the agent")
     if isinstance(e, FileNotFoundError):
         return DeployError(f"{c.host}: SSH identity file not found: {e.filename}")
     if isinstance(e, HostKeyRefused) or not isinstance(e, (OSError, socket.timeout, paramiko.SSHException, EOFError)):

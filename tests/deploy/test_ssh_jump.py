@@ -112,3 +112,39 @@ def test_a_jump_host_that_cannot_reach_the_host_names_both(tmp_path: Path, sshd:
     with pytest.raises(Exception, match=r"^n1: jump host bastion \(root@127.0.0.1:\d+\) could not connect to 127.0.0.1:1"):
         t.run(["true"])
     t.close()
+
+
+def test_without_an_identity_the_agents_keys_log_in(tmp_path: Path, sshd: LocalSSHD, bastion: LocalSSHD,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        # Both servers accept their own client key only: the agent holds both, no file is named.
+        for key in (sshd.identity, bastion.identity):
+            subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+        known = tmp_path / "known_hosts"
+        known.write_text(sshd.known_hosts_line() + bastion.known_hosts_line())
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion.port}\n  UserKnownHostsFile {known}\n"
+                          f"Host node-behind\n  HostName 127.0.0.1\n  Port {sshd.port}\n  ProxyJump bastion\n"
+                          f"  UserKnownHostsFile {known}\n")
+        t = ssh_factory()(_host(config))
+        try:
+            assert t.check(["echo", "agent"]).stdout == "agent\n"
+        finally:
+            t.close()
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        t = ssh_factory()(_host(config))
+        with pytest.raises(Exception, match=r"^n1: jump host bastion: SSH login to root@127.0.0.1:\d+: no key to offer"):
+            t.run(["true"])
+        t.close()
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

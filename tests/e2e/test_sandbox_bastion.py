@@ -69,8 +69,9 @@ def test_jobs_run_through_the_bastion(bastion_sandbox: dict, tmp_path: Path) -> 
     log = tmp_path / "logs-f.out"
     follow = cli_background("logs", str(inv), "-f", cwd=tmp_path, log=log)
     try:  # -f follows until interrupted, across the steps of both hosts
-        wait_for(log, "[sbx-1 0] training finished", 900, follow)
-        wait_for(log, "[sbx-2 1] training finished", 120, follow)
+        # The last rank prints the iterations and the end; rank 0 saves the checkpoint.
+        wait_for(log, "[sbx-2 1] training finished", 900, follow)
+        wait_for(log, f"/ckpt/iter_{TRAIN_ITERS:07d}", 120, follow)
     finally:
         follow.send_signal(signal.SIGINT)
         follow.wait(timeout=60)

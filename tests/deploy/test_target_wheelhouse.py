@@ -63,6 +63,7 @@ def test_wheelhouse_only_needs_the_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 364 MB from the index and ~11 min on a cold cache (45 s warm)
 def test_ascend_aarch64_wheelhouse_for_real(tmp_path: Path) -> None:
     """Downloads about 900 MB the first time (kept in ~/.cache/q7x2/wheelhouse for later runs)."""
     dest = tmp_path / "wh"

@@ -59,7 +59,8 @@ class Cluster:
 
     @property
     def master(self) -> HostPlan:
-        return next((h for h in self.plan.hosts if h.address == self.plan.master_addr), self.plan.hosts[0])
+        # A plan cut down to some hosts (`logs --host`) may lack it: the first host stands in.
+        return next((h for h in self.plan.hosts if h.is_master), self.plan.hosts[0])
 
     def close(self) -> None:
         for t in self.transports.values():

@@ -8,7 +8,6 @@ in seconds instead of after an image transfer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
@@ -84,7 +83,7 @@ class HostReport:
 
 @dataclass(frozen=True)
 class HostNeeds:
-    """What a host's containers use from the host, read back from the plan's docker run argv."""
+    """What a host's containers use from the host: paths that must exist there."""
 
     devices: list[str]
     mounts: list[str]
@@ -92,20 +91,11 @@ class HostNeeds:
 
 
 def host_needs(host: HostPlan) -> HostNeeds:
-    argv = host.docker_run
-    job_dir = str(PurePosixPath(host.job_file).parent)
-    devices: list[str] = []
-    mounts: list[str] = []
-    for flag, value in zip(argv, argv[1:]):
-        if flag == "--device":
-            devices.append(value.split(":", 1)[0])
-        elif flag in ("-v", "--volume"):
-            src = value.split(":", 1)[0]
-            if src != job_dir and src.startswith("/"):  # the job dir is created by `up`
-                mounts.append(src)
-    npus = [int(d.removeprefix("/dev/davinci")) for d in devices
+    # The job directory is created by `up` (it writes the job file there), so it need not exist yet.
+    mounts = [m.source for m in host.mounts if m.source != host.job_dir and m.source.startswith("/")]
+    npus = [int(d.removeprefix("/dev/davinci")) for d in host.devices
             if d.removeprefix("/dev/davinci").isdigit()]
-    return HostNeeds(devices, mounts, npus)
+    return HostNeeds(list(host.devices), mounts, npus)
 
 
 def _listening_ports(proc_net_tcp: str) -> set[int]:
@@ -167,7 +157,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     t: Transport = cluster.transport(host)
     needs = host_needs(host)
     report = HostReport(host.name, host.node_rank, npus=host.npus or needs.npu_indices)
-    is_master = check_port and host.name == cluster.master.name
+    is_master = check_port and host.is_master
     wants_ports = is_master or (check_port and bool(host.npus))
     nic_for = host.address if host.detect_nic else ""
     try:

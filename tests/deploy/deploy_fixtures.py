@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from q7x2_deploy.plan import HostPlan, Plan, StepPlan
+from q7x2_deploy.plan import HostPlan, Mount, Plan, StepPlan
 from q7x2_runtime.jobspec import ClusterSpec, Job, JobSpec
 
 TEST_IMAGE = "q7x2-test/busybox:1"
@@ -59,7 +59,8 @@ def make_plan(job: str, ssh: dict[str, dict[str, object]], scripts: dict[str, li
     port = master_port or free_port()
     for rank, (name, steps) in enumerate(scripts.items()):
         job_dir = job_root / name / "jobs" / job
-        mount = ["-v", f"{job_dir}:/q7x2:ro"]
+        job_mount = Mount(str(job_dir), "/q7x2", True)
+        mount = ["-v", job_mount.option()]
         plans = []
         for step, phase, script in steps:
             cname = f"q7x2-{job}-{step}-{rank}"
@@ -71,7 +72,8 @@ def make_plan(job: str, ssh: dict[str, dict[str, object]], scripts: dict[str, li
                                   ["docker", "run", "-d", "--name", cname, *lab, *mount, image, *argv]))
         hosts.append(HostPlan(name=name, address="127.0.0.1", node_rank=rank, ssh=ssh[name],
                               env={"NODE_RANK": str(rank)}, job_file=str(job_dir / "job.json"),
-                              docker_run=["docker", "run", "-d", *mount, image], steps=plans))
+                              docker_run=["docker", "run", "-d", *mount, image], steps=plans,
+                              mounts=[job_mount], is_master=rank == 0))
     spec = JobSpec(job=Job(name=job), cluster=ClusterSpec(nnodes=len(hosts), master_addr="127.0.0.1",
                                                           master_port=port, flavor="cpu"))
     return Plan(job_name=job, image_ref=image, flavor="cpu", distribution=distribution,

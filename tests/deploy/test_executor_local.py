@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from q7x2_deploy.executor.status import job_status
 from q7x2_deploy.executor.supervise import JobFailed
 from q7x2_deploy.executor.up import up
 from q7x2_deploy.image.delivery import deliver_image
+from q7x2_deploy.plan import Mount
 
 
 def _docker_ok() -> bool:
@@ -281,7 +283,8 @@ def test_preflight_reports_missing_mounts_and_busy_master_port(sshd: LocalSSHD, 
     assert reports[0].get("image").detail.startswith("sha256:")  # type: ignore[union-attr]
     assert reports[0].get("port").level == "ok" and reports[1].get("port").level == "skip"  # type: ignore[union-attr]
 
-    plan.hosts[1].docker_run[3:3] = ["-v", "/nonexistent-q7x2:/x", "--device", "/dev/davinci7"]
+    h1 = plan.hosts[1]
+    plan.hosts[1] = replace(h1, mounts=[Mount("/nonexistent-q7x2", "/x"), *h1.mounts], devices=["/dev/davinci7"])
     with socket.socket() as busy, open_cluster(plan, ssh_factory()) as cluster:
         busy.bind(("0.0.0.0", plan.master_port))
         busy.listen()

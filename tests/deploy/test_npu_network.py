@@ -97,7 +97,10 @@ def test_a_host_without_nic_is_pinned_to_the_detected_interface_at_up() -> None:
     assert pb.env["GLOO_SOCKET_IFNAME"] == pb.env["HCCL_SOCKET_IFNAME"] == "eth7" and not pb.detect_nic
     for before, after in zip(b.steps, pb.steps):
         assert after.argv == before.argv and after.docker_run[-len(after.argv) - 1] == plan.image_ref
-        assert after.docker_run[:-len(after.argv) - 1][-4:] == ["-e", "GLOO_SOCKET_IFNAME=eth7", "-e", "HCCL_SOCKET_IFNAME=eth7"]
+        # derived again from the pinned env: every option still precedes the image
+        options = after.docker_run[:-len(after.argv) - 1]
+        assert "GLOO_SOCKET_IFNAME=eth7" in options and "HCCL_SOCKET_IFNAME=eth7" in options
+        assert options == plan.with_docker_run(pb).step(after.name).docker_run[:-len(after.argv) - 1]  # type: ignore[union-attr]
     assert pb.docker_run[-1] == plan.image_ref and "HCCL_SOCKET_IFNAME=eth7" in pb.docker_run
 
 

@@ -16,7 +16,7 @@ from q7x2_deploy.executor.logs import split_stamp
 from q7x2_deploy.executor.metrics import last_progress, losses
 from q7x2_deploy.executor.preflight import _df_free_gib, _listening_ports, host_needs
 from q7x2_deploy.image.delivery import _Tee
-from q7x2_deploy.plan import HostPlan
+from q7x2_deploy.plan import HostPlan, Mount
 
 
 def test_progress_from_megatron_lines() -> None:
@@ -27,16 +27,29 @@ def test_progress_from_megatron_lines() -> None:
     assert losses(lines) == [(1, 3.5), (2, 3.25)]
 
 
-def test_host_needs_reads_devices_and_mounts_from_the_run_spec() -> None:
+def test_host_needs_reads_devices_and_mounts_from_the_typed_plan() -> None:
     host = HostPlan(name="a", address="192.0.2.1", node_rank=0, ssh={}, env={},
-                    job_file="/var/lib/q7x2/jobs/j/job.json",
-                    docker_run=["docker", "run", "-d", "--device", "/dev/davinci3", "--device", "/dev/hisi_hdc",
-                                "-v", "/usr/local/Ascend/driver:/usr/local/Ascend/driver:ro", "-v", "/apps:/apps",
-                                "-v", "/var/lib/q7x2/jobs/j:/etc/q7x2:ro", "-e", "A=-v", "img"])
+                    job_file="/var/lib/q7x2/jobs/j/job.json", docker_run=[],
+                    devices=["/dev/davinci3", "/dev/hisi_hdc"],
+                    mounts=[Mount("/usr/local/Ascend/driver", "/usr/local/Ascend/driver", True), Mount("/apps", "/apps"),
+                            Mount("/var/lib/q7x2/jobs/j", "/etc/q7x2", True)])
     needs = host_needs(host)
     assert needs.devices == ["/dev/davinci3", "/dev/hisi_hdc"]
-    assert needs.mounts == ["/usr/local/Ascend/driver", "/apps"]
+    assert needs.mounts == ["/usr/local/Ascend/driver", "/apps"]  # the job directory is made by `up`
     assert needs.npu_indices == [3]
+
+
+def test_docker_run_is_derived_from_the_typed_host_fields() -> None:
+    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.plan import build_plan
+
+    plan = build_plan(load_inventory(Path(__file__).resolve().parents[2] / "inventory.example.yaml"))
+    for host in plan.hosts:
+        run = host.docker_run
+        assert [run[i + 1] for i, a in enumerate(run) if a == "--device"] == host.devices
+        assert [run[i + 1] for i, a in enumerate(run) if a == "-v"] == [m.option() for m in host.mounts]
+        assert host.mounts[-1].source == host.job_dir and host.mounts[-1].read_only
+    assert [h.is_master for h in plan.hosts] == [True, False]
 
 
 def test_proc_net_tcp_and_df_parsing() -> None:

@@ -296,6 +296,20 @@ def run_options(flags: ContainerFlags, host: HostPlan) -> list[str]:
     return opts
 
 
+def container_flags(inv: Inventory) -> ContainerFlags:
+    c = inv.container
+    return ContainerFlags(network_host=c.network_host, ipc_host=c.ipc_host, shm_size=c.shm_size, privileged=c.privileged)
+
+
+def container_options(inv: Inventory, host: HostSpec, env: dict[str, str], job_dir: str) -> list[str]:
+    """`docker run` options for one inventory host with this env (the Slurm script's tasks start
+    the same container as the SSH plan)."""
+    typed = HostPlan(name=host.name, address=host.address, node_rank=0, ssh={}, env=env,
+                     job_file=f"{job_dir}/job.json", docker_run=[], devices=host_devices(inv, host),
+                     mounts=host_mounts(inv, job_dir))
+    return run_options(container_flags(inv), typed)
+
+
 def step_run(opts: list[str], image: str, step: StepPlan) -> list[str]:
     """The full `docker run` argv starting one step's container."""
     label_opts = [x for k, v in step.labels.items() for x in ("--label", f"{k}={v}")]
@@ -344,9 +358,7 @@ def build_plan(inv: Inventory) -> Plan:
     spec = JobSpec(job=Job.model_validate_json(job.model_dump_json(exclude={"recovery"})), cluster=cluster)
     flavor = inv.image.flavor
     image = inv.image.ref
-    c = inv.container
-    flags = ContainerFlags(network_host=c.network_host, ipc_host=c.ipc_host, shm_size=c.shm_size,
-                           privileged=c.privileged)
+    flags = container_flags(inv)
     job_dir = f"{inv.container.state_dir.rstrip('/')}/jobs/{job.name}"
     hosts: list[HostPlan] = []
     for rank, host in inv.ranked_hosts():

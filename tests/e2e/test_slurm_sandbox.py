@@ -202,3 +202,42 @@ def test_down_cancels_a_running_job_and_sweeps_its_containers(slurm_sandbox: Slu
     print(f"\nslurm down of a running job: {time.monotonic() - t0:.1f} s")
     assert slurm_sandbox.containers(job) == []
     assert job not in slurm_sandbox.squeue()
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
+    """Recovery on Slurm is Slurm's requeue (--requeue, what a node failure triggers): the job
+    starts again under the same id, appends to its output file, and resumes from the last save."""
+    import shutil
+
+    from e2e_support import E2E_ROOT
+
+    from q7x2_deploy.sandbox import slurm
+    from q7x2_deploy.sandbox.state import State
+
+    job = "e2e-slurm-requeue"
+    inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6227, train_iters=100_000,
+                     **_prepared(job__training__save_interval=10))
+    cli("down", str(inv), cwd=tmp_path)
+    shutil.rmtree(slurm_sandbox.cfg.shared_dir / E2E_ROOT / job, ignore_errors=True)
+    log = tmp_path / "up.log"
+    proc = cli_background("up", str(inv), cwd=tmp_path, log=log)
+    try:
+        wait_for(log, "] iteration       12/", 900, proc)
+        job_id = log.read_text().split("Slurm job ", 1)[1].split(" ", 1)[0].rstrip(":")
+        st = State.load(slurm_sandbox.cfg.state_file)
+        assert st is not None
+        r = slurm.host_exec(st.host(1).init_pid or 0, ["scontrol", "requeue", job_id])
+        assert r.returncode == 0, r.stderr
+        wait_for(log, "start point: resume from", 600, proc)
+        text = log.read_text()
+        assert f"Slurm job {job_id} on sbx-[1-2], master sbx-1:6227, start 1" in text
+        assert "[sbx-1 0] q7x2-runtime pretrain: node 0: start point: resume from" in text
+        resumed = int(text.split("start point: resume from", 1)[1].split(" at iteration ", 1)[1].split()[0])
+        assert resumed > 0 and resumed % 10 == 0  # a checkpoint the first start saved
+    finally:
+        down = cli("down", str(inv), cwd=tmp_path, timeout=300)
+        if proc.poll() is None:
+            proc.wait(timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert slurm_sandbox.containers(job) == []
+        assert job not in slurm_sandbox.squeue()

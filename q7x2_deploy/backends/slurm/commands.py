@@ -43,6 +43,8 @@ def _follow(t: Transport, job: SlurmJob, job_id: str, sink: LogSink) -> sj.JobSt
             why = f" ({state.reason})" if state.reason and state.state == "PENDING" else ""
             _say(f"Slurm job {job_id}: {state.state}{where}{why}")
             last_state = state.state
+        if state.nodes and state.state == "RUNNING":
+            follower.nodes = state.nodes  # a requeued job may run on other nodes
         if state.state != "PENDING" and follower._thread is None and state.state != "UNKNOWN":
             follower.nodes = state.nodes
             follower.start(follow=True)

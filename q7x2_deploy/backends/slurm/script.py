@@ -121,6 +121,13 @@ def sbatch_options(inv: Inventory, slurm_name: str, output: str) -> list[str]:
         value = getattr(s, key)
         if value is not None:
             opts.append(f"--{key}={value}")
+    # Recovery on Slurm is Slurm's own: a job whose node fails is requeued with the same id and
+    # the runtime resumes from the last checkpoint; the output file is appended to, not replaced.
+    # (A task that exits non-zero fails the job: Slurm requeues only for node failures.)
+    if inv.job.recovery.max_restarts > 0:
+        opts += ["--requeue", "--open-mode=append"]
+    else:
+        opts.append("--no-requeue")
     opts.append(f"--output={output}")
     return opts
 

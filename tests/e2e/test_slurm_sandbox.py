@@ -125,9 +125,17 @@ def _prepared(**kw: object) -> dict[str, object]:
 
 
 def test_sample_job_trains_over_two_slurm_nodes(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
+    import shutil
+
+    from e2e_support import E2E_ROOT
+
     job = PREPARED
     inv = _inventory(slurm_sandbox, tmp_path, job, image_ref, 6221, train_iters=TRAIN_ITERS)
     cli("down", str(inv), cwd=tmp_path)
+    # A checkpoint of an earlier run would make this one resume at its end (nothing to train);
+    # the converted weights and the dataset may stay (conversion skips a finished one).
+    for sub in ("ckpt", "logs"):
+        shutil.rmtree(slurm_sandbox.cfg.shared_dir / E2E_ROOT / job / sub, ignore_errors=True)
     t0 = time.monotonic()
     up = cli("up", str(inv), cwd=tmp_path, timeout=1500)
     took = time.monotonic() - t0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.containers import remove_job
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.recovery_supervisor import stop_supervisor
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped the supervisor of job {plan.job_name} (pid {pid})")
     with cluster_from_args(args, plan=_with_spares(plan, args.inventory)) as cluster:
         job = cluster.plan.job_name
-        outcomes = for_each(cluster.hosts, lambda h: remove_job(cluster.transport(h), job), key=lambda h: h.name)
+        outcomes = for_each(cluster.hosts, lambda h: cluster.runtime(h).remove_job(job), key=lambda h: h.name)
     for name, o in outcomes.items():
         if o.ok:
             print(f"{name}: removed {o.value} container(s) of job {job}")

@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from q7x2_deploy.backends.container_runtime import ContainerRuntime, RuntimeFactory
+from q7x2_deploy.backends.docker_cli import DockerCLI
 from q7x2_deploy.plan import HostPlan, Plan
 from q7x2_deploy.ssh_route import ClientConfig, Endpoint, Route, load_client_config, resolve
 from q7x2_deploy.transport import SSHConfig, SSHTransport, Transport
@@ -46,6 +48,8 @@ def transport_config(name: str, route: Route, accept_new_host_keys: bool) -> SSH
 class Cluster:
     plan: Plan
     transports: dict[str, Transport] = field(default_factory=dict)
+    # Every container the executor starts, waits for or stops goes through this.
+    runtime_factory: RuntimeFactory = DockerCLI
 
     @property
     def hosts(self) -> list[HostPlan]:
@@ -53,6 +57,10 @@ class Cluster:
 
     def transport(self, host: HostPlan | str) -> Transport:
         return self.transports[host if isinstance(host, str) else host.name]
+
+    def runtime(self, host: HostPlan | str) -> ContainerRuntime:
+        """The host's container engine (cheap: a view over its transport)."""
+        return self.runtime_factory(self.transport(host))
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.plan.hosts if h.name == name)

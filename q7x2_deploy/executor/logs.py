@@ -1,18 +1,17 @@
 """`logs`: the job's output from every host, merged, each line prefixed with host and rank.
 
-`docker logs --timestamps` lets a follower that lost its host resume exactly where it was
-after reconnecting (`--since` the last timestamp seen, duplicates dropped).
+The runtime's timestamps let a follower that lost its host resume exactly where it was after
+reconnecting (since the last timestamp seen, duplicates dropped).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
+from q7x2_deploy.backends.container_runtime import LogLine
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
-from q7x2_deploy.executor.containers import list_job_containers
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.plan import HostPlan
@@ -20,42 +19,23 @@ from q7x2_deploy.plan import HostPlan
 RECONNECT_DELAYS_S = (1, 2, 5, 10, 10, 30)
 
 
-@dataclass(frozen=True)
-class Line:
-    stamp: str  # RFC 3339 with nanoseconds, sorts as text
-    text: str
-
-
-def split_stamp(raw: str) -> Line:
-    stamp, sep, text = raw.partition(" ")
-    if sep and len(stamp) > 20 and stamp[4] == "-" and stamp[10] == "T":
-        return Line(stamp, text)
-    return Line("", raw)
-
-
 def _containers_in_order(cluster: Cluster, host: HostPlan) -> list[tuple[str, bool]]:
-    found = list_job_containers(cluster.transport(host), cluster.plan.job_name)
+    found = cluster.runtime(host).list_job(cluster.plan.job_name)
     return [(s.container_name, found[s.container_name].running) for s in host.steps if s.container_name in found]
 
 
-def _history(cluster: Cluster, host: HostPlan, since: str | None) -> list[Line]:
-    t = cluster.transport(host)
-    lines: list[Line] = []
+def _history(cluster: Cluster, host: HostPlan, since: str | None) -> list[LogLine]:
+    rt = cluster.runtime(host)
+    lines: list[LogLine] = []
     for name, _ in _containers_in_order(cluster, host):
-        argv = ["docker", "logs", "--timestamps", *(["--since", since] if since else []), name]
-        r = t.run(argv, timeout=600)
-        if not r.ok and "No such container" not in r.stderr:
-            raise DeployError(f"{host.name}: `docker logs {name}` failed: {r.last_lines(1)}")
-        # stdout and stderr arrive separately; the timestamps put them back in order.
-        raw = r.stdout.splitlines() + r.stderr.splitlines()
-        lines.extend(sorted((split_stamp(x) for x in raw), key=lambda ln: ln.stamp))
+        lines.extend(rt.logs(name, since=since))
     return lines
 
 
 def show_logs(cluster: Cluster, sink: LogSink, *, since: str | None = None) -> None:
     """Everything so far, all hosts merged in time order."""
     outcomes = for_each(cluster.hosts, lambda h: _history(cluster, h, since), key=lambda h: h.name)
-    merged: list[tuple[str, int, HostPlan, Line]] = []
+    merged: list[tuple[str, int, HostPlan, LogLine]] = []
     for i, h in enumerate(cluster.hosts):
         o = outcomes[h.name]
         if o.error is not None:
@@ -71,30 +51,26 @@ def show_logs(cluster: Cluster, sink: LogSink, *, since: str | None = None) -> N
 
 def _follow_host(cluster: Cluster, host: HostPlan, sink: LogSink, since: str | None,
                  stop: threading.Event) -> None:
-    t = cluster.transport(host)
+    rt = cluster.runtime(host)
     last = ""
     delays = iter(RECONNECT_DELAYS_S)
     done_names: set[str] = set()
     while not stop.is_set():
         try:
             containers = _containers_in_order(cluster, host)
-            for name, running in containers:
+            for name, _running in containers:
                 if name in done_names:
                     continue
-                since_arg = last or since
-                argv = ["docker", "logs", "--timestamps", *(["--since", since_arg] if since_arg else []),
-                        *(["-f"] if running else []), name]
 
-                def _emit(raw: str) -> None:
+                def _emit(ln: LogLine) -> None:
                     nonlocal last
-                    ln = split_stamp(raw)
                     if ln.stamp and ln.stamp <= last:
                         return  # already shown before a reconnect
                     last = ln.stamp or last
                     sink.line(host.name, host.node_rank, ln.text)
 
-                rc = t.stream(argv, _emit, stop=stop)
-                if rc == -1 and stop.is_set():
+                rt.follow(name, _emit, stop=stop, since=last or since)
+                if stop.is_set():
                     return
                 done_names.add(name)
             delays = iter(RECONNECT_DELAYS_S)

@@ -29,14 +29,13 @@ WARN_FREE_GIB = 20.0
 # paths exist, which tools are installed, listening ports, the host's addresses and free space.
 # Everything from the inventory arrives as positional parameters ($1 the image, $2 whether to
 # list listening ports, $3 an address whose interface to find, then the paths), never as text.
-# On a busy cluster every process the probe starts is paid on every host, so it starts few: one
-# docker CLI call answers both "does the engine answer?" and "is the image there?" (`docker
-# info`, the obvious engine probe, is the slowest docker command); the port table is read only
-# where a port must be free (the kernel walks every socket of the machine to produce it); one
-# df covers every directory.
+# On a busy cluster every process the probe starts is paid on every host, so it starts few: the
+# container runtime's one image probe answers both "does the engine answer?" and "is the image
+# there?"; the port table is read only where a port must be free (the kernel walks every socket
+# of the machine to produce it); one df covers every directory.
 _PROBE_SCRIPT = r"""
 img=$1; want_ports=$2; nic_for=$3; shift 3
-echo "@image"; docker image inspect --format '{{.Id}}' "$img" 2>&1; echo "@rc $?"
+echo "@image"; {image_probe}
 echo "@paths"; for p in "$@"; do [ -e "$p" ] || echo "$p"; done
 echo "@tools"; for t in npu-smi hccn_tool; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
 echo "@tcp"; [ "$want_ports" = 1 ] && cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
@@ -48,6 +47,11 @@ echo "@df"; n=$#; for p in "$@" /var/lib/docker; do [ -d "$p" ] && set -- "$@" "
 [ "$#" -gt 0 ] && df -Pk -- "$@" 2>/dev/null
 echo "@end"
 """
+
+
+def probe_script(image_probe: str) -> str:
+    """The probe with the runtime's image probe in its place (str.replace: the script is full of braces)."""
+    return _PROBE_SCRIPT.replace("{image_probe}", image_probe)
 
 
 @dataclass
@@ -155,13 +159,14 @@ def _port_check(host: HostPlan, listening: set[int], master_port: int | None) ->
 def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> HostReport:
     plan = cluster.plan
     t: Transport = cluster.transport(host)
+    rt = cluster.runtime(host)
     needs = host_needs(host)
     report = HostReport(host.name, host.node_rank, npus=host.npus or needs.npu_indices)
     is_master = check_port and host.is_master
     wants_ports = is_master or (check_port and bool(host.npus))
     nic_for = host.address if host.detect_nic else ""
     try:
-        probe = t.run(["sh", "-c", _PROBE_SCRIPT, "sh", plan.image_ref, "1" if wants_ports else "0", nic_for,
+        probe = t.run(["sh", "-c", probe_script(rt.probe_image_script), "sh", plan.image_ref, "1" if wants_ports else "0", nic_for,
                        *needs.devices, *needs.mounts], timeout=60)
     except DeployError as e:
         report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
@@ -169,17 +174,15 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
     report.add("ssh", "ok", t.login)
     sec = parse_probe(probe.stdout)
 
-    rc, image = split_rc(sec.get("image", []))
-    answer = " ".join(image)
-    if rc == 0 and image:
-        report.add("engine", "ok", "answers")
-        report.add("image", "ok", image[0].strip())
-    elif "No such image" in answer or "no such image" in answer:
-        report.add("engine", "ok", "answers")
-        report.add("image", "warn", f"{plan.image_ref} not present; `up` delivers it")
-    else:
-        report.add("engine", "fail", f"docker engine not reachable: {answer[-200:] or 'no answer'}")
+    image = rt.judge_image_probe(*split_rc(sec.get("image", [])))
+    if not image.engine_ok:
+        report.add("engine", "fail", f"docker engine not reachable: {image.detail or 'no answer'}")
         return report
+    report.add("engine", "ok", "answers")
+    if image.image_id is not None:
+        report.add("image", "ok", image.image_id)
+    else:
+        report.add("image", "warn", f"{plan.image_ref} not present; `up` delivers it")
 
     missing = sec.get("paths", [])
     if missing:

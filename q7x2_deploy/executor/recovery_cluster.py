@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, TransportFactory
-from q7x2_deploy.executor.containers import ContainerState, job_filter
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.executor.preflight import check_host
@@ -17,7 +17,7 @@ from q7x2_deploy.executor.supervise import QUIET_WARNING_S, JobFailed, OnTrainin
 from q7x2_deploy.executor.up import survey, write_job_files
 from q7x2_deploy.image.delivery import deliver_image
 from q7x2_deploy.inventory import Inventory
-from q7x2_deploy.plan import LABEL_PREFIX, Plan, build_plan
+from q7x2_deploy.plan import Plan, build_plan
 from q7x2_deploy.transport import Transport
 
 
@@ -32,6 +32,7 @@ class ClusterOps:
         self.sink = sink
         self.quiet_warning_s = quiet_warning_s
         self._owned = set(cluster.transports)
+        self._runtime_factory = cluster.runtime_factory
         self._transports: dict[str, Transport] = dict(cluster.transports)
         self._first_existing = first_existing
         self.supervisor: Supervisor | None = None
@@ -48,7 +49,7 @@ class ClusterOps:
         for h in plan.hosts:
             if h.name not in self._transports:
                 self._transports[h.name] = self.factory(h)
-        return Cluster(plan, {h.name: self._transports[h.name] for h in plan.hosts})
+        return Cluster(plan, {h.name: self._transports[h.name] for h in plan.hosts}, self._runtime_factory)
 
     def close(self) -> None:
         for name, t in self._transports.items():
@@ -94,13 +95,15 @@ class ClusterOps:
         fresh = [h for h in plan.hosts if h.name not in before]
         _remove_train_containers(cluster)
         if fresh:
-            newcomers = Cluster(replace(plan, hosts=fresh), {h.name: cluster.transport(h) for h in fresh})
+            newcomers = Cluster(replace(plan, hosts=fresh), {h.name: cluster.transport(h) for h in fresh},
+                                cluster.runtime_factory)
             for d in deliver_image(newcomers, progress=lambda s: self.sink.note(f"q7x2-deploy: {s}")):
                 self.sink.note(f"q7x2-deploy: {d.host}: {d.describe()}")
         write_job_files(cluster)  # every host: the master may have moved
         if fresh and plan.storage == "per-node":
             # A new host prepares its own copy (weights, dataset); shared storage already has it.
-            newcomers = Cluster(replace(plan, hosts=fresh), {h.name: cluster.transport(h) for h in fresh})
+            newcomers = Cluster(replace(plan, hosts=fresh), {h.name: cluster.transport(h) for h in fresh},
+                                cluster.runtime_factory)
             sup = Supervisor(newcomers, self.sink, quiet_warning_s=self.quiet_warning_s)
             self.sink.note(f"q7x2-deploy: phase prepare on {', '.join(h.name for h in fresh)}")
             try:
@@ -135,15 +138,8 @@ def _remove_train_containers(cluster: Cluster) -> None:
     train phase starts fresh on every host; the prepare containers stay as the record of what
     is done."""
     job = cluster.plan.job_name
-
-    def _one(h) -> None:  # type: ignore[no-untyped-def]
-        t = cluster.transport(h)
-        ids = t.check(["docker", "ps", "-aq", *job_filter(job), "--filter", f"label={LABEL_PREFIX}.phase=train"],
-                      timeout=60).stdout.split()
-        if ids:
-            t.check(["docker", "rm", "-f", *ids], timeout=120)
-
-    outcomes = for_each(cluster.hosts, _one, key=lambda h: h.name)
+    outcomes = for_each(cluster.hosts, lambda h: cluster.runtime(h).remove_job(job, phase="train"),
+                        key=lambda h: h.name)
     for name, o in outcomes.items():
         if o.error is not None:
             raise DeployError(f"{name}: could not remove the failed run's containers: {o.error}")

@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.executor.cluster import Cluster
-from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
-from q7x2_deploy.executor.logs import Line, split_stamp
 from q7x2_deploy.executor.metrics import Progress, last_progress, losses
 from q7x2_deploy.executor.replica_status import Replication, listing_argv, parse_listing, summarize
 from q7x2_deploy.plan import HostPlan
@@ -54,18 +53,6 @@ class HostStatus:
 
 
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(.*)$")
-_TAIL_SCRIPT = 'docker logs --timestamps --tail "$1" "$2" 2>&1; echo "@now $(date +%s)"'
-
-
-def _split_tail(output: str) -> tuple[list[Line], float | None]:
-    lines: list[Line] = []
-    now: float | None = None
-    for raw in output.splitlines():
-        if raw.startswith("@now "):
-            now = float(raw[5:])
-        else:
-            lines.append(split_stamp(raw))
-    return lines, now
 
 
 def _epoch(stamp: str) -> float:
@@ -96,8 +83,9 @@ def _describe(c: ContainerState) -> str:
 
 def host_status(cluster: Cluster, host: HostPlan) -> HostStatus:
     t = cluster.transport(host)
+    rt = cluster.runtime(host)
     st = HostStatus(host.name, host.node_rank)
-    found = list_job_containers(t, cluster.plan.job_name)
+    found = rt.list_job(cluster.plan.job_name)
     current: ContainerState | None = None
     for step in host.steps:  # plan order: the last one present is the current step
         c = found.get(step.container_name)
@@ -109,10 +97,9 @@ def host_status(cluster: Cluster, host: HostPlan) -> HostStatus:
         st.state, st.step, st.phase = current.status, current.step, current.phase
         st.exit_code = current.exit_code if current.status == "exited" else None
     if current is not None:
-        # One command: the container's last lines with the engine's timestamps, then the
-        # host's clock, so the age of the newest line needs no clock agreement with us.
-        r = t.run(["sh", "-c", _TAIL_SCRIPT, "sh", str(LOG_TAIL), current.name], timeout=60)
-        lines, now = _split_tail(r.stdout)
+        # The host's clock comes with the lines, so their age needs no clock agreement with us.
+        tail = rt.tail(current.name, LOG_TAIL)
+        lines, now = tail.lines, tail.host_now
         st.last_line = next((ln.text for ln in reversed(lines) if ln.text.strip()), "")
         if current.step == "pretrain":
             texts = [ln.text for ln in lines]

@@ -1,7 +1,7 @@
 """Run a phase's steps as containers and watch them; the first failure stops the job everywhere.
 
-Each watched container has two SSH commands on its host: `docker logs -f` (its lines go to the
-merged output) and `docker wait` (its exit status). A heartbeat per host notices a host that
+Each watched container has two commands on its host's container runtime: follow its output
+(the lines go to the merged output) and wait for its exit status. A heartbeat per host notices a host that
 stops answering even when no command would ever return an error on its own. A job whose hosts
 all answer but none prints anything for a long time is the other silent failure (a rank stuck
 in a collective waits for HCCL_EXEC_TIMEOUT, 1836 s by default, forever at 0): the deployer says so,
@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from q7x2_deploy.backends.container_runtime import ContainerState, LogLine, WaitFailed
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
-from q7x2_deploy.executor.containers import ContainerState, remove_containers, stop_job
 from q7x2_deploy.executor.failure_record import diagnose_attempt, write_result
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.metrics import parse_line
@@ -109,7 +109,7 @@ class Supervisor:
         self.settle()
         job = self.cluster.plan.job_name
         hosts = [h for h in self.cluster.hosts if h.name not in skip]
-        outcomes = for_each(hosts, lambda h: stop_job(self.cluster.transport(h), job), key=lambda h: h.name)
+        outcomes = for_each(hosts, lambda h: self.cluster.runtime(h).stop_job(job), key=lambda h: h.name)
         errors = {name: str(o.error) for name, o in outcomes.items() if o.error is not None}
         errors.update({name: "not answering" for name in skip})
         return errors
@@ -157,33 +157,33 @@ class Supervisor:
     # -- one container ----------------------------------------------------------------
 
     def _watch(self, host: HostPlan, step: StepPlan, *, attached_late: bool) -> None:
-        t = self.cluster.transport(host)
+        rt = self.cluster.runtime(host)
         name = step.container_name
 
-        def _emit(line: str) -> None:
-            self._progress(host, line)
-            self.sink.line(host.name, host.node_rank, line)
+        def _emit(line: LogLine) -> None:
+            self._progress(host, line.text)
+            self.sink.line(host.name, host.node_rank, line.text)
 
-        logs_argv = ["docker", "logs", "-f", *(["--tail", "20"] if attached_late else []), name]
-        follower = threading.Thread(target=self._follow, args=(host, logs_argv, _emit), daemon=True)
+        follower = threading.Thread(target=self._follow, args=(host, name, 20 if attached_late else None, _emit),
+                                    daemon=True)
         follower.start()
-        status_lines: list[str] = []
         try:
-            rc = t.stream(["docker", "wait", name], status_lines.append, stop=self.stop)
+            code = rt.wait(name, stop=self.stop)
         except HostUnreachable as e:
             self.fail(host, step.name, f"host stopped answering ({str(e).removeprefix(host.name + ': ')})",
                       lost=True)
             return
+        except WaitFailed as e:
+            follower.join(timeout=10)  # let the last lines arrive before judging
+            self.fail(host, step.name, str(e))
+            return
         except DeployError as e:
             self.fail(host, step.name, str(e))
             return
-        if rc == -1 and self.stop.is_set():
+        if code is None:
             return  # another host failed; we are being stopped
         follower.join(timeout=10)  # let the last lines arrive before judging
-        code = next((int(s) for s in status_lines if s.strip().lstrip("-").isdigit()), None)
-        if rc != 0 or code is None:
-            self.fail(host, step.name, f"`docker wait {name}` failed: {' '.join(status_lines)[-200:]}")
-        elif code != 0:
+        if code != 0:
             self.fail(host, step.name, f"container {name} exited with status {code}", exit_code=code)
         else:
             self.sink.note(f"q7x2-deploy: {host.name}: {step.name} finished")
@@ -223,8 +223,11 @@ class Supervisor:
         """The host whose process made no progress (a stopped process), else the host whose
         last line is the oldest (the others went on a little before blocking)."""
         hosts = self.cluster.hosts
-        outcomes = for_each(hosts, lambda h: stopped_processes(self.cluster.transport(h), _train_container(h)),
-                            key=lambda h: h.name)
+        def _stopped(h: HostPlan) -> list[int]:
+            name = _train_container(h)
+            return self.cluster.runtime(h).stopped_processes(name) if name is not None else []
+
+        outcomes = for_each(hosts, _stopped, key=lambda h: h.name)
         for h in hosts:
             o = outcomes[h.name]
             if o.value:
@@ -232,17 +235,17 @@ class Supervisor:
         oldest = min(hosts, key=lambda h: self.last_line.get(h.name, 0.0))
         return oldest, f"{oldest.name} printed its last line longest ago"
 
-    def _follow(self, host: HostPlan, argv: list[str], emit: Callable[[str], None]) -> None:
+    def _follow(self, host: HostPlan, name: str, tail: int | None, emit: Callable[[LogLine], None]) -> None:
         try:
-            self.cluster.transport(host).stream(argv, emit, stop=self.stop)
+            self.cluster.runtime(host).follow(name, emit, stop=self.stop, tail=tail)
         except DeployError:
-            pass  # `docker wait` and the heartbeat report a lost host; logs are best effort
+            pass  # the wait and the heartbeat report a lost host; logs are best effort
 
     # -- a host's steps in one phase --------------------------------------------------
 
     def _run_host(self, host: HostPlan, steps: list[StepPlan], existing: dict[str, ContainerState],
                   watch: bool) -> None:
-        t = self.cluster.transport(host)
+        rt = self.cluster.runtime(host)
         for step in steps:
             if self.stop.is_set():
                 return
@@ -255,8 +258,8 @@ class Supervisor:
             if not attached_late:
                 try:
                     if state is not None:  # a failed or stopped earlier attempt
-                        remove_containers(t, [step.container_name])
-                    t.check(step.docker_run, timeout=300)
+                        rt.remove([step.container_name])
+                    rt.start(step)
                 except DeployError as e:
                     self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}",
                               kind="start")
@@ -304,49 +307,6 @@ class Supervisor:
 
 def _train_container(host: HostPlan) -> str | None:
     return next((s.container_name for s in host.steps if s.phase == "train"), None)
-
-
-# Every process of the machine as `pid state ppid` after the container's init pid, in one round
-# trip and with nothing but sh and coreutils (a host need not have procps).
-_PROC_SCRIPT = r"""
-pid=$(docker inspect --format '{{.State.Pid}}' "$1" 2>/dev/null) || exit 0
-echo "@root $pid"
-for f in /proc/[0-9]*/stat; do
-  read -r line < "$f" 2>/dev/null || continue
-  p=${f#/proc/}; echo "${p%/stat} ${line##*) }"
-done | cut -d' ' -f1-3
-"""
-
-
-def stopped_processes(t, container: str | None) -> list[int]:  # type: ignore[no-untyped-def]
-    """Pids of the container's processes that are stopped (state T: SIGSTOP, a debugger)."""
-    if container is None:
-        return []
-    out = t.run(["sh", "-c", _PROC_SCRIPT, "sh", container], timeout=30).stdout
-    return stopped_descendants(out)
-
-
-def stopped_descendants(listing: str) -> list[int]:
-    root = 0
-    children: dict[int, list[int]] = {}
-    state: dict[int, str] = {}
-    for line in listing.splitlines():
-        parts = line.split()
-        if parts[:1] == ["@root"] and len(parts) == 2 and parts[1].isdigit():
-            root = int(parts[1])
-        elif len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
-            pid, ppid = int(parts[0]), int(parts[2])
-            state[pid] = parts[1]
-            children.setdefault(ppid, []).append(pid)
-    if not root:
-        return []
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if state.get(pid, "").lower() == "t":
-            found.append(pid)
-        todo += children.get(pid, [])
-    return sorted(found)
 
 
 class _QuietWatch:

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, TransportFactory
-from q7x2_deploy.executor.containers import ContainerState, list_job_containers
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.output import LogSink
@@ -34,7 +34,7 @@ class UpHooks:
 
 def survey(cluster: Cluster) -> dict[str, dict[str, ContainerState]]:
     job = cluster.plan.job_name
-    outcomes = for_each(cluster.hosts, lambda h: list_job_containers(cluster.transport(h), job),
+    outcomes = for_each(cluster.hosts, lambda h: cluster.runtime(h).list_job(job),
                         key=lambda h: h.name)
     for name, o in outcomes.items():
         if o.error is not None:

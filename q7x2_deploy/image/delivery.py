@@ -22,7 +22,6 @@ from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.plan import HostPlan
-from q7x2_deploy.transport import Transport
 
 _QUEUE_CHUNKS = 64  # per host: 64 x 1 MiB in flight at most
 _EOF = object()
@@ -50,11 +49,6 @@ def short_id(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
-def remote_image_id(t: Transport, ref: str) -> str | None:
-    r = t.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], timeout=60)
-    return r.stdout.strip() if r.ok and r.stdout.strip() else None
-
-
 def local_image_id(ref: str) -> str | None:
     import docker  # the operator's engine; only needed for ssh distribution and builds
 
@@ -64,15 +58,6 @@ def local_image_id(ref: str) -> str | None:
         return None
     except docker.errors.DockerException as e:
         raise DeployError(f"local Docker engine not reachable: {e}") from e
-
-
-def _pull(t: Transport, ref: str) -> None:
-    r = t.run(["docker", "pull", "--quiet", ref], timeout=3600)
-    if not r.ok:
-        raise DeployError(
-            f"{t.host}: `docker pull {ref}` failed: {r.last_lines(1)} "
-            "(is the registry reachable from the host and logged in there?)"
-        )
 
 
 class _Tee:
@@ -116,13 +101,10 @@ def _load_all(cluster: Cluster, hosts: list[HostPlan], ref: str, save: Callable[
     tee = _Tee([h.name for h in hosts])
 
     def _load(host: HostPlan) -> None:
-        t = cluster.transport(host)
         try:
-            r = t.run(["docker", "load"], stdin=tee.chunks(host.name), timeout=None)
+            cluster.runtime(host).load(tee.chunks(host.name))
         finally:
             tee.abandon(host.name)
-        if not r.ok:
-            raise DeployError(f"{host.name}: `docker load` failed: {r.last_lines(1)}")
 
     feeder = threading.Thread(target=tee.feed, args=(save(),), daemon=True)
     feeder.start()
@@ -156,7 +138,7 @@ def deliver_image(
     if plan.distribution == "ssh" and want is None:
         raise DeployError(f"image {ref} is not in the local Docker engine; run `q7x2-deploy build-image` first")
     if known_ids is None:
-        got = for_each(cluster.hosts, lambda h: remote_image_id(cluster.transport(h), ref), key=lambda h: h.name)
+        got = for_each(cluster.hosts, lambda h: cluster.runtime(h).image_id(ref), key=lambda h: h.name)
         known_ids = {n: o.value if o.ok else None for n, o in got.items()}
 
     def _needs(h: HostPlan) -> bool:
@@ -174,11 +156,11 @@ def deliver_image(
             _load_all(cluster, todo, ref, lambda: save(ref))
         else:
             progress(f"pulling {ref} on {', '.join(h.name for h in todo)}")
-            outcomes = for_each(todo, lambda h: _pull(cluster.transport(h), ref), key=lambda h: h.name)
+            outcomes = for_each(todo, lambda h: cluster.runtime(h).pull(ref), key=lambda h: h.name)
             for o in outcomes.values():
                 if o.error is not None:
                     raise o.error
-        after = for_each(todo, lambda h: remote_image_id(cluster.transport(h), ref), key=lambda h: h.name)
+        after = for_each(todo, lambda h: cluster.runtime(h).image_id(ref), key=lambda h: h.name)
         for h in todo:
             got_id = after[h.name].value
             if not got_id:
@@ -189,14 +171,10 @@ def deliver_image(
             action = "loaded" if plan.distribution == "ssh" else ("pulled" if got_id != before else "skipped")
             results[h.name] = Delivery(h.name, action, got_id)
         replaced = [h for h in todo if known_ids.get(h.name) and known_ids.get(h.name) != results[h.name].image_id]
-        removed = for_each(replaced, lambda h: _remove_unused(cluster.transport(h), known_ids[h.name] or ""),
+        removed = for_each(replaced, lambda h: cluster.runtime(h).remove_image(known_ids[h.name] or ""),
                            key=lambda h: h.name)
         for h in replaced:
             results[h.name] = replace(results[h.name], previous=known_ids[h.name],
                                       previous_removed=bool(removed[h.name].value))
     return [results[h.name] for h in cluster.hosts]
 
-
-def _remove_unused(t: Transport, image_id: str) -> bool:
-    """`docker image rm` without force: refused while a container or another tag uses it."""
-    return t.run(["docker", "image", "rm", image_id], timeout=300).ok

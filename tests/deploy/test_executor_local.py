@@ -23,7 +23,6 @@ from deploy_sshd import LocalSSHD, start_sshd
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster, open_cluster, ssh_factory
-from q7x2_deploy.executor.containers import list_job_containers, remove_job
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.logs import follow_logs, show_logs
 from q7x2_deploy.executor.output import LogSink
@@ -116,9 +115,9 @@ def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path
             lines = merged.getvalue().splitlines()
             assert lines[0] == "[h0 0] converting" and any(ln.startswith("[h1 1] rank1") for ln in lines)
 
-            removed = [remove_job(cluster.transport(h), job) for h in cluster.hosts]
+            removed = [cluster.runtime(h).remove_job(job) for h in cluster.hosts]
             assert sum(removed) == 3
-            assert [remove_job(cluster.transport(h), job) for h in cluster.hosts] == [0, 0]  # idempotent
+            assert [cluster.runtime(h).remove_job(job) for h in cluster.hosts] == [0, 0]  # idempotent
             assert (run_dir(job) / "result.json").exists()
 
             # Starting over is a new attempt: its logs do not mix with the first one's.
@@ -131,7 +130,7 @@ def test_up_runs_phases_in_order_then_status_logs_down(sshd: LocalSSHD, tmp_path
             assert (earlier[0] / "h1.log").read_text().count("iteration        3/") == 1
             assert (run_dir(job) / "h1.log").read_text().count("iteration        3/") == 1
             assert (run_dir(job) / "result.json").exists()
-            assert sum(remove_job(cluster.transport(h), job) for h in cluster.hosts) == 3
+            assert sum(cluster.runtime(h).remove_job(job) for h in cluster.hosts) == 3
         state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", bystander],
                                capture_output=True, text=True).stdout.strip()
         assert state == "true"  # never touches other containers
@@ -150,7 +149,7 @@ def test_failed_container_stops_the_job_everywhere(sshd: LocalSSHD, tmp_path: Pa
     with open_cluster(plan, ssh_factory()) as cluster:
         with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed in pretrain: container .* exited with status 3"):
             up(cluster, LogSink(job, stream=out))
-        states = {h.name: list_job_containers(cluster.transport(h), job) for h in cluster.hosts}
+        states = {h.name: cluster.runtime(h).list_job(job) for h in cluster.hosts}
     assert "boom: out of memory" in out.getvalue().split("last lines from h1")[1]
     assert not any(c.running for c in states["h0"].values())  # the healthy host was stopped
     # The likely cause comes first after the stop, names the host, and is kept in result.json.
@@ -187,7 +186,7 @@ def test_lost_host_fails_the_job_and_names_it(sshd: LocalSSHD, tmp_path: Path, i
             cutter.start()
             with pytest.raises(JobFailed, match=r"h1 \(rank 1\) failed .*(stopped answering|connection lost)"):
                 up(cluster, LogSink(job, stream=out))
-            assert not any(c.running for c in list_job_containers(cluster.transport("h0"), job).values())
+            assert not any(c.running for c in cluster.runtime("h0").list_job(job).values())
     finally:
         cutter.join()
         other.proc.kill()

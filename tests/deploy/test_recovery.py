@@ -13,7 +13,8 @@ import yaml
 
 from q7x2_deploy.executor.recovery import HostCheck, Incident, Policy, RecoveryEvent, describe_cause, replace_host
 from q7x2_deploy.executor.recovery_run import RecoveryLoop, RecoveryStopped
-from q7x2_deploy.executor.supervise import JobFailed, OnTraining, stopped_descendants
+from q7x2_deploy.backends.docker_cli import stopped_descendants
+from q7x2_deploy.executor.supervise import JobFailed, OnTraining
 from q7x2_deploy.inventory import Inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.validation import validate_data

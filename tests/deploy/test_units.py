@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.lock import JobLock
-from q7x2_deploy.executor.logs import split_stamp
+from q7x2_deploy.backends.docker_cli import split_stamp
 from q7x2_deploy.executor.metrics import last_progress, losses
 from q7x2_deploy.executor.preflight import _df_free_gib, _listening_ports, host_needs
 from q7x2_deploy.image.delivery import _Tee
@@ -117,7 +117,8 @@ def test_probe_script_quotes_hostile_paths_and_lists_ports_only_when_asked(tmp_p
     import os
     import subprocess
 
-    from q7x2_deploy.executor.preflight import _PROBE_SCRIPT
+    from q7x2_deploy.backends.docker_cli import DockerCLI
+    from q7x2_deploy.executor.preflight import probe_script
     from q7x2_deploy.executor.probe import parse_probe
 
     bin_dir = tmp_path / "bin"
@@ -128,7 +129,7 @@ def test_probe_script_quotes_hostile_paths_and_lists_ports_only_when_asked(tmp_p
     for d in present:
         d.mkdir()
     missing = [str(tmp_path / "gone; touch pwned2"), str(tmp_path / "-rf")]
-    out = subprocess.run(["sh", "-c", _PROBE_SCRIPT, "sh", "img:1", want_ports, *map(str, present), *missing],
+    out = subprocess.run(["sh", "-c", probe_script(DockerCLI.probe_image_script), "sh", "img:1", want_ports, *map(str, present), *missing],
                          capture_output=True, text=True, check=True,
                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=tmp_path).stdout
     sec = parse_probe(out)
@@ -145,7 +146,7 @@ def test_converge_decisions_from_container_states() -> None:
     from deploy_fixtures import make_plan
 
     from q7x2_deploy.executor.cluster import Cluster
-    from q7x2_deploy.executor.containers import ContainerState
+    from q7x2_deploy.backends.container_runtime import ContainerState
     from q7x2_deploy.executor.up import _all_done, _running_phase
 
     plan = make_plan("j", {"a": {}, "b": {}}, {"a": [("convert", "prepare", "x"), ("pretrain", "train", "x")],
@@ -265,13 +266,14 @@ def test_sandbox_npu_tools_speak_the_real_formats(tmp_path: Path) -> None:
 
 
 def test_status_reads_the_newest_line_age_against_the_hosts_clock() -> None:
-    from q7x2_deploy.executor.status import _epoch, _split_tail, quiet_for
+    from q7x2_deploy.backends.docker_cli import split_tail
+    from q7x2_deploy.executor.status import _epoch, quiet_for
 
     assert _epoch("1970-01-01T00:00:10.5Z") == 10.5
     assert _epoch("1970-01-01T00:00:10.123456789Z") == pytest.approx(10.123456789)
     assert _epoch("1970-01-01T08:00:10+08:00") == 10.0
     with pytest.raises(ValueError):
         _epoch("yesterday")
-    lines, now = _split_tail("1970-01-01T00:00:01.000000000Z hello\nError: No such container\n@now 42\n")
-    assert [ln.text for ln in lines] == ["hello", "Error: No such container"] and now == 42.0
+    tail = split_tail("1970-01-01T00:00:01.000000000Z hello\nError: No such container\n@now 42\n")
+    assert [ln.text for ln in tail.lines] == ["hello", "Error: No such container"] and tail.host_now == 42.0
     assert [quiet_for(x) for x in (None, 4.9, 187, 7500)] == ["-", "4s", "3m07s", "2h05m"]

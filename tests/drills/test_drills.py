@@ -82,9 +82,9 @@ def test_2_power_loss_of_the_master_the_spare_takes_rank_0(drills: Drills, tmp_p
 def _freeze_rank_0(c: Ctx) -> None:
     """SIGSTOP every process of rank 0's container but its init, on its host: the engine's pids
     are the host's (each sandbox host has its own pid namespace, and no procps)."""
-    from q7x2_deploy.executor.supervise import _PROC_SCRIPT
+    from q7x2_deploy.backends.docker_cli import PROC_SCRIPT
 
-    listing = c.d.ssh(0, "sh", "-c", _PROC_SCRIPT, "sh", f"q7x2-{c.job}-pretrain-0")
+    listing = c.d.ssh(0, "sh", "-c", PROC_SCRIPT, "sh", f"q7x2-{c.job}-pretrain-0")
     root, children = 0, {}
     for line in listing.splitlines():
         parts = line.split()

@@ -19,7 +19,7 @@ from pathlib import Path
 from q7x2_deploy.backends.slurm.script import SlurmJob
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import ssh_factory
-from q7x2_deploy.executor.containers import remove_job
+from q7x2_deploy.backends.docker_cli import DockerCLI
 from q7x2_deploy.executor.rundir import run_dir
 from q7x2_deploy.inventory import HostSpec, Inventory
 from q7x2_deploy.plan import HostPlan
@@ -217,4 +217,4 @@ def wait_until_gone(t: Transport, job_ids: list[str], timeout_s: float = 60) -> 
 
 def sweep_node(t: Transport, job_name: str) -> int:
     """Remove the job's containers on one node (the fan-out's `down`, by the same label); how many."""
-    return remove_job(t, job_name)
+    return DockerCLI(t).remove_job(job_name)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator, PrivateAttr, ValidationError, field_validator
 
+from q7x2_deploy.text_types import matching
 from q7x2_deploy.addresses import check_address, is_loopback
 from q7x2_deploy.scheduler_spec import SchedulerSpec, SlurmSettings
 from q7x2_runtime.errors import UserError
@@ -19,23 +20,12 @@ from q7x2_runtime.jobspec import EnvMap, Job, StrictModel
 from q7x2_runtime.safe_text import check_safe_path, show
 
 
-def _matching(pattern: str, what: str):  # noqa: ANN202 - an AfterValidator
-    """A str validator by fullmatch (a `$` anchor would let a trailing newline through)."""
-    compiled = re.compile(pattern)
-
-    def check(v: str) -> str:
-        if not compiled.fullmatch(v):
-            raise ValueError(f"{show(v)} is not {what}")
-        return v
-
-    return AfterValidator(check)
-
 
 # Host names become container names, labels and file names: keep them plain.
-HostName = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a host name ([A-Za-z0-9_.-], at most 63, starting with a letter or digit)")]
+HostName = Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a host name ([A-Za-z0-9_.-], at most 63, starting with a letter or digit)")]
 # Linux interface names: at most 15 characters, no slashes or spaces, not . or ..
-NicName = Annotated[str, _matching(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,15}", "a network interface name (at most 15 of [A-Za-z0-9_.:-])")]
-UserName = Annotated[str, _matching(r"[a-z_][a-z0-9_-]{0,31}", "a user name ([a-z_][a-z0-9_-]*, at most 32)")]
+NicName = Annotated[str, matching(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,15}", "a network interface name (at most 15 of [A-Za-z0-9_.:-])")]
+UserName = Annotated[str, matching(r"[a-z_][a-z0-9_-]{0,31}", "a user name ([a-z_][a-z0-9_-]*, at most 32)")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Docker's reference grammar; a repository is at most 255 characters.
 _IMAGE_REPO = re.compile(r"(?=.{1,255}\Z)[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
@@ -203,7 +193,7 @@ class ImageSpec(StrictModel):
 
 
 class ContainerSpec(StrictModel):
-    name_prefix: Annotated[str, _matching(r"[a-z0-9][a-z0-9_-]{0,30}", "a container name prefix ([a-z0-9_-], at most 31)")] = "q7x2"
+    name_prefix: Annotated[str, matching(r"[a-z0-9][a-z0-9_-]{0,30}", "a container name prefix ([a-z0-9_-], at most 31)")] = "q7x2"
     devices: Devices | None = None  # default: the job's npus_per_node NPUs (0..N-1) on ascend, none on cpu
     driver_mounts: Annotated[list[MountPath], Field(max_length=64)] | None = None  # default: ASCEND_DRIVER_MOUNTS on ascend
     volumes: Annotated[list[MountPath], Field(max_length=64)] = ["/apps", "/home"]

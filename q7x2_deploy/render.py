@@ -8,21 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jinja2
 
 from q7x2_deploy import __version__
 from q7x2_deploy.plan import HostPlan, Plan, shell_line
-from q7x2_deploy.resources import templates_dir
+from q7x2_deploy.resources import template_env
 from q7x2_runtime.doctor.pins import Pin, Pins
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(templates_dir()),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
+_ENV = template_env()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ package-dir); an editable install or a plain checkout has them at the repository
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+
+import jinja2
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -24,3 +27,18 @@ def templates_dir() -> Path:
 
 def images_dir() -> Path:
     return resource_dir("images")
+
+
+@cache
+def template_env(*, html: bool = False) -> jinja2.Environment:
+    """The one jinja2 environment for templates/: undefined names fail the render. Shell scripts
+    and Dockerfiles are rendered verbatim (their values are quoted by the code that passes
+    them); HTML is autoescaped, since host log lines end up in it."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=html,
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import Field, field_validator
 
+from q7x2_deploy.text_types import matching
 from q7x2_deploy.addresses import check_address
 from q7x2_runtime.jobspec import StrictModel
 from q7x2_runtime.safe_text import check_safe_path, show
@@ -21,25 +22,15 @@ SCHEDULER_KINDS: tuple[SchedulerKind, ...] = ("ssh", "slurm", "kubernetes")
 MAX_NODES = 1024
 
 
-def _matching(pattern: str, what: str) -> AfterValidator:
-    compiled = re.compile(pattern)
-
-    def check(v: str) -> str:
-        if not compiled.fullmatch(v):
-            raise ValueError(f"{show(v)} is not {what}")
-        return v
-
-    return AfterValidator(check)
-
 
 # Partition and account names as sites write them; nothing a shell or sbatch would read apart.
-SlurmName = Annotated[str, _matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", "a Slurm name ([A-Za-z0-9_.-], at most 64)")]
+SlurmName = Annotated[str, matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", "a Slurm name ([A-Za-z0-9_.-], at most 64)")]
 # name[:type]:count, e.g. gpu:npu:8 (NPUs declared as GPUs of Type=npu) or npu:8.
 _GRES = re.compile(r"([a-z][a-z0-9_]{0,31})(?::([A-Za-z0-9_.-]{1,32}))?:([0-9]{1,3})")
 # sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED.
 _TIME = re.compile(r"[0-9]{1,7}(?::[0-9]{1,2}){0,2}|[0-9]{1,4}-[0-9]{1,2}(?::[0-9]{1,2}){0,2}|UNLIMITED|INFINITE")
 # A Kubernetes namespace or queue: an RFC 1123 label.
-K8sName = Annotated[str, _matching(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?", "a Kubernetes name (RFC 1123 label: [a-z0-9-], at most 63)")]
+K8sName = Annotated[str, matching(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?", "a Kubernetes name (RFC 1123 label: [a-z0-9-], at most 63)")]
 
 
 def gres_count(gres: str) -> int:

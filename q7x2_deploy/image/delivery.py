@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
+from q7x2_deploy.image.delivery_progress import DeliveryMeter
 from q7x2_deploy.plan import HostPlan
 
 _QUEUE_CHUNKS = 64  # per host: 64 x 1 MiB in flight at most
@@ -47,6 +48,16 @@ class Delivery:
 
 def short_id(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
+
+
+def local_image_size(ref: str) -> int | None:
+    import docker
+
+    try:
+        size = docker.from_env().images.get(ref).attrs.get("Size")
+    except docker.errors.DockerException:
+        return None  # only the progress display's total: the delivery itself says what failed
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def local_image_id(ref: str) -> str | None:
@@ -97,12 +108,13 @@ class _Tee:
         self.dead.add(name)
 
 
-def _load_all(cluster: Cluster, hosts: list[HostPlan], ref: str, save: Callable[[], Iterator[bytes]]) -> None:
+def _load_all(cluster: Cluster, hosts: list[HostPlan], ref: str, save: Callable[[], Iterator[bytes]],
+              meter: DeliveryMeter) -> None:
     tee = _Tee([h.name for h in hosts])
 
     def _load(host: HostPlan) -> None:
         try:
-            cluster.runtime(host).load(tee.chunks(host.name))
+            cluster.runtime(host).load(meter.counted(host.name, tee.chunks(host.name)))
         finally:
             tee.abandon(host.name)
 
@@ -130,6 +142,7 @@ def deliver_image(
     progress: Progress = lambda s: None,
     known_ids: dict[str, str | None] | None = None,
     save: Callable[[str], Iterator[bytes]] = _docker_save,
+    image_size: Callable[[str], int | None] = local_image_size,
 ) -> list[Delivery]:
     """Make `plan.image_ref` present on every host; returns what happened per host."""
     plan = cluster.plan
@@ -153,7 +166,11 @@ def deliver_image(
     if todo:
         if plan.distribution == "ssh":
             progress(f"sending {ref} to {', '.join(h.name for h in todo)} over SSH")
-            _load_all(cluster, todo, ref, lambda: save(ref))
+            meter = DeliveryMeter([h.name for h in todo], image_size(ref), progress)
+            try:
+                _load_all(cluster, todo, ref, lambda: save(ref), meter)
+            finally:
+                meter.close()
         else:
             progress(f"pulling {ref} on {', '.join(h.name for h in todo)}")
             outcomes = for_each(todo, lambda h: cluster.runtime(h).pull(ref), key=lambda h: h.name)

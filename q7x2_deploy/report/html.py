@@ -8,17 +8,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 
 from q7x2_deploy.diagnosis import Diagnosis, diagnose, evidence_from_logs
 from q7x2_deploy.report.plots import FIGURES
 from q7x2_deploy.report.run_record import RunRecord
-from q7x2_deploy.resources import templates_dir
+from q7x2_deploy.resources import template_env
 from q7x2_runtime.errors import UserError
 
-# Autoescaped, unlike the Dockerfile templates: host log lines end up in this page.
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), undefined=jinja2.StrictUndefined,
-                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_ENV = template_env(html=True)
 _CAPTIONS = {
     "loss.png": "lm loss and learning rate over iterations",
     "speed.png": "time per iteration, TFLOP/s per device and tokens/s over iterations",

@@ -293,19 +293,34 @@ def test_preflight_reports_missing_mounts_and_busy_master_port(sshd: LocalSSHD, 
     assert "h1: devices: missing on host: /dev/davinci7, /nonexistent-q7x2" in msg
 
 
-def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:
+def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: LocalSSHD, tmp_path: Path, image: str, job: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     s = _settings(sshd, tmp_path)
     plan = make_plan(job, {"h0": s, "h1": s}, {"h0": [], "h1": []}, tmp_path / "hosts")
+    monkeypatch.setenv("Q7X2_PROGRESS_SECONDS", "0")  # a line per chunk: the figures are under test
+    lines: list[str] = []
     with open_cluster(plan, ssh_factory()) as cluster:
         skipped = deliver_image(cluster)
         assert [d.action for d in skipped] == ["skipped", "skipped"]  # same image ID already there
-        loaded = deliver_image(cluster, known_ids={"h0": None, "h1": "sha256:other"})
+        loaded = deliver_image(cluster, known_ids={"h0": None, "h1": "sha256:other"}, progress=lines.append)
         assert [d.action for d in loaded] == ["loaded", "loaded"]
+        sent = [ln for ln in lines if ln.startswith("q7x2-deploy: image sent: h0 ")]
+        assert sent, lines  # bytes per host, as `up` prints them outside a terminal
+        archive = len(b"".join(_save_archive(TEST_IMAGE)))
+        from q7x2_runtime.progress import human_bytes
+
+        assert f"h0 {human_bytes(archive)}, h1 {human_bytes(archive)} of ~" in sent[-1], sent[-1]
         assert loaded[0].image_id == subprocess.run(
             ["docker", "image", "inspect", "-f", "{{.Id}}", TEST_IMAGE], capture_output=True, text=True).stdout.strip()
         bad = make_plan(job, {"h0": s}, {"h0": []}, tmp_path / "hosts", image="q7x2-test/absent:0")
     with open_cluster(bad, ssh_factory()) as cluster, pytest.raises(DeployError, match="build-image"):
         deliver_image(cluster)
+
+
+def _save_archive(ref: str) -> list[bytes]:
+    from q7x2_deploy.image.delivery import _docker_save
+
+    return list(_docker_save(ref))
 
 
 def test_follow_logs_survives_a_dropped_connection(sshd: LocalSSHD, tmp_path: Path, image: str, job: str) -> None:

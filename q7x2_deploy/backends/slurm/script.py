@@ -13,11 +13,9 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-import jinja2
-
 from q7x2_deploy.inventory import HostSpec, Inventory, InventoryError
 from q7x2_deploy.plan import container_options
-from q7x2_deploy.resources import templates_dir
+from q7x2_deploy.resources import template_env, templates_dir
 from q7x2_deploy.scheduler_spec import gres_count
 from q7x2_runtime.jobspec import ClusterSpec, JobSpec
 from q7x2_runtime.safe_text import MAX_ARG_STRLEN
@@ -28,14 +26,7 @@ from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER, convert_argv, preprocess_a
 MASTER_FROM_ALLOCATION = "first-node-of-the-slurm-allocation"
 _NPU_DEVICE = re.compile(r"/dev/davinci[0-9]+")
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(templates_dir()),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
+_ENV = template_env()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from q7x2_runtime.convert.safetensors_out import SafetensorsWriter
 from q7x2_runtime.convert.sink import HashedFile, Worker
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.model_dims import ModelDims
+from q7x2_runtime.progress import ByteProgress
 
 # Files an HF model folder needs besides weights; copied from the template when present.
 TOKENIZER_FILES = (
@@ -149,6 +150,8 @@ def convert_mcore_to_hf(
         out.meta = {"format": "hf-safetensors", "source": str(ckpt.iter_dir)}
         worker = Worker()
         writers: list[SafetensorsWriter | None] = [None] * n
+        progress = ByteProgress("convert mcore -> hf", total)
+        elsize = torch.empty((), dtype=dtype).element_size()
         try:
             for _unit, hf_parts in ckpt.units(dtype):
                 for name, parts in hf_parts.items():
@@ -158,6 +161,7 @@ def convert_mcore_to_hf(
                     w = writers[i]
                     assert w is not None
                     w.write(name, parts)  # hashing and writing happen on the worker's threads
+                    progress.advance(elsize * torch.Size(shapes[name]).numel())
                     if name == shards[i][-1][0]:
                         w.finish()
                 del hf_parts, parts
@@ -168,6 +172,7 @@ def convert_mcore_to_hf(
                     w.abort()
             raise
         finally:
+            progress.close()
             worker.close()
         for fname, writer in zip(file_names, writers):
             assert writer is not None, "every shard holds at least one tensor"

@@ -17,15 +17,17 @@ from q7x2_runtime.convert.torch_zip import TensorSlot, TorchZipWriter
 from q7x2_runtime.model_dims import ModelDims
 
 
-def rank_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype: torch.dtype) -> int:
+def rank_tensor_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype: torch.dtype) -> list[int]:
+    """The bytes of each tensor of one rank's file, in its order."""
     size = torch.empty((), dtype=dtype).element_size()
-    total = 0
-    for spec in rank_tensors(dims, par, tp_rank, pp_rank):
-        n = size
-        for d in spec.shape:
-            n *= d
-        total += n + 192  # zip local header, name, alignment padding, directory entry
-    return total + (1 << 16)
+    return [size * torch.Size(spec.shape).numel() for spec in rank_tensors(dims, par, tp_rank, pp_rank)]
+
+
+def rank_bytes(dims: ModelDims, par: Parallel, tp_rank: int, pp_rank: int, dtype: torch.dtype) -> int:
+    """An upper bound of one rank file's size (free-space check)."""
+    tensors = rank_tensor_bytes(dims, par, tp_rank, pp_rank, dtype)
+    # per tensor: zip local header, name, alignment padding, directory entry
+    return sum(tensors) + 192 * len(tensors) + (1 << 16)
 
 
 def write_stage(
@@ -39,6 +41,7 @@ def write_stage(
     args: argparse.Namespace,
     iteration: int,
     worker: Worker,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, tuple[str, int]]:
     """Write the files of one pipeline stage's TP ranks side by side.
 
@@ -50,6 +53,7 @@ def write_stage(
     specs = {t: rank_tensors(dims, par, t, pp_rank) for t in tp_ranks}
     rels = {t: f"{rank_dir_name(t, pp_rank, par.pp)}/{RANK_FILE}" for t in tp_ranks}
     writers: dict[int, TorchZipWriter] = {}
+    elsize = torch.empty((), dtype=dtype).element_size()
     slots: dict[int, collections.OrderedDict[str, TensorSlot]] = {}
     try:
         for t in tp_ranks:
@@ -70,6 +74,8 @@ def write_stage(
                 spec = specs[t][i]
                 # crc32 and sha256 on this thread, os.write on the worker's.
                 writers[t].write_tensor(slots[t][spec.name], assemble_parts(spec, source, dtype))
+                if on_bytes is not None:
+                    on_bytes(elsize * torch.Size(spec.shape).numel())
             source.release()
         for t in tp_ranks:
             writers[t].finish()
@@ -91,6 +97,7 @@ def write_iteration(
     iteration: int,
     ranks: Iterable[tuple[int, int]] | None = None,
     on_file: Callable[[str, str, int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, tuple[str, int]]:
     """Write mp_rank_*/model_optim_rng.pt under `iter_dir` for the given (tp, pp) ranks (all
     by default), stage by stage. Returns {path relative to iter_dir: (sha256, bytes)}."""
@@ -102,7 +109,8 @@ def write_iteration(
             tp_ranks = [t for t in range(par.tp) if (t, pp_rank) in chosen]
             if not tp_ranks:
                 continue
-            written = write_stage(iter_dir, dims, par, pp_rank, tp_ranks, source, dtype, args, iteration, worker)
+            written = write_stage(iter_dir, dims, par, pp_rank, tp_ranks, source, dtype, args, iteration, worker,
+                                  on_bytes)
             out.update(written)
             if on_file is not None:
                 for rel, (sha, size) in written.items():
@@ -198,6 +206,7 @@ def convert_hf_to_mcore(
     from q7x2_runtime.convert.layout import plan_parallel, write_tracker
     from q7x2_runtime.convert.output import AtomicDir, check_free_space
     from q7x2_runtime.errors import UserError
+    from q7x2_runtime.progress import ByteProgress
 
     dtype = params_dtype(dtype_name)
     dims = dims_of(load_dir)
@@ -215,9 +224,15 @@ def convert_hf_to_mcore(
             check_free_space(out.path, needed)
             out.meta = _conversion_meta(load_dir, tp, pp, par.layers_per_stage, dtype_name, ranks)
             iter_name = iteration_dir_name(iteration)
-            write_iteration(
-                out.path / iter_name, dims, par, source, dtype, args, iteration, ranks,
-                on_file=lambda rel, sha, size: out.add(f"{iter_name}/{rel}", sha, size),
-            )
+            payload = sum(sum(rank_tensor_bytes(dims, par, t, p, dtype)) for t, p in ranks)
+            progress = ByteProgress("convert hf -> mcore", payload)
+            try:
+                write_iteration(
+                    out.path / iter_name, dims, par, source, dtype, args, iteration, ranks,
+                    on_file=lambda rel, sha, size: out.add(f"{iter_name}/{rel}", sha, size),
+                    on_bytes=progress.advance,
+                )
+            finally:
+                progress.close()
             write_tracker(out.path, iteration)
     return save_dir

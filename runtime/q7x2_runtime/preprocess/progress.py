@@ -1,4 +1,6 @@
-"""Progress reporting: a rich bar on a terminal, Megatron-style log lines otherwise."""
+"""Progress reporting: a rich bar on a terminal, Megatron-style log lines otherwise: one per
+`--log-interval` documents, and no more often than the progress interval (q7x2_runtime.progress),
+so a fast tokenizer with a small log interval does not flood `up`'s merged stream."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from q7x2_runtime.progress import LineThrottle
+
 
 class ProgressReporter:
-    def __init__(self, total_rows: int | None, log_interval: int, *, console: Console | None = None) -> None:
+    def __init__(self, total_rows: int | None, log_interval: int, *, console: Console | None = None,
+                 throttle: LineThrottle | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self._throttle = throttle or LineThrottle()
         self.docs = 0
         self.tokens = 0
         self._start = time.perf_counter()
@@ -40,7 +46,7 @@ class ProgressReporter:
         self.tokens += tokens
         if self._bar is not None:
             self._bar.update(self._task, advance=rows, rates=self._rates())
-        elif self._end is None and self.docs >= self._next_log:
+        elif self._end is None and self.docs >= self._next_log and self._throttle.ready():
             print(f"processed {self.docs:,} documents, {self.tokens:,} tokens ({self._rates()})", file=sys.stderr)
             self._next_log = (self.docs // self._log_interval + 1) * self._log_interval
 

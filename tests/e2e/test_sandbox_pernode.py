@@ -8,6 +8,7 @@ logits."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from tests import isolation
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
-TRAIN_ITERS = 40
+# The sample trains a few iterations/s: 120 leaves the test half a minute or more to stop the job
+# after its first replicated save (10) and before it ends.
+TRAIN_ITERS = 120
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
@@ -75,7 +78,6 @@ def _logits(model_dir_or_state, config_dir: Path):  # type: ignore[no-untyped-de
         return model(ids).logits
 
 
-@pytest.mark.skip(reason="not yet green: on a quiet machine the 40-iteration job finished before the test stopped it after its first save; the stop must wait on a save, not race it")
 def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # 1. An uninterrupted run: the reference losses; every save replicated, every host holds it.
     ref_job = "e2e-pn-ref"
@@ -128,8 +130,12 @@ def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, t
     assert det.returncode == 0, det.stdout + det.stderr
     replica = sandbox_cluster.shared_dir / E2E_ROOT / job / "replica" / job
     deadline = time.monotonic() + 900
-    while not ((replica / "node-0" / "iter_0000010.json").is_file() and (replica / "node-1" / "iter_0000010.json").is_file()):
-        assert time.monotonic() < deadline, "iteration 10 was never replicated"
+    def _both_replicated() -> set[str]:  # the replicator may skip to the newest save: any one will do
+        marks = [{m.name for m in (replica / f"node-{i}").glob("iter_*.json")} for i in range(2)]
+        return marks[0] & marks[1]
+
+    while not _both_replicated():
+        assert time.monotonic() < deadline, "no save was ever replicated from both nodes"
         time.sleep(0.5)
     assert cli("down", str(inv), cwd=tmp_path).returncode == 0
     saved = _status(inv, tmp_path)["replication"]["fully_replicated_iteration"]
@@ -138,11 +144,18 @@ def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, t
     up = cli("up", str(inv), cwd=tmp_path, timeout=1500)
     assert up.returncode == 0, f"{up.stdout[-4000:]}\n{up.stderr[-2000:]}"
     assert "file(s) of iteration" in up.stdout and "copied from the replica" in up.stdout
-    assert f"at iteration {saved}" in up.stdout, [ln for ln in up.stdout.splitlines() if "start point" in ln]
+    # Both nodes resume from one iteration: the newest complete one, which is at least the one the
+    # replica store held entirely when the job stopped (a later save may have been complete on the
+    # surviving host and in the store without the store's marker of every node yet).
+    starts = {int(m.group(2)) for m in re.finditer(
+        r"node (\d): start point: resume from \S+ at iteration (\d+)", up.stdout)}
+    assert len(starts) == 1, [ln for ln in up.stdout.splitlines() if "start point" in ln]
+    resumed_at = starts.pop()
+    assert saved <= resumed_at < TRAIN_ITERS, (saved, resumed_at)
     resumed = dict(loss_curve(up.stdout))
-    assert min(resumed) == saved + 1 and max(resumed) == TRAIN_ITERS
+    assert min(resumed) == resumed_at + 1 and max(resumed) == TRAIN_ITERS
     assert resumed == {n: reference[n] for n in resumed}, "the resumed run's losses differ from the uninterrupted run's"
     for i in range(2):
         assert _tracker(_save_dir(sandbox_cluster, i, job)) == TRAIN_ITERS
     assert cli("down", str(inv), cwd=tmp_path).returncode == 0
-    print(f"\nper-node: resumed at {saved}, {len(resumed)} losses equal the reference")
+    print(f"\nper-node: fully replicated {saved} at the stop, resumed at {resumed_at}, {len(resumed)} losses equal the reference")

@@ -31,11 +31,20 @@ def _order(attempt: Path) -> tuple[str, int]:
     return name[:_STAMP_LEN], int(suffix) if suffix.isdigit() else 1
 
 
+def _runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ROOT_ENV, ".q7x2/runs"))
+
+
 def run_dir(job: str) -> Path:
-    root = Path(os.environ.get(RUNS_ROOT_ENV, ".q7x2/runs"))
-    d = root / job
+    d = _runs_root() / job
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def run_dir_if_exists(job: str) -> Path | None:
+    """The run directory without creating it (read-only commands)."""
+    d = _runs_root() / job
+    return d if d.is_dir() else None
 
 
 def host_log_path(job: str, host: str) -> Path:

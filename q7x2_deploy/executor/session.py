@@ -28,7 +28,32 @@ def add_host_key_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_plan(path: str, scheduler: str | None = None) -> Plan:
-    return build_plan(load_inventory(path, scheduler=scheduler))
+    """The inventory's plan, or the run's when recovery moved the job onto a spare: status,
+    logs and watch then show the hosts that run it, not the one it left."""
+    inv = load_inventory(path, scheduler=scheduler)
+    return running_plan(build_plan(inv), {s.name for s in inv.spares})
+
+
+def running_plan(plan: Plan, spares: set[str]) -> Plan:
+    """The run directory's plan.json when it is this job's on the inventory's hosts and spares
+    with other hosts in the ranks (a spare swapped in); otherwise `plan`. A plan.json that does
+    not read back, or names a host the inventory no longer has, is not the running job's."""
+    from q7x2_deploy.executor.rundir import run_dir_if_exists
+    from q7x2_runtime.errors import UserError
+
+    d = run_dir_if_exists(plan.job_name)
+    f = d / "plan.json" if d is not None else None
+    if f is None or not f.is_file():
+        return plan
+    try:
+        ran = Plan.from_json(f.read_text(encoding="utf-8"), str(f))
+    except (UserError, OSError, UnicodeDecodeError):
+        return plan
+    known = {h.name for h in plan.hosts} | spares
+    names = [h.name for h in ran.hosts]
+    if ran.job_name != plan.job_name or not set(names) <= known or names == [h.name for h in plan.hosts]:
+        return plan
+    return ran
 
 
 def only_hosts(plan: Plan, names: list[str] | None) -> Plan:

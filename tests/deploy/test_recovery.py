@@ -307,3 +307,20 @@ def test_a_rebuilt_plan_keeps_the_interfaces_up_detected() -> None:
     env = {h.name: (h.env.get("GLOO_SOCKET_IFNAME"), h.env.get("HCCL_SOCKET_IFNAME")) for h in again.hosts}
     assert env == {"a": ("eth7", "eth7"), "s0": ("eth9", "eth9")}
     assert all("GLOO_SOCKET_IFNAME=" + env[h.name][0] in h.steps[-1].docker_run for h in again.hosts)  # type: ignore[operator]
+
+
+def test_status_and_logs_follow_the_job_onto_the_spare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from q7x2_deploy.executor.rundir import run_dir
+    from q7x2_deploy.executor.session import running_plan
+
+    monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
+    inv = inventory()
+    plan = build_plan(inv)
+    assert running_plan(plan, {"s0"}) is plan  # no run yet
+    swapped = build_plan(replace_host(inv, "b", "s0"))
+    (run_dir(plan.job_name) / "plan.json").write_text(swapped.to_json())
+    shown = running_plan(plan, {"s0"})
+    assert [(h.name, h.node_rank) for h in shown.hosts] == [("a", 0), ("s0", 1)]
+    assert running_plan(plan, set()) is plan  # s0 is no longer in the inventory: not this job's run
+    (run_dir(plan.job_name) / "plan.json").write_text("{not json")
+    assert running_plan(plan, {"s0"}) is plan

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from q7x2_deploy import __version__
+from q7x2_deploy.commands.build_progress import StageProgress
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.session import add_inventory_argument
 from q7x2_deploy.image.base_image import ensure_base_image
@@ -141,18 +142,19 @@ def run(args: argparse.Namespace) -> int:
         wheelhouse, python_version = args.wheelhouse, python_version or manifest.python_version
         say(f"wheelhouse {wheelhouse}: {len(manifest.wheels)} wheels, all as its manifest lists them")
     else:
-        with console.status(f"[bold]wheelhouse for {flavor}"):
+        with StageProgress(console, f"wheelhouse for {flavor}", kind="wheelhouse") as stage:
             reqs, missing = _requirements(flavor, args.vendor, args.find_links)
             if missing:
                 raise DeployError(f"the {flavor} image needs {missing[0]}")
             spec = WheelhouseSpec(flavor=flavor, requirements=reqs, python_version=args.python_version,
                                   platform=args.platform, extra_find_links=list(args.find_links))
-            wheelhouse = prepare_wheelhouse(spec, args.wheelhouse, progress=say)
+            wheelhouse = prepare_wheelhouse(spec, args.wheelhouse, progress=stage.feed)
     t_wheels = time.monotonic() - started
-    with tempfile.TemporaryDirectory(prefix="q7x2-build-") as tmp, console.status(f"[bold]building {ref}"):
+    with tempfile.TemporaryDirectory(prefix="q7x2-build-") as tmp, \
+            StageProgress(console, f"building {ref}", kind="build") as stage:
         ctx = assemble_context(Path(tmp), flavor=flavor, base_image=base, wheelhouse=wheelhouse,
                                vendor=args.vendor, python_version=python_version)
-        image_id = build_image(ctx, ref, progress=say, client=client)
+        image_id = build_image(ctx, ref, progress=stage.feed, client=client)
     console.print(f"built {ref} ({short_id(image_id)}) from {base} "
                   f"in {time.monotonic() - started:.0f}s (wheelhouse {t_wheels:.0f}s)")
     if args.push:

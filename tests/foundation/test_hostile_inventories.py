@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.validation import validate_data, validate_text
+from tests.data_paths import data_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "inventory.example.yaml").read_text())
@@ -29,18 +30,8 @@ HOSTILE_TEXT = st.sampled_from(
 SCALARS = st.one_of(HOSTILE_TEXT, st.text(max_size=40), st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.booleans(), st.none())
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)
 
-# Every (path) in the example where a hostile value may land.
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
 
-
-PATHS = [p for p in _paths(BASE) if p]
+PATHS = [p for p in data_paths(BASE) if p]  # every place in the example a hostile value may land
 
 
 def _set(data, path, value):

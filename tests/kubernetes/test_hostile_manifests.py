@@ -21,21 +21,12 @@ from q7x2_runtime.steps import convert_argv, preprocess_argv
 from tests.foundation.test_hostile_inventories import HOSTILE_TEXT, SHELLISH, VALUES
 from tests.kubernetes.offline_schemas import pod_templates, validate_stream
 from tests.kubernetes.test_manifests import kubernetes_data
+from tests.data_paths import data_paths
 
 BASE = kubernetes_data()
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
-PATHS = [p for p in _paths(BASE) if p]
+PATHS = [p for p in data_paths(BASE) if p]  # every place in the example a hostile value may land
 INJECTIONS = st.sampled_from(["x\n---\nkind: Pod", "a: b", "- item", "'", '"', "{x: 1}", "[1]", "&a", "*a", "!!python/object", "#c", "|", ">",
                               "%YAML", "null", "true", "0x1f", "1e3", "  lead", "trail  ", "\t", "${HOME}", "$(id)", "`id`", "a;b"])  # fmt: skip
 

@@ -260,6 +260,10 @@ class Supervisor:
                     if state is not None:  # a failed or stopped earlier attempt
                         rt.remove([step.container_name])
                     rt.start(step)
+                except HostUnreachable as e:  # a lost host, not a step that cannot start
+                    self.fail(host, step.name, f"host stopped answering ({str(e).removeprefix(host.name + ': ')})",
+                              lost=True)
+                    return
                 except DeployError as e:
                     self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}",
                               kind="start")

@@ -152,7 +152,7 @@ class DockerCLI:
         if not r.ok:
             if "No such container" in r.stderr:
                 return []
-            raise DeployError(f"{self.host}: `docker logs {name}` failed: {r.last_lines(1)}")
+            raise DeployError(f"`docker logs {name}` failed: {r.last_lines(1)}", host=self.host)
         # stdout and stderr arrive separately; the timestamps put them back in order.
         raw = r.stdout.splitlines() + r.stderr.splitlines()
         return sorted((split_stamp(x) for x in raw), key=lambda ln: ln.stamp)
@@ -212,15 +212,13 @@ class DockerCLI:
     def pull(self, ref: str) -> None:
         r = self.t.run(["docker", "pull", "--quiet", ref], timeout=3600)
         if not r.ok:
-            raise DeployError(
-                f"{self.host}: `docker pull {ref}` failed: {r.last_lines(1)} "
-                "(is the registry reachable from the host and logged in there?)"
-            )
+            raise DeployError(f"`docker pull {ref}` failed: {r.last_lines(1)} "
+                              "(is the registry reachable from the host and logged in there?)", host=self.host)
 
     def load(self, archive: Iterable[bytes]) -> None:
         r = self.t.run(["docker", "load"], stdin=archive, timeout=None)
         if not r.ok:
-            raise DeployError(f"{self.host}: `docker load` failed: {r.last_lines(1)}")
+            raise DeployError(f"`docker load` failed: {r.last_lines(1)}", host=self.host)
 
     def remove_image(self, image_id: str) -> bool:
         # No force: refused while a container (even a stopped one) or another tag uses it.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from q7x2_deploy.errors import DeployError
+from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.replica_status import listing_argv, parse_listing
@@ -63,7 +63,7 @@ def gather_sources(cluster: Cluster, log: Log) -> dict[str, list[Source]]:
     for h in cluster.hosts:
         o = outcomes[h.name]
         if o.value is None:
-            log(f"{h.name}: not reachable, collecting without it ({str(o.error).removeprefix(h.name + ': ')})")
+            log(f"{h.name}: not reachable, collecting without it ({reason_for(o.error, h.name)})")
             continue
         for rel, srcs in o.value.items():
             merged.setdefault(rel, []).extend(srcs)

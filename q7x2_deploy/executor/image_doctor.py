@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from q7x2_deploy.errors import DeployError
+from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.probe import Check
@@ -75,7 +75,7 @@ def check_image_versions(cluster: Cluster, reports: list[HostReport]) -> None:
         try:
             return judge_doctor(cluster.transport(h).run(doctor_argv(h, image), timeout=DOCTOR_TIMEOUT_S), image)
         except DeployError as e:
-            return Check("doctor", "fail", str(e).removeprefix(f"{h.name}: "))
+            return Check("doctor", "fail", reason_for(e, h.name))
 
     outcomes = for_each(ready, _run, key=lambda h: h.name)
     for h in ready:

@@ -10,7 +10,7 @@ import threading
 import time
 
 from q7x2_deploy.backends.container_runtime import LogLine
-from q7x2_deploy.errors import DeployError
+from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.output import LogSink
@@ -82,7 +82,7 @@ def _follow_host(cluster: Cluster, host: HostPlan, sink: LogSink, since: str | N
                 return
         except DeployError as e:
             delay = next(delays, RECONNECT_DELAYS_S[-1])
-            sink.note(f"q7x2-deploy: {host.name}: lost ({str(e).removeprefix(host.name + ': ')}); "
+            sink.note(f"q7x2-deploy: {host.name}: lost ({reason_for(e, host.name)}); "
                       f"reconnecting in {delay}s")
             if stop.wait(delay):
                 return

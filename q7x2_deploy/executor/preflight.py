@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from q7x2_deploy.errors import DeployError
+from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.image_doctor import check_image_versions
@@ -169,7 +169,7 @@ def check_host(cluster: Cluster, host: HostPlan, *, check_port: bool = True) -> 
         probe = t.run(["sh", "-c", probe_script(rt.probe_image_script), "sh", plan.image_ref, "1" if wants_ports else "0", nic_for,
                        *needs.devices, *needs.mounts], timeout=60)
     except DeployError as e:
-        report.add("ssh", "fail", str(e).removeprefix(f"{host.name}: "))
+        report.add("ssh", "fail", reason_for(e, host.name))
         return report
     report.add("ssh", "ok", t.login)
     sec = parse_probe(probe.stdout)
@@ -230,7 +230,7 @@ def preflight(cluster: Cluster, *, check_port: bool = True, deep: bool = False) 
             reports.append(o.value)
         else:  # a check itself broke (e.g. the host vanished mid-way): report, don't crash
             r = HostReport(host.name, host.node_rank)
-            r.add("ssh", "fail", str(o.error).removeprefix(f"{host.name}: "))
+            r.add("ssh", "fail", reason_for(o.error, host.name))
             reports.append(r)
     if len(reports) > 1:
         check_npu_network(cluster, reports)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from q7x2_deploy.errors import reason_for
 from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
@@ -121,7 +122,7 @@ def job_status(cluster: Cluster) -> list[HostStatus]:
         o = outcomes[h.name]
         out.append(o.value if o.value is not None else
                    HostStatus(h.name, h.node_rank, reachable=False, state="unknown",
-                              error=str(o.error).removeprefix(f"{h.name}: ")))
+                              error=reason_for(o.error, h.name)))
     return out
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from q7x2_deploy.backends.container_runtime import ContainerState, LogLine, WaitFailed
-from q7x2_deploy.errors import DeployError
+from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.failure_record import diagnose_attempt, write_result
 from q7x2_deploy.executor.fanout import for_each
@@ -170,7 +170,7 @@ class Supervisor:
         try:
             code = rt.wait(name, stop=self.stop)
         except HostUnreachable as e:
-            self.fail(host, step.name, f"host stopped answering ({str(e).removeprefix(host.name + ': ')})",
+            self.fail(host, step.name, f"host stopped answering ({reason_for(e, host.name)})",
                       lost=True)
             return
         except WaitFailed as e:
@@ -261,11 +261,11 @@ class Supervisor:
                         rt.remove([step.container_name])
                     rt.start(step)
                 except HostUnreachable as e:  # a lost host, not a step that cannot start
-                    self.fail(host, step.name, f"host stopped answering ({str(e).removeprefix(host.name + ': ')})",
+                    self.fail(host, step.name, f"host stopped answering ({reason_for(e, host.name)})",
                               lost=True)
                     return
                 except DeployError as e:
-                    self.fail(host, step.name, f"could not start container: {str(e).removeprefix(host.name + ': ')}",
+                    self.fail(host, step.name, f"could not start container: {reason_for(e, host.name)}",
                               kind="start")
                     return
                 self.sink.note(f"q7x2-deploy: {host.name}: {step.name} started ({step.container_name})")

@@ -118,10 +118,8 @@ class Transport(ABC):
         """`run`, raising a DeployError that names the host when the command fails."""
         result = self.run(argv, stdin=stdin, timeout=timeout)
         if not result.ok:
-            raise DeployError(
-                f"{self.host}: `{quote_argv(argv)}` exited {result.exit_status}: "
-                f"{result.last_lines(3) or 'no output'}"
-            )
+            raise DeployError(f"`{quote_argv(argv)}` exited {result.exit_status}: "
+                              f"{result.last_lines(3) or 'no output'}", host=self.host)
         return result
 
     def stream(

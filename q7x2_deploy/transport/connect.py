@@ -100,15 +100,15 @@ def _connect_error(c: SSHConfig, e: BaseException) -> BaseException:
         )
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(c.identity_files) or "ssh-agent and default keys"
-        return DeployError(f"{c.host}: SSH login to {where} refused (identity {keys}): {e}")
+        return DeployError(f"SSH login to {where} refused (identity {keys}): {e}", host=c.host)
     if isinstance(e, paramiko.SSHException) and "No authentication methods available" in str(e):
         return DeployError(f"{c.host}: SSH login to {where}: no key to offer (no identity given, no ssh-agent at "
                            "SSH_AUTH_SOCK, no ~/.ssh/id_* file); set ssh.identity or IdentityFile, or add a key to the agent")
     if isinstance(e, FileNotFoundError):
-        return DeployError(f"{c.host}: SSH identity file not found: {e.filename}")
+        return DeployError(f"SSH identity file not found: {e.filename}", host=c.host)
     if isinstance(e, HostKeyRefused) or not isinstance(e, (OSError, socket.timeout, paramiko.SSHException, EOFError)):
         return e
-    return HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}")
+    return HostUnreachable(f"cannot reach {where}: {e or type(e).__name__}", host=c.host)
 
 
 def connect_direct(c: SSHConfig) -> paramiko.SSHClient:
@@ -116,7 +116,7 @@ def connect_direct(c: SSHConfig) -> paramiko.SSHClient:
     try:
         raw = socket.create_connection((c.address, c.port), timeout=c.connect_timeout)
     except OSError as e:
-        raise HostUnreachable(f"{c.host}: cannot reach {where}: {e or type(e).__name__}") from e
+        raise HostUnreachable(f"cannot reach {where}: {e or type(e).__name__}", host=c.host) from e
     return login(c, _low_latency_socket(raw))
 
 

@@ -105,7 +105,7 @@ class _SSHProcess(RemoteProcess):
         try:
             self._chan.sendall(data)
         except (OSError, EOFError, paramiko.SSHException) as e:
-            raise HostUnreachable(f"{self._host}: connection lost while sending data: {e}") from e
+            raise HostUnreachable(f"connection lost while sending data: {e}", host=self._host) from e
 
     def close_stdin(self) -> None:
         try:
@@ -115,10 +115,10 @@ class _SSHProcess(RemoteProcess):
 
     def wait(self, timeout: float | None = None) -> int:
         if not self._chan.status_event.wait(timeout):
-            raise TransportError(f"{self._host}: command did not finish within {timeout:.0f}s")
+            raise TransportError(f"command did not finish within {timeout:.0f}s", host=self._host)
         status = self._chan.recv_exit_status()
         if status == -1:  # paramiko's value when the channel closed without a status
-            raise HostUnreachable(f"{self._host}: connection lost before the command finished")
+            raise HostUnreachable("connection lost before the command finished", host=self._host)
         return status
 
     def close(self) -> None:
@@ -166,7 +166,7 @@ class SSHTransport(Transport):
             try:
                 sock = self._pool.channel(c.jumps, (c.address, c.port), c.connect_timeout)
             except DeployError as e:
-                raise type(e)(f"{c.host}: {e}") from e
+                raise type(e)(str(e), host=c.host) from e
             return login(c, sock)
         return connect_direct(c)
 
@@ -181,7 +181,7 @@ class SSHTransport(Transport):
             chan.set_combine_stderr(merge_stderr)
             chan.exec_command(command)
         except (OSError, EOFError, paramiko.SSHException) as e:
-            raise HostUnreachable(f"{self.host}: could not start a command over SSH: {e}") from e
+            raise HostUnreachable(f"could not start a command over SSH: {e}", host=self.host) from e
         return chan
 
     # -- Transport --------------------------------------------------------------------
@@ -240,20 +240,19 @@ class SSHTransport(Transport):
                 raise socket.timeout()
         except socket.timeout:
             chan.close()
-            raise TransportError(
-                f"{self.host}: `{quote_argv(argv)}` did not finish within {timeout:.0f}s"
-            ) from None
+            raise TransportError(f"`{quote_argv(argv)}` did not finish within {timeout:.0f}s",
+                                 host=self.host) from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             chan.close()
-            raise HostUnreachable(f"{self.host}: connection lost running `{argv[0]}`: {e}") from e
+            raise HostUnreachable(f"connection lost running `{argv[0]}`: {e}", host=self.host) from e
         drainer.join(timeout=5)
         feeder.join(timeout=5)
         status = chan.recv_exit_status()
         chan.close()
         if status == -1:
-            raise HostUnreachable(f"{self.host}: connection lost before `{argv[0]}` finished")
+            raise HostUnreachable(f"connection lost before `{argv[0]}` finished", host=self.host)
         if feed_error and status == 0:
-            raise TransportError(f"{self.host}: sending input to `{argv[0]}` failed: {feed_error[0]}")
+            raise TransportError(f"sending input to `{argv[0]}` failed: {feed_error[0]}", host=self.host)
         return CommandResult(
             argv=tuple(argv),
             exit_status=status,
@@ -267,7 +266,7 @@ class SSHTransport(Transport):
         except HostKeyRefused:
             raise
         except DeployError as e:
-            raise HostUnreachable(f"{self.host}: stopped answering ({e})") from e
+            raise HostUnreachable(f"stopped answering ({e})", host=self.host) from e
 
     def close(self) -> None:
         with self._lock:

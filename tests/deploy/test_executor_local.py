@@ -241,7 +241,9 @@ def test_up_says_when_every_host_has_been_quiet(sshd: LocalSSHD, tmp_path: Path,
     assert "in phase prepare" not in text  # a line every 0.2 s: never quiet for 1 s
     warnings = [int(x) for x in re.findall(r"no output from any host for (\d+)s in phase train, though every "
                                            r"host answers", text)]
-    assert len(warnings) >= 2 and warnings == sorted(set(warnings)), text  # repeated, each later than the last
+    # Repeated, each later than the last while the quiet lasts (a host's first line starts it
+    # over: on a busy machine the two containers' first lines can be a second apart).
+    assert len(warnings) >= 2 and max(warnings) > min(warnings), text
 
 
 def _detach_and_follow(cluster: Cluster, job: str) -> tuple[io.StringIO, threading.Event, threading.Thread]:

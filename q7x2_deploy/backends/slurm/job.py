@@ -139,7 +139,7 @@ def submit(t: Transport, job: SlurmJob, script: str) -> str:
     r = t.check(["sbatch", "--parsable"], stdin=script.encode("utf-8"))
     job_id = r.stdout.strip().split(";")[0]
     if not job_id.isdigit():
-        raise DeployError(f"{t.host}: sbatch answered {r.stdout.strip()!r}, not a job id")
+        raise DeployError(f"sbatch answered {r.stdout.strip()!r}, not a job id", host=t.host)
     return job_id
 
 

@@ -94,16 +94,17 @@ def _connect_error(c: SSHConfig, e: BaseException) -> BaseException:
     where = f"{c.user}@{c.address}:{c.port}"
     if isinstance(e, paramiko.BadHostKeyException):
         return HostKeyRefused(
-            f"{c.host}: host key for {known_hosts_name(c.address, c.port)} CHANGED "
+            f"host key for {known_hosts_name(c.address, c.port)} CHANGED "
             f"(offers {fingerprint(e.key)}, {c.known_hosts_path} expects "
-            f"{fingerprint(e.expected_key)}); refusing to connect"
+            f"{fingerprint(e.expected_key)}); refusing to connect", host=c.host
         )
     if isinstance(e, paramiko.AuthenticationException):
         keys = ", ".join(c.identity_files) or "ssh-agent and default keys"
         return DeployError(f"SSH login to {where} refused (identity {keys}): {e}", host=c.host)
     if isinstance(e, paramiko.SSHException) and "No authentication methods available" in str(e):
-        return DeployError(f"{c.host}: SSH login to {where}: no key to offer (no identity given, no ssh-agent at "
-                           "SSH_AUTH_SOCK, no ~/.ssh/id_* file); set ssh.identity or IdentityFile, or add a key to the agent")
+        return DeployError(f"SSH login to {where}: no key to offer (no identity given, no ssh-agent at "
+                           "SSH_AUTH_SOCK, no ~/.ssh/id_* file); set ssh.identity or IdentityFile, or add a key to the agent",
+                           host=c.host)
     if isinstance(e, FileNotFoundError):
         return DeployError(f"SSH identity file not found: {e.filename}", host=c.host)
     if isinstance(e, HostKeyRefused) or not isinstance(e, (OSError, socket.timeout, paramiko.SSHException, EOFError)):

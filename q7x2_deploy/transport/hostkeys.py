@@ -87,14 +87,14 @@ class VerifyingPolicy(paramiko.MissingHostKeyPolicy):
         if other_types:
             # Known under another key type that the server no longer offers: treat as changed.
             raise HostKeyRefused(
-                f"{self.host}: host key for {hostname} CHANGED (known as "
+                f"host key for {hostname} CHANGED (known as "
                 f"{', '.join(other_types.keys())}, now offers {fingerprint(key)}); refusing. "
-                f"If the host was reinstalled, remove its entry from {self.known_hosts}"
+                f"If the host was reinstalled, remove its entry from {self.known_hosts}", host=self.host
             )
         if not self.accept_new:
             raise HostKeyRefused(
-                f"{self.host}: unknown host key for {hostname} ({fingerprint(key)}), not in "
-                f"{self.known_hosts}; verify it and add it, or rerun with --accept-new-host-keys"
+                f"unknown host key for {hostname} ({fingerprint(key)}), not in "
+                f"{self.known_hosts}; verify it and add it, or rerun with --accept-new-host-keys", host=self.host
             )
         append_known_host(self.known_hosts, hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)

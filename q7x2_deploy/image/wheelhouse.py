@@ -206,7 +206,8 @@ def build_pure_wheel(requirement: str, wh: Path, spec: WheelhouseSpec, progress:
 
 
 def link_tree(src: Path, dest: Path, *, only_prefix: str | None = None, exclude_prefix: str | None = None) -> None:
-    """Copy src's wheels into dest as hard links where possible (the wheelhouse is large)."""
+    """Copy src's wheels into dest as hard links where possible (the wheelhouse is large).
+    A link shares its bytes with the cache: replace a file in dest, never write into it."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if only_prefix is not None and not f.name.startswith(f"{only_prefix}-"):

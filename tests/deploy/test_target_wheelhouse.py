@@ -122,6 +122,9 @@ def test_carried_cpu_wheelhouse_builds_the_image_offline(tmp_path: Path) -> None
     victim = next(dest.glob("tokenizers-*.whl"))
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
+    # A new file, not a write through: the wheelhouse's wheels are hard links into the shared
+    # cache, and damaging the cache's copy broke every later image build on the machine.
+    victim.unlink()
     victim.write_bytes(bytes(data))
     r = _cli(*build, cwd=tmp_path, timeout=600)
     assert r.returncode != 0 and f"{victim}: sha256 differs from manifest.json" in r.stderr, r.stderr[-2000:]

@@ -212,6 +212,7 @@ def test_down_cancels_a_running_job_and_sweeps_its_containers(slurm_sandbox: Slu
     assert job not in slurm_sandbox.squeue()
 
 
+@pytest.mark.long  # a second full Slurm job after a requeue; CI's hour keeps the three above
 def test_a_requeued_job_resumes_from_its_checkpoint(slurm_sandbox: SlurmSandbox, image_ref: str, tmp_path: Path) -> None:
     """Recovery on Slurm is Slurm's requeue (--requeue, what a node failure triggers): the job
     starts again under the same id, appends to its output file, and resumes from the last save."""

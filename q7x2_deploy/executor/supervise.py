@@ -6,6 +6,10 @@ stops answering even when no command would ever return an error on its own. A jo
 all answer but none prints anything for a long time is the other silent failure (a rank stuck
 in a collective waits for HCCL_EXEC_TIMEOUT, 1836 s by default, forever at 0): the deployer says so,
 and in the train phase, after `hang_timeout` without an iteration line, treats it as a failure.
+The hang clock starts at the attempt's first iteration line: until then the run is starting
+(imports, waiting for the master, agreeing on the start point, the rendezvous, loading the
+checkpoint), whose waits for peers the runtime bounds itself by `cluster.connect_timeout_s`; the
+start-up counts as a hang only after that bound plus `hang_timeout` without an iteration line.
 """
 
 from __future__ import annotations
@@ -65,11 +69,13 @@ class Failure:
 
 class Supervisor:
     def __init__(self, cluster: Cluster, sink: LogSink, *, quiet_warning_s: float = QUIET_WARNING_S,
-                 hang_timeout_s: float | None = None, on_training: OnTraining | None = None) -> None:
+                 hang_timeout_s: float | None = None, startup_wait_s: float | None = None,
+                 on_training: OnTraining | None = None) -> None:
         self.cluster = cluster
         self.sink = sink
         self.quiet_warning_s = quiet_warning_s
         self.hang_timeout_s = hang_timeout_s
+        self._startup_wait_s = startup_wait_s
         self.on_training = on_training
         self.stop = threading.Event()
         # Progress, for hang detection and recovery events (wall clock, written by watchers).
@@ -206,18 +212,36 @@ class Supervisor:
             if self.on_training is not None:
                 self.on_training(self.resume_iteration, p.iteration, now)
 
+    @property
+    def startup_wait_s(self) -> float:
+        """How long the runtime may wait for its peers while starting before it gives up on its
+        own: the job's cluster.connect_timeout_s, unless given."""
+        if self._startup_wait_s is not None:
+            return self._startup_wait_s
+        return float(self.cluster.plan.job_spec.cluster.connect_timeout_s)
+
     def _check_hang(self, since: float) -> None:
         """No iteration line for hang_timeout while every host answers (the heartbeats say
-        so, or they would have failed the job first): a rank stopped, the others wait for it."""
+        so, or they would have failed the job first): a rank stopped, the others wait for it.
+        Before the attempt's first iteration line the bound is startup_wait_s + hang_timeout."""
         if self.hang_timeout_s is None or self.stop.is_set():
             return
-        quiet = time.time() - max(self.last_iteration_at or 0.0, since)
-        if quiet < self.hang_timeout_s:
-            return
+        now = time.time()
+        if self.last_iteration_at is None:
+            # Still starting: a start-up slower than an iteration (a busy machine, a big
+            # checkpoint to load) is not a hang; its own waits are bounded by the runtime.
+            quiet = now - since
+            if quiet < self.startup_wait_s + self.hang_timeout_s:
+                return
+            what = f"no iteration line {quiet_for(quiet)} after the train phase started"
+        else:
+            quiet = now - self.last_iteration_at
+            if quiet < self.hang_timeout_s:
+                return
+            what = f"no iteration line for {quiet_for(quiet)}"
         host, why = self._stuck_host()
         step = self._current_step.get(host.name, "pretrain")
-        self.fail(host, step, f"no iteration line for {quiet_for(quiet)} while every host answers; {why}",
-                  kind="hang")
+        self.fail(host, step, f"{what} while every host answers; {why}", kind="hang")
 
     def _stuck_host(self) -> tuple[HostPlan, str]:
         """The host whose process made no progress (a stopped process), else the host whose

@@ -105,6 +105,39 @@ def test_slow_progress_is_not_a_hang(tmp_path: Path) -> None:
     assert sup.failure is None and sup.last_iteration == 8
 
 
+def test_a_start_up_slower_than_hang_timeout_is_not_a_hang(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "t-startup")
+    lines = ["loading checkpoint", ITER.format(n=1), ITER.format(n=2)]
+    world = World({"q7x2-t-startup-pretrain-0": Script(lines, pace=0.5),
+                   "q7x2-t-startup-pretrain-1": Script(lines, pace=0.5)})
+    # The first iteration line comes a second after the start, over three hang_timeouts.
+    sup, _ = _supervisor(plan, world, hang_timeout_s=0.3, startup_wait_s=60.0)
+    sup.run_phase("train", {})
+    assert sup.failure is None and sup.last_iteration == 2
+
+
+def test_the_start_up_has_its_own_bound_before_it_is_a_hang(tmp_path: Path) -> None:
+    import time
+
+    plan = _plan(tmp_path, "t-stuckstart")
+    world = World({"q7x2-t-stuckstart-pretrain-0": Script(["loading checkpoint"], hangs=True, stopped_pids=[7]),
+                   "q7x2-t-stuckstart-pretrain-1": Script(["loading checkpoint"], hangs=True)})
+    sup, _ = _supervisor(plan, world, hang_timeout_s=0.2, startup_wait_s=0.6)
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=r"^a \(rank 0\) failed in pretrain: no iteration line \d+s after the train "
+                                        r"phase started while every host answers; a process of a's container is "
+                                        r"stopped \(pid 7\)$"):
+        sup.run_phase("train", {})
+    assert time.monotonic() - started >= 0.8  # startup_wait_s + hang_timeout_s, not hang_timeout_s alone
+    assert sup.failure is not None and sup.failure.kind == "hang"
+
+
+def test_the_start_up_bound_is_the_runtimes_connect_timeout(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "t-bound")
+    sup, _ = _supervisor(plan, World({}), hang_timeout_s=60.0)
+    assert sup.startup_wait_s == plan.job_spec.cluster.connect_timeout_s == 300
+
+
 def test_an_earlier_attempts_finished_step_is_skipped(tmp_path: Path) -> None:
     from q7x2_deploy.backends.container_runtime import ContainerState
 

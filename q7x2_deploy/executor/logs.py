@@ -15,8 +15,13 @@ from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.output import LogSink
 from q7x2_deploy.plan import HostPlan
+from q7x2_runtime.waiting import retry_until
 
 RECONNECT_DELAYS_S = (1, 2, 5, 10, 10, 30)
+
+
+class _Stopped(Exception):
+    """A stop request cut a reconnect wait short."""
 
 
 def _containers_in_order(cluster: Cluster, host: HostPlan) -> list[tuple[str, bool]]:
@@ -53,39 +58,44 @@ def _follow_host(cluster: Cluster, host: HostPlan, sink: LogSink, since: str | N
                  stop: threading.Event) -> None:
     rt = cluster.runtime(host)
     last = ""
-    delays = iter(RECONNECT_DELAYS_S)
     done_names: set[str] = set()
+
+    def emit(ln: LogLine) -> None:
+        nonlocal last
+        if ln.stamp and ln.stamp <= last:
+            return  # already shown before a reconnect
+        last = ln.stamp or last
+        sink.line(host.name, host.node_rank, ln.text)
+
+    def one_pass() -> None:
+        """Follow each of the host's containers in step order until it ends; raises
+        DeployError when the host is lost."""
+        containers = _containers_in_order(cluster, host)
+        for name, _running in containers:
+            if name in done_names:
+                continue
+            rt.follow(name, emit, stop=stop, since=last or since)
+            if stop.is_set():
+                return
+            done_names.add(name)
+        # Nothing running now: wait for a later step to appear (prepare -> train).
+        if not containers or all(not r for _, r in containers):
+            stop.wait(2)
+
+    def lost(error: BaseException, delay: float) -> None:
+        sink.note(f"q7x2-deploy: {host.name}: lost ({reason_for(error, host.name)}); reconnecting in {delay:g}s")
+
+    def wait_or_stop(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise _Stopped
+
     while not stop.is_set():
+        # A fresh retry per pass: the back-off starts again once a reconnect has worked.
         try:
-            containers = _containers_in_order(cluster, host)
-            for name, _running in containers:
-                if name in done_names:
-                    continue
-
-                def _emit(ln: LogLine) -> None:
-                    nonlocal last
-                    if ln.stamp and ln.stamp <= last:
-                        return  # already shown before a reconnect
-                    last = ln.stamp or last
-                    sink.line(host.name, host.node_rank, ln.text)
-
-                rt.follow(name, _emit, stop=stop, since=last or since)
-                if stop.is_set():
-                    return
-                done_names.add(name)
-            delays = iter(RECONNECT_DELAYS_S)
-            if containers and all(not r for _, r in containers):
-                # Nothing running now: wait for a later step to appear (prepare -> train).
-                if stop.wait(2):
-                    return
-            elif not containers and stop.wait(2):
-                return
-        except DeployError as e:
-            delay = next(delays, RECONNECT_DELAYS_S[-1])
-            sink.note(f"q7x2-deploy: {host.name}: lost ({reason_for(e, host.name)}); "
-                      f"reconnecting in {delay}s")
-            if stop.wait(delay):
-                return
+            retry_until(one_pass, errors=DeployError, delays_s=RECONNECT_DELAYS_S,
+                        on_retry=lost, sleep=wait_or_stop)
+        except _Stopped:
+            return
 
 
 def follow_logs(cluster: Cluster, sink: LogSink, *, since: str | None = None,

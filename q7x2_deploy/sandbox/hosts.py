@@ -7,12 +7,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import docker
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.waiting import poll
 
 from q7x2_deploy.sandbox import ascend
 from q7x2_deploy.sandbox import slurm as slurm_setup
@@ -186,17 +186,12 @@ def start(cfg: SandboxConfig, h: HostNames, hs: HostState) -> None:
             sys.executable, "-I", str(HOSTINIT), str(init_config_path(h))]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 10
-    init_pid = None
-    while time.monotonic() < deadline and init_pid is None:
+    def booted() -> int | str | None:
         kids = children(proc.pid)
-        if kids:
-            init_pid = kids[0]
-        elif proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.02)
-    if init_pid is None:
+        return kids[0] if kids else ("exited" if proc.poll() is not None else None)
+
+    init_pid = poll(booted, timeout_s=10, interval_s=0.02)
+    if not isinstance(init_pid, int):
         raise UserError(f"host {h.name} did not boot; see {h.dir / 'log' / 'init.log'}")
     hs.launcher_pid, hs.init_pid, hs.stopped = proc.pid, init_pid, False
 
@@ -240,15 +235,15 @@ def engine_answers(h: HostNames, timeout: float = 2.0) -> bool:
 def wait_ready(h: HostNames, hs: HostState, timeout: float = 60, *, engine: bool = True, hidden: bool = False) -> None:
     """Wait until sshd (unless the cable is cut: unreachable by design) and the engine answer.
     hidden: sshd is probed from inside the host (it refuses the machine's connections)."""
-    deadline = time.monotonic() + timeout
     ssh_ok, engine_ok = hs.cut, not engine
-    while time.monotonic() < deadline:
+
+    def answering() -> str:
+        nonlocal ssh_ok, engine_ok
         ssh_ok = ssh_ok or sshd_answers(h.address, inside=h.netns if hidden else None)
         engine_ok = engine_ok or engine_answers(h)
-        if ssh_ok and engine_ok:
-            return
-        if not running(h, hs):
-            break
-        time.sleep(0.2)
+        return "ready" if ssh_ok and engine_ok else ("down" if not running(h, hs) else "")
+
+    if poll(answering, timeout_s=timeout, interval_s=0.2) == "ready":
+        return
     what = [n for n, ok in (("sshd", ssh_ok), ("dockerd", engine_ok)) if not ok]
     raise UserError(f"host {h.name}: {' and '.join(what)} not answering; see {h.dir / 'log'}")

@@ -12,7 +12,6 @@ import ipaddress
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 from cryptography import x509
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.waiting import poll
 
 from q7x2_deploy.sandbox.config import REGISTRY_PORT, SandboxConfig
 from q7x2_deploy.sandbox.sysutil import kill_and_wait, pid_matches, which
@@ -128,13 +128,10 @@ def start(cfg: SandboxConfig, pid: int | None) -> int:
     proc = subprocess.Popen([which("docker-registry") or "docker-registry", "serve", str(config)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if answers(cfg):
-            return proc.pid
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    state = poll(lambda: "up" if answers(cfg) else ("exited" if proc.poll() is not None else ""),
+                 timeout_s=20, interval_s=0.1)
+    if state == "up":
+        return proc.pid
     raise UserError(f"the sandbox registry did not start; see {cfg.registry_dir / 'registry.log'}")
 
 

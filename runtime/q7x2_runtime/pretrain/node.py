@@ -25,6 +25,7 @@ from typing import Literal
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.jobspec import JobSpec
+from q7x2_runtime.waiting import retry_until
 
 
 @dataclass(frozen=True)
@@ -128,17 +129,16 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, node_rank: int) -
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    last = "no attempt"
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            with socket.create_connection((addr, port), timeout=min(5.0, max(remaining, 0.1))):
-                return time.monotonic() - started
-        except OSError as e:
-            last = e.strerror or str(e) or type(e).__name__
-        time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+
+    def connect() -> float:
+        remaining = max(deadline - time.monotonic(), 0.1)
+        with socket.create_connection((addr, port), timeout=min(5.0, remaining)):
+            return time.monotonic() - started
+
+    try:
+        return retry_until(connect, errors=OSError, delays_s=(1.0,), timeout_s=timeout_s)
+    except OSError as e:
+        last = e.strerror or str(e) or type(e).__name__
     raise UserError(
         f"node {node_rank} could not reach the master {addr}:{port} within {timeout_s:g} s "
         f"(cluster.connect_timeout_s; last error: {last}); check that node 0 is running, that {addr} "

@@ -41,9 +41,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import isolation  # noqa: E402
 
-from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
+from q7x2_deploy.executor.cluster import open_cluster
+from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.executor.preflight import check_host, preflight
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.sandbox import cluster as sandbox
 from q7x2_deploy.sandbox import inventory_file

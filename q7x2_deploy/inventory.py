@@ -1,13 +1,13 @@
 """The inventory: hosts, SSH defaults, master, image, container settings and the job.
 
 Parsing (pydantic) checks each value on its own; validation.py checks how values fit
-together. `load_inventory` runs both and raises one InventoryError listing every violation.
+together. `validation.load_inventory` runs both and raises one InventoryError listing every violation.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator, PrivateAttr, ValidationError, field_validator
@@ -327,17 +327,6 @@ def parse_inventory(data: object) -> Inventory:
     return Inventory.model_validate(data, context={"inventory": True})
 
 
-def load_inventory(path: str | Path, scheduler: str | None = None) -> Inventory:
-    """Parse and validate; `scheduler` (`--scheduler`) replaces scheduler.kind before the rules run."""
-    from q7x2_deploy.validation import validate_file  # local: validation imports this module
-
-    inv, violations = validate_file(Path(path), scheduler=scheduler)
-    if violations or inv is None:
-        raise InventoryError([v.format(str(path)) for v in violations])
-    inv._source = str(path)
-    return inv
-
-
 __all__ = [
     "ASCEND_DRIVER_MOUNTS",
     "ASCEND_MANAGEMENT_DEVICES",
@@ -355,7 +344,6 @@ __all__ = [
     "SshTarget",
     "ValidationError",
     "is_loopback",
-    "load_inventory",
     "npu_indices",
     "npu_ranges",
     "parse_inventory",

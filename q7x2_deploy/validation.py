@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from q7x2_deploy.addresses import address_key
-from q7x2_deploy.inventory import Inventory, is_loopback, mount_point, npu_ranges, parse_inventory
+from q7x2_deploy.inventory import Inventory, InventoryError, is_loopback, mount_point, npu_ranges, parse_inventory
 from q7x2_deploy.scheduler_spec import gres_count
 from q7x2_deploy.yaml_source import KeyPath, YamlDocument, YamlSyntaxError, parse_yaml, read_yaml_file
 from q7x2_runtime.safe_text import escape_non_printing, show
@@ -526,3 +526,12 @@ def validate_file(path: Path, scheduler: str | None = None) -> tuple[Inventory |
     except YamlSyntaxError as e:
         return None, [Violation((), str(e), e.line)]
     return validate_document(doc, scheduler)
+
+
+def load_inventory(path: str | Path, scheduler: str | None = None) -> Inventory:
+    """Parse and validate; `scheduler` (`--scheduler`) replaces scheduler.kind before the rules run."""
+    inv, violations = validate_file(Path(path), scheduler=scheduler)
+    if violations or inv is None:
+        raise InventoryError([v.format(str(path)) for v in violations])
+    inv._source = str(path)
+    return inv

@@ -15,11 +15,11 @@ from rich.text import Text
 from q7x2_deploy import __version__
 from q7x2_deploy.commands.build_progress import StageProgress
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.session import add_inventory_argument
+from q7x2_deploy.commands.session import add_inventory_argument
 from q7x2_deploy.image.base_image import ensure_base_image
 from q7x2_deploy.image.build import build_image, docker_client, image_present, push_image
 from q7x2_deploy.image.context import assemble_context
-from q7x2_deploy.image.delivery import short_id
+from q7x2_deploy.executor.image_delivery import short_id
 from q7x2_deploy.image.ascend_requirements import source_requirements
 from q7x2_deploy.image.target_wheelhouse import MANIFEST, Manifest, check_against_manifest, fill_target_wheelhouse
 from q7x2_deploy.image.wheelhouse import PROJECT_DIST, WheelhouseSpec, prepare_wheelhouse
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _target(args: argparse.Namespace) -> tuple[str, str]:
     flavor, ref = args.flavor, args.tag
     if args.inventory:
-        from q7x2_deploy.inventory import load_inventory
+        from q7x2_deploy.validation import load_inventory
 
         image = load_inventory(args.inventory).image
         flavor = flavor or image.flavor

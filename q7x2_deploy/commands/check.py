@@ -11,9 +11,9 @@ from rich.text import Text
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.preflight import failure_message, preflight
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
-from q7x2_deploy.executor.table import print_preflight
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.commands.table import print_preflight
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.validation import file_warnings
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.collect import collect
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.plan import Plan
 
 

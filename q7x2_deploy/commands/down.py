@@ -8,8 +8,8 @@ from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.recovery_supervisor import stop_supervisor
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import Plan, build_plan
 
 

@@ -7,9 +7,9 @@ import os
 import sys
 
 from q7x2_deploy.executor.logs import follow_logs, show_logs
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
-from q7x2_deploy.executor.session import (
+from q7x2_deploy.commands.session import (
     add_host_key_argument,
     add_inventory_argument,
     cluster_from_args,

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.text import Text
 
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument
-from q7x2_deploy.inventory import Inventory, load_inventory
+from q7x2_deploy.inventory import Inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, shell_line
 from q7x2_deploy.render import render_host_script
 from q7x2_deploy.ssh_route import ClientConfig, Endpoint, Route, load_client_config, resolve

@@ -29,8 +29,8 @@ def _run_dir(source: str) -> Path:
         return path
     if not path.exists():
         raise UserError(f"{source}: no such inventory or run directory")
-    from q7x2_deploy.executor.rundir import RUNS_ROOT_ENV
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.runs.rundir import RUNS_ROOT_ENV
+    from q7x2_deploy.validation import load_inventory
 
     job = load_inventory(path).job.name
     import os

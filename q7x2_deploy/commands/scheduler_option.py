@@ -16,19 +16,19 @@ def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
 
 def other_scheduler(args: argparse.Namespace, command: str) -> int | None:
     """Run `command` on the backend of a scheduler other than ssh; None for ssh (the caller's own)."""
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.validation import load_inventory
 
     inv = load_inventory(args.inventory, scheduler=args.scheduler)
     kind = inv.scheduler.kind
     if kind == "ssh":
         return None
     if kind == "slurm":
-        from q7x2_deploy.backends.slurm import commands
+        from q7x2_deploy.commands import slurm_job as commands
 
         rc: int = getattr(commands, command)(inv, args)
         return rc
     if kind == "kubernetes":
-        from q7x2_deploy.backends.kubernetes import commands as kube_commands
+        from q7x2_deploy.commands import kubernetes_job as kube_commands
 
         kube_rc: int = getattr(kube_commands, command)(inv, args)
         return kube_rc

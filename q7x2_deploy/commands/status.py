@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.replica_status import Replication
 from q7x2_deploy.executor.status import HostStatus, describe_recovery, job_replication, job_status, quiet_for, recovery_summary
-from q7x2_deploy.executor.table import compact_table, print_table
+from q7x2_deploy.commands.table import compact_table, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,15 +7,16 @@ import os
 
 from rich.console import Console
 
-from q7x2_deploy.executor.cluster import ssh_factory
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.transport.factory import ssh_factory
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.recovery_supervisor import start_supervisor
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument, other_scheduler
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S
-from q7x2_deploy.executor.table import print_preflight
+from q7x2_deploy.commands.table import print_preflight
 from q7x2_deploy.executor.up import UpHooks, up
-from q7x2_deploy.inventory import Inventory, load_inventory
+from q7x2_deploy.inventory import Inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import Plan, build_plan, first_difference, read_plan
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.safe_text import escape_non_printing

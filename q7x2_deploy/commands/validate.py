@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from q7x2_deploy.commands.scheduler_option import add_scheduler_argument
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.validation import file_warnings
 from q7x2_deploy.plan import build_plan
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.live import Live
 
-from q7x2_deploy.executor.session import add_host_key_argument, add_inventory_argument, cluster_from_args
+from q7x2_deploy.commands.session import add_host_key_argument, add_inventory_argument, cluster_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

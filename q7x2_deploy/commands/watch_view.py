@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from q7x2_deploy.executor.status import quiet_for
-from q7x2_deploy.executor.table import compact_table
+from q7x2_deploy.commands.table import compact_table
 from q7x2_deploy.executor.watch_data import Snapshot
 
 _BLOCKS = "▁▂▃▄▅▆▇█"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from q7x2_deploy.diagnosis import Diagnosis, diagnose, evidence_from_logs
-from q7x2_deploy.executor.rundir import RESULT_FILE, run_dir
+from q7x2_deploy.runs.rundir import RESULT_FILE, run_dir
 from q7x2_deploy.plan import Plan
 
 _LOG_TAIL_BYTES = 2 * 1024 * 1024  # a multi-day log is read from its end

@@ -13,7 +13,7 @@ from q7x2_deploy.backends.container_runtime import LogLine
 from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.plan import HostPlan
 from q7x2_runtime.waiting import retry_until
 

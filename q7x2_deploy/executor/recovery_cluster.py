@@ -7,15 +7,16 @@ from dataclasses import replace
 
 from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import Cluster, TransportFactory
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.transport.factory import TransportFactory
 from q7x2_deploy.executor.fanout import for_each
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.preflight import check_host
 from q7x2_deploy.executor.recovery import HostCheck, Incident, Policy
-from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.runs.rundir import run_dir
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S, JobFailed, OnTraining, Supervisor
 from q7x2_deploy.executor.up import survey, write_job_files
-from q7x2_deploy.image.delivery import deliver_image
+from q7x2_deploy.executor.image_delivery import deliver_image
 from q7x2_deploy.inventory import Inventory
 from q7x2_deploy.plan import Plan, build_plan
 from q7x2_deploy.transport import Transport

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from q7x2_deploy.executor.rundir import SUPERVISOR_FILE, run_dir
+from q7x2_deploy.runs.rundir import SUPERVISOR_FILE, run_dir
 
 SUPERVISOR_LOG = "supervisor.out"  # not *.log: host logs are *.log and move with each attempt
 

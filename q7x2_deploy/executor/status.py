@@ -131,7 +131,7 @@ def recovery_summary(job: str) -> dict[str, object]:
     detached supervisor if one runs."""
     from q7x2_deploy.executor.recovery import restarts_used
     from q7x2_deploy.executor.recovery_supervisor import supervisor_info
-    from q7x2_deploy.executor.rundir import read_events
+    from q7x2_deploy.runs.rundir import read_events
 
     events = read_events(job)
     sup = supervisor_info(job)

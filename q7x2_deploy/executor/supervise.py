@@ -26,7 +26,7 @@ from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.failure_record import diagnose_attempt, write_result
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.metrics import parse_line
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.status import quiet_for
 from q7x2_deploy.plan import HostPlan, StepPlan
 from q7x2_deploy.transport import HostUnreachable

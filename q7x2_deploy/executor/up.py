@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 from q7x2_deploy.backends.container_runtime import ContainerState
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import Cluster, TransportFactory
+from q7x2_deploy.executor.cluster import Cluster
+from q7x2_deploy.transport.factory import TransportFactory
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.lock import JobLock
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.preflight import HostReport, failure_message, preflight
-from q7x2_deploy.executor.rundir import append_event, mark_finished, run_dir, start_attempt
+from q7x2_deploy.runs.rundir import append_event, mark_finished, run_dir, start_attempt
 from q7x2_deploy.executor.supervise import QUIET_WARNING_S, Supervisor
-from q7x2_deploy.image.delivery import deliver_image
+from q7x2_deploy.executor.image_delivery import deliver_image
 from q7x2_deploy.inventory import Inventory
 
 PHASES = ("prepare", "train")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.npu_usage import USAGE_ARGV, HostUsage, parse_npu_usage, summarize
-from q7x2_deploy.executor.rundir import DEPLOYER_LOG, read_events, run_dir
+from q7x2_deploy.runs.rundir import DEPLOYER_LOG, read_events, run_dir
 from q7x2_deploy.executor.status import HostStatus, job_status
 
 

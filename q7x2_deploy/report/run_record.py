@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from q7x2_deploy.executor.rundir import DEPLOYER_LOG, EARLIER, EVENTS_FILE, RESULT_FILE, _order
+from q7x2_deploy.runs.rundir import DEPLOYER_LOG, EARLIER, EVENTS_FILE, RESULT_FILE, _order
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.pretrain.log_parse import IterationRecord, parse_line
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from q7x2_deploy.image.delivery_progress import DeliveryMeter
+from q7x2_deploy.executor.delivery_progress import DeliveryMeter
 
 
 def test_lines_name_each_host_and_the_slowest_rate_once_per_interval() -> None:

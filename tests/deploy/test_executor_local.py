@@ -22,16 +22,17 @@ from deploy_fixtures import TEST_IMAGE, ensure_test_image, make_plan, megatron_l
 from deploy_sshd import LocalSSHD, start_sshd
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import Cluster, open_cluster, ssh_factory
+from q7x2_deploy.executor.cluster import Cluster, open_cluster
+from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.executor.logs import follow_logs, show_logs
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.preflight import failure_message, preflight
-from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.runs.rundir import run_dir
 from q7x2_deploy.executor.status import job_status
 from q7x2_deploy.executor.supervise import JobFailed
 from q7x2_deploy.executor.up import up
-from q7x2_deploy.image.delivery import deliver_image
+from q7x2_deploy.executor.image_delivery import deliver_image
 from q7x2_deploy.plan import Mount
 
 
@@ -321,7 +322,7 @@ def test_image_delivery_over_ssh_streams_docker_save_into_docker_load(sshd: Loca
 
 
 def _save_archive(ref: str) -> list[bytes]:
-    from q7x2_deploy.image.delivery import _docker_save
+    from q7x2_deploy.executor.image_delivery import _docker_save
 
     return list(_docker_save(ref))
 

@@ -246,7 +246,7 @@ def test_the_supervisor_reads_where_a_run_resumed_and_when_it_trains() -> None:
 
     from deploy_fixtures import megatron_line
 
-    from q7x2_deploy.executor.output import LogSink
+    from q7x2_deploy.runs.output import LogSink
     from q7x2_deploy.executor.supervise import Supervisor
 
     seen: list[tuple[int | None, int]] = []
@@ -270,7 +270,7 @@ def test_the_detached_supervisor_is_shown_by_status_and_stopped_by_down(tmp_path
     import time
 
     from q7x2_deploy.executor.recovery_supervisor import start_supervisor, stop_supervisor, supervisor_info
-    from q7x2_deploy.executor.rundir import SUPERVISOR_FILE, append_event, run_dir
+    from q7x2_deploy.runs.rundir import SUPERVISOR_FILE, append_event, run_dir
     from q7x2_deploy.executor.status import describe_recovery, recovery_summary
 
     monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
@@ -296,7 +296,7 @@ def test_the_detached_supervisor_is_shown_by_status_and_stopped_by_down(tmp_path
 
 def test_a_rebuilt_plan_keeps_the_interfaces_up_detected() -> None:
     from q7x2_deploy.executor.cluster import Cluster
-    from q7x2_deploy.executor.output import LogSink
+    from q7x2_deploy.runs.output import LogSink
     from q7x2_deploy.executor.recovery_cluster import ClusterOps
 
     inv = inventory()
@@ -310,8 +310,8 @@ def test_a_rebuilt_plan_keeps_the_interfaces_up_detected() -> None:
 
 
 def test_status_and_logs_follow_the_job_onto_the_spare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from q7x2_deploy.executor.rundir import run_dir
-    from q7x2_deploy.executor.session import running_plan
+    from q7x2_deploy.runs.rundir import run_dir
+    from q7x2_deploy.commands.session import running_plan
 
     monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
     inv = inventory()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_runtime.pretrain.megatron_log import IterationStats, format_iteration_line
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy_sshd import LocalSSHD, start_sshd
-from q7x2_deploy.executor.cluster import ssh_factory
+from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.plan import HostPlan
 from q7x2_deploy.transport.hostkeys import HostKeyRefused
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from q7x2_deploy.executor.cluster import transport_config
+from q7x2_deploy.transport.factory import transport_config
 from q7x2_deploy.inventory import parse_inventory
 from q7x2_deploy.ssh_route import ClientConfig, SshConfigError, load_client_config, resolve
 

@@ -13,7 +13,7 @@ from deploy_fixtures import make_plan
 from fake_runtime import FakeRuntime, FakeTransport, Script, World
 from q7x2_deploy.executor import supervise
 from q7x2_deploy.executor.cluster import Cluster
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.supervise import JobFailed, Supervisor
 from q7x2_deploy.plan import Plan
 

@@ -15,7 +15,7 @@ from q7x2_deploy.executor.lock import JobLock
 from q7x2_deploy.backends.docker_cli import split_stamp
 from q7x2_deploy.executor.metrics import last_progress, losses
 from q7x2_deploy.executor.preflight import _df_free_gib, _listening_ports, host_needs
-from q7x2_deploy.image.delivery import _Tee
+from q7x2_deploy.executor.image_delivery import _Tee
 from q7x2_deploy.plan import HostPlan, Mount
 
 
@@ -40,7 +40,7 @@ def test_host_needs_reads_devices_and_mounts_from_the_typed_plan() -> None:
 
 
 def test_docker_run_is_derived_from_the_typed_host_fields() -> None:
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.validation import load_inventory
     from q7x2_deploy.plan import build_plan
 
     plan = build_plan(load_inventory(Path(__file__).resolve().parents[2] / "inventory.example.yaml"))
@@ -170,7 +170,7 @@ def test_each_attempt_sets_the_previous_logs_aside_and_keeps_the_last_ten(tmp_pa
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from q7x2_deploy.executor.rundir import KEPT_ATTEMPTS, mark_finished, run_dir, start_attempt
+    from q7x2_deploy.runs.rundir import KEPT_ATTEMPTS, mark_finished, run_dir, start_attempt
 
     monkeypatch.setenv("Q7X2_RUNS_DIR", str(tmp_path))
     assert start_attempt("j") is None  # nothing to set aside

@@ -131,7 +131,7 @@ def test_missing_or_broken_pins_file_is_one_line(tmp_path: Path, capsys: pytest.
 
 def test_check_deep_container_gets_env_and_read_only_mounts_only() -> None:
     from q7x2_deploy.executor.image_doctor import doctor_argv
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.validation import load_inventory
     from q7x2_deploy.plan import build_plan
 
     host = build_plan(load_inventory(Path(__file__).resolve().parents[2] / "inventory.example.yaml")).hosts[0]

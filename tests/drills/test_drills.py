@@ -178,12 +178,13 @@ def test_6_npu_alarm_found_by_the_recheck_puts_the_spare_in(drills: Drills, tmp_
     against the sandbox's npu-smi fault drill, and the decision and the new plan are the real ones."""
     import yaml
 
-    from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
-    from q7x2_deploy.executor.output import LogSink
+    from q7x2_deploy.executor.cluster import open_cluster
+    from q7x2_deploy.transport.factory import ssh_factory
+    from q7x2_deploy.runs.output import LogSink
     from q7x2_deploy.executor.recovery import Incident, Policy
     from q7x2_deploy.executor.recovery_cluster import ClusterOps
     from q7x2_deploy.executor.recovery_run import RecoveryLoop
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.validation import load_inventory
     from q7x2_deploy.plan import build_plan
     from q7x2_deploy.sandbox.ascend import FAULTS_FILE
     from tests.drills.drill_support import ASCEND_DEVICES, _write_inventory

@@ -19,9 +19,10 @@ from tests import isolation
 from conftest import build_cpu_image
 from e2e_support import cli, cli_background, derive_inventory, wait_for
 
-from q7x2_deploy.executor.cluster import open_cluster, ssh_factory
-from q7x2_deploy.image.delivery import deliver_image, local_image_id
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.executor.cluster import open_cluster
+from q7x2_deploy.transport.factory import ssh_factory
+from q7x2_deploy.executor.image_delivery import deliver_image, local_image_id
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.sandbox.ascend import FAULTS_FILE
 
@@ -293,7 +294,7 @@ def test_up_pins_gloo_to_the_detected_nic_of_hosts_without_one(own_sandbox, tmp_
         assert r.returncode == 0, out[-4000:]
         nics = {h.name: h.nic for h in (cfg.host(1), cfg.host(2))}
         assert f"NICs detected: sbx-1 {nics['sbx-1']}, sbx-2 {nics['sbx-2']}" in out, out[-4000:]
-        from q7x2_deploy.executor.rundir import RUNS_ROOT_ENV
+        from q7x2_deploy.runs.rundir import RUNS_ROOT_ENV
 
         runs = Path(os.environ.get(RUNS_ROOT_ENV, tmp_path / ".q7x2" / "runs"))  # the CLI ran in tmp_path
         ran = json.loads((runs / "e2e-nic" / "plan.json").read_text())

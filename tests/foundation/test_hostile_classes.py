@@ -612,7 +612,7 @@ def test_unclosed_flow_collection_is_reported_where_it_opens(tmp_path):
 
 
 def test_plan_prints_every_docker_run_whole(tmp_path):
-    from q7x2_deploy.inventory import load_inventory
+    from q7x2_deploy.validation import load_inventory
     from q7x2_deploy.plan import build_plan, shell_line
 
     f = tmp_path / "inv.yaml"

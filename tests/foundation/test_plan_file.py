@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from q7x2_deploy.cli import main
-from q7x2_deploy.inventory import Inventory, load_inventory
+from q7x2_deploy.inventory import Inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import Plan, build_plan
 from q7x2_deploy.sandbox.config import SandboxConfig
 from q7x2_deploy.sandbox.inventory_file import build as sandbox_inventory

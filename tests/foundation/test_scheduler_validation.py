@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from q7x2_deploy.inventory import InventoryError, load_inventory
+from q7x2_deploy.inventory import InventoryError
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.validation import validate_data, with_scheduler_kind
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from urllib3.exceptions import MaxRetryError
 from q7x2_deploy.backends.kubernetes import apply
 from q7x2_deploy.backends.kubernetes.manifests import Manifests, build_manifests
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.validation import validate_data
 from q7x2_runtime.errors import UserError
 from tests.kubernetes.fake_api import FakeServer, PodState, Tick, api_error

@@ -19,7 +19,7 @@ from q7x2_deploy.backends.kubernetes.manifests import (
     build_manifests,
     memory_quantity,
 )
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.validation import validate_data
 from q7x2_runtime.errors import UserError

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from q7x2_deploy.backends.slurm.script import build_slurm_job, render_sbatch, task_script
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.validation import load_inventory
 
 HOSTILE = {
     "QUOTES": "it's \"quoted\" and `ticked`",

@@ -31,7 +31,7 @@ from q7x2_deploy.backends.kubernetes.manifests import (
     prepare_job_name,
 )
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.plan import LABEL_PREFIX
 from q7x2_runtime.errors import UserError
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from q7x2_deploy.backends.slurm.script import SlurmJob
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import ssh_factory
+from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.backends.docker_cli import DockerCLI
-from q7x2_deploy.executor.rundir import run_dir
+from q7x2_deploy.runs.rundir import run_dir
 from q7x2_deploy.inventory import HostSpec, Inventory
 from q7x2_deploy.plan import HostPlan
 from q7x2_deploy.transport.base import Transport

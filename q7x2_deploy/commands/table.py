@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from q7x2_deploy.executor.preflight import Check, HostReport
-from q7x2_deploy.image.delivery import short_id
+from q7x2_deploy.executor.image_delivery import short_id
 from q7x2_deploy.inventory import npu_ranges
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}

@@ -13,8 +13,8 @@ from q7x2_deploy.backends.slurm import job as sj
 from q7x2_deploy.backends.slurm.script import SlurmJob, build_slurm_job, render_sbatch
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.metrics import last_progress
-from q7x2_deploy.executor.output import LogSink
-from q7x2_deploy.executor.table import compact_table, print_table
+from q7x2_deploy.runs.output import LogSink
+from q7x2_deploy.commands.table import compact_table, print_table
 from q7x2_deploy.inventory import Inventory
 from q7x2_deploy.transport.base import Transport
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from q7x2_deploy.errors import DeployError
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
-from q7x2_deploy.image.delivery_progress import DeliveryMeter
+from q7x2_deploy.executor.delivery_progress import DeliveryMeter
 from q7x2_deploy.plan import HostPlan
 
 _QUEUE_CHUNKS = 64  # per host: 64 x 1 MiB in flight at most

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.executor.cluster import Cluster, TransportFactory, open_cluster, ssh_factory
-from q7x2_deploy.inventory import load_inventory
+from q7x2_deploy.executor.cluster import Cluster, open_cluster
+from q7x2_deploy.transport.factory import TransportFactory, ssh_factory
+from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import Plan, build_plan
 
 
@@ -38,7 +39,7 @@ def running_plan(plan: Plan, spares: set[str]) -> Plan:
     """The run directory's plan.json when it is this job's on the inventory's hosts and spares
     with other hosts in the ranks (a spare swapped in); otherwise `plan`. A plan.json that does
     not read back, or names a host the inventory no longer has, is not the running job's."""
-    from q7x2_deploy.executor.rundir import run_dir_if_exists
+    from q7x2_deploy.runs.rundir import run_dir_if_exists
     from q7x2_runtime.errors import UserError
 
     d = run_dir_if_exists(plan.job_name)

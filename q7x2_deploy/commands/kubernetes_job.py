@@ -10,7 +10,7 @@ from rich.table import Table
 
 from q7x2_deploy.backends.kubernetes import apply
 from q7x2_deploy.backends.kubernetes.manifests import build_manifests
-from q7x2_deploy.executor.output import LogSink
+from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.inventory import Inventory
 from q7x2_runtime.errors import UserError
 

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TextIO
 
-from q7x2_deploy.executor.rundir import DEPLOYER_LOG, host_log_path, run_dir
+from q7x2_deploy.runs.rundir import DEPLOYER_LOG, host_log_path, run_dir
 
 TAIL_LINES = 20
 

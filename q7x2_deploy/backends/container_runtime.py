@@ -12,13 +12,13 @@ and HostUnreachable (a DeployError) when the host itself stopped answering.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.plan import LABEL_PREFIX, StepPlan
-from q7x2_deploy.transport import Transport
+from q7x2_deploy.plan import LABEL_PREFIX, Mount, StepPlan
+from q7x2_deploy.transport import CommandResult, Transport
 
 JOB_LABEL = f"{LABEL_PREFIX}.job"
 PHASE_LABEL = f"{LABEL_PREFIX}.phase"
@@ -88,6 +88,11 @@ class ContainerRuntime(Protocol):
 
     def start(self, step: StepPlan) -> None:
         """Create and start the step's container detached (named and labeled as the plan says)."""
+
+    def run_once(self, image: str, command: Sequence[str], *, env: Mapping[str, str], mounts: Iterable[Mount],
+                 labels: Mapping[str, str], timeout_s: float) -> CommandResult:
+        """Run `command` in a throwaway container of `image` (removed when it ends) with no
+        network and no devices, and return its exit status and output."""
 
     def wait(self, name: str, *, stop: threading.Event) -> int | None:
         """Block until the container exits: its exit status, or None when `stop` was set first.

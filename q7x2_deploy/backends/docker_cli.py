@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from q7x2_deploy.backends.container_runtime import (
@@ -23,8 +23,8 @@ from q7x2_deploy.backends.container_runtime import (
     WaitFailed,
 )
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.plan import StepPlan
-from q7x2_deploy.transport import Transport
+from q7x2_deploy.plan import Mount, StepPlan
+from q7x2_deploy.transport import CommandResult, Transport
 
 # The container's last lines with the engine's timestamps, then the host's clock, so the age
 # of the newest line needs no clock agreement with the operator's machine.
@@ -116,6 +116,16 @@ def parse_inspect(data: list[dict[str, Any]], job: str) -> dict[str, ContainerSt
     return out
 
 
+def run_once_argv(image: str, command: Sequence[str], *, env: Mapping[str, str], mounts: Iterable[Mount],
+                  labels: Mapping[str, str]) -> list[str]:
+    """`docker run --rm` with no network and no devices."""
+    argv = ["docker", "run", "--rm", "--network", "none"]
+    argv += [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
+    argv += [x for k, v in env.items() for x in ("-e", f"{k}={v}")]
+    argv += [x for m in mounts for x in ("-v", m.option())]
+    return [*argv, image, *command]
+
+
 class DockerCLI:
     """ContainerRuntime for a host whose Docker engine the SSH user may drive."""
 
@@ -129,6 +139,10 @@ class DockerCLI:
 
     def start(self, step: StepPlan) -> None:
         self.t.check(step.docker_run, timeout=300)
+
+    def run_once(self, image: str, command: Sequence[str], *, env: Mapping[str, str], mounts: Iterable[Mount],
+                 labels: Mapping[str, str], timeout_s: float) -> CommandResult:
+        return self.t.run(run_once_argv(image, command, env=env, mounts=mounts, labels=labels), timeout=timeout_s)
 
     def wait(self, name: str, *, stop: threading.Event) -> int | None:
         out: list[str] = []

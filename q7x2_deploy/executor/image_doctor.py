@@ -18,7 +18,7 @@ from q7x2_deploy.errors import DeployError, reason_for
 from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.probe import Check
-from q7x2_deploy.plan import LABEL_PREFIX, HostPlan
+from q7x2_deploy.plan import LABEL_PREFIX, HostPlan, Mount
 from q7x2_deploy.transport import CommandResult
 from q7x2_runtime.doctor.compare import Finding
 from q7x2_runtime.steps import JOB_FILE_IN_CONTAINER
@@ -29,19 +29,16 @@ if TYPE_CHECKING:
 DOCTOR_TIMEOUT_S = 180.0  # a container start plus reading package metadata; minutes on a loaded host
 DOCTOR_EXIT_MISMATCH = 1
 JOB_DIR_IN_CONTAINER = JOB_FILE_IN_CONTAINER.rsplit("/", 1)[0]
+DOCTOR_LABEL = f"{LABEL_PREFIX}.doctor"
 
 
-def doctor_argv(host: HostPlan, image: str) -> list[str]:
-    """`docker run --rm` of doctor with the job's env and read-only mounts only."""
-    opts = host.docker_run[3:-1]  # ["docker", "run", "-d", *options, image]
-    keep: list[str] = []
-    for flag, value in zip(opts, opts[1:]):
-        mount = value.split(":")
-        # The job directory is left out: `up` creates it, and it would hide nothing doctor needs.
-        if flag == "-e" or (flag in ("-v", "--volume") and mount[-1] == "ro" and mount[1] != JOB_DIR_IN_CONTAINER):
-            keep += [flag, value]
-    return ["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL_PREFIX}.doctor=1", *keep,
-            image, "q7x2-runtime", "doctor", "--json"]
+DOCTOR_COMMAND = ("q7x2-runtime", "doctor", "--json")
+
+
+def doctor_mounts(host: HostPlan) -> list[Mount]:
+    """The host's read-only mounts; the job directory is left out: `up` creates it, and it would
+    hide nothing doctor needs."""
+    return [m for m in host.mounts if m.read_only and m.target != JOB_DIR_IN_CONTAINER]
 
 
 def judge_doctor(r: CommandResult, image: str) -> Check:
@@ -73,7 +70,9 @@ def check_image_versions(cluster: Cluster, reports: list[HostReport]) -> None:
 
     def _run(h: HostPlan) -> Check:
         try:
-            return judge_doctor(cluster.transport(h).run(doctor_argv(h, image), timeout=DOCTOR_TIMEOUT_S), image)
+            result = cluster.runtime(h).run_once(image, DOCTOR_COMMAND, env=h.env, mounts=doctor_mounts(h),
+                                                 labels={DOCTOR_LABEL: "1"}, timeout_s=DOCTOR_TIMEOUT_S)
+            return judge_doctor(result, image)
         except DeployError as e:
             return Check("doctor", "fail", reason_for(e, h.name))
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from q7x2_deploy.backends.container_runtime import ContainerState, ImageProbe, LogLine, Tail
 from q7x2_deploy.errors import DeployError
-from q7x2_deploy.plan import StepPlan
-from q7x2_deploy.transport import HostUnreachable
+from q7x2_deploy.plan import Mount, StepPlan
+from q7x2_deploy.transport import CommandResult, HostUnreachable
 
 
 @dataclass
@@ -46,6 +46,9 @@ class World:
         self.cond = threading.Condition()
         self.events: list[tuple[str, str]] = []  # ("start" | "end" | "stop", container name)
         self.lost: set[str] = set()  # hosts that stopped answering
+        # host -> what a one-off container (`run_once`) prints and how it ends: (exit, stdout)
+        self.one_off: dict[str, tuple[int, str]] = {}
+        self.one_off_calls: list[tuple[str, str, tuple[str, ...], dict[str, str], list[str]]] = []
 
     def event(self, kind: str, name: str) -> None:
         with self.cond:
@@ -100,6 +103,15 @@ class FakeRuntime:
                 c.exit_code, c.ended = code, time.monotonic()
                 self.world.events.append(("end", c.step.container_name))
                 self.world.cond.notify_all()
+
+    def run_once(self, image: str, command: Sequence[str], *, env: Mapping[str, str], mounts: Iterable[Mount],
+                 labels: Mapping[str, str], timeout_s: float) -> CommandResult:
+        self._answer()
+        self.world.one_off_calls.append((self.host, image, tuple(command), dict(env), [m.option() for m in mounts]))
+        if self.host not in self.world.one_off:
+            raise DeployError(f"{self.host}: no one-off container scripted for this host")
+        rc, out = self.world.one_off[self.host]
+        return CommandResult(("docker", "run", "--rm", image, *command), rc, out, "")
 
     def wait(self, name: str, *, stop: threading.Event) -> int | None:
         c = self.containers[name]

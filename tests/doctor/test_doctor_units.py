@@ -130,12 +130,13 @@ def test_missing_or_broken_pins_file_is_one_line(tmp_path: Path, capsys: pytest.
 
 
 def test_check_deep_container_gets_env_and_read_only_mounts_only() -> None:
-    from q7x2_deploy.executor.image_doctor import doctor_argv
-    from q7x2_deploy.validation import load_inventory
+    from q7x2_deploy.backends.docker_cli import run_once_argv
+    from q7x2_deploy.executor.image_doctor import DOCTOR_COMMAND, DOCTOR_LABEL, doctor_mounts
     from q7x2_deploy.plan import build_plan
+    from q7x2_deploy.validation import load_inventory
 
     host = build_plan(load_inventory(Path(__file__).resolve().parents[2] / "inventory.example.yaml")).hosts[0]
-    argv = doctor_argv(host, "img:1")
+    argv = run_once_argv("img:1", DOCTOR_COMMAND, env=host.env, mounts=doctor_mounts(host), labels={DOCTOR_LABEL: "1"})
     assert argv[:5] == ["docker", "run", "--rm", "--network", "none"]
     assert argv[-4:] == ["img:1", "q7x2-runtime", "doctor", "--json"]
     assert "--device" not in argv and "-d" not in argv

@@ -26,7 +26,9 @@ tier() {  # tier NAME MARKEXPR [pytest args...]
   echo "test.sh: $name tier (-m \"$expr\")" >&2
   started=$SECONDS
   set +e
-  .venv/bin/python -m pytest -p no:cacheprovider -m "$expr" "$@"
+  # --durations: the slowest tests are printed, so the next one to mark `long` is known when CI
+  # nears its hour.
+  .venv/bin/python -m pytest -p no:cacheprovider --durations=15 -m "$expr" "$@"
   rc=$?
   set -e
   echo "test.sh: $name tier: exit $rc after $((SECONDS - started)) s" >&2

@@ -185,6 +185,7 @@ def main() -> int:
     all_cpus = os.sched_getaffinity(0)
     cores = len(all_cpus)
     pinned: dict[int, list[dict[str, Sample]]] = {}
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="q7x2-fanout-") as tmp:
         try:
             if owned:
@@ -207,7 +208,9 @@ def main() -> int:
             if owned and not args.keep:
                 sandbox.down(cfg, log=lambda _m: None)
 
-    print(f"-- check on {cores} core(s), median of {args.repeat} interleaved rounds")
+    load1 = os.getloadavg()
+    print(f"-- check on {cores} core(s), median of {args.repeat} interleaved rounds; machine load "
+          f"(os.getloadavg) before {'/'.join(f'{x:.1f}' for x in load0)}, after {'/'.join(f'{x:.1f}' for x in load1)}")
     ratio = _report(rounds, sizes, cores)
     for n, r in sorted(pinned.items()):
         print(f"-- 1 and 8 hosts, sandbox and deployer pinned to {n} core(s)")

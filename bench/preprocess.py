@@ -324,6 +324,7 @@ def main() -> int:
     # per-installation Unicode-class verdict may be cached (the first repetition computes it).
     # (a') is a re-run with the same tokenizer.
     cache = work / "cache"
+    load_before = os.getloadavg()
     runs: dict[str, list[tuple[float, float]]] = {"a": [], "a'": [], "b": [], "c": []}
     first_doc: dict[str, list[float]] = {"a": [], "a'": []}
     for _ in range(args.repeat):
@@ -341,6 +342,9 @@ def main() -> int:
         runs["c"].append(megatron_style(tok_dir, parquet, out_c, args.workers))
 
     tokens = sum(x.size for x in hf_ids)
+    load_after = os.getloadavg()
+    print(f"machine load (os.getloadavg 1/5/15 min) before {'/'.join(f'{x:.1f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.1f}' for x in load_after)}, on {os.cpu_count()} CPUs")
     best = {k: min(v) for k, v in runs.items()}  # by wall time
     rate = {k: tokens / wall for k, (wall, _) in best.items()}
     print(f"tokens: {tokens:,}  (engine used by preprocess: {manifest['tokenizer']['engine']}); best of {args.repeat}")

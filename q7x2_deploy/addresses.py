@@ -73,9 +73,21 @@ def address_key(address: str) -> str:
     return address.lower().rstrip(".")
 
 
+# RFC 6052's well-known NAT64 prefix: 64:ff9b::7f00:1 is 127.0.0.1 behind a translator.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_loopback(address: str) -> bool:
     name = address.lower().rstrip(".")
     if name in LOOPBACK_NAMES or name.endswith(".localhost"):
         return True
     ip = _ip(address)
-    return ip is not None and ip.is_loopback
+    if ip is None:
+        return False
+    # IPv6 spellings that embed an IPv4 address (6to4, NAT64) are loopback if that one is.
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.sixtofour is not None and ip.sixtofour.is_loopback:
+            return True
+        if ip in _NAT64 and ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF).is_loopback:
+            return True
+    return ip.is_loopback

@@ -100,7 +100,15 @@ def _pydantic_violations(err: ValidationError, data: object) -> list[Violation]:
     for e in err.errors(include_url=False):
         loc = _input_path(e["loc"], data)
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        # pydantic locates a bad dict key as (..., key, "[key]").
+        bad_key = len(e["loc"]) >= 2 and e["loc"][-1] == "[key]" and e["loc"][-2] == e.get("input") and not isinstance(e.get("input"), str)
+        if e["type"] == "invalid_key" or bad_key:
+            key = e.get("input")
+            kind = "null" if key is None else "boolean" if isinstance(key, bool) else "number" if isinstance(key, int | float) else type(key).__name__
+            # Named as the YAML text spells it, which is how its line was recorded.
+            loc = _input_path(e["loc"][: -2 if bad_key else -1], data) + ({None: "null", True: "true", False: "false"}.get(key, str(key)) if key is None or isinstance(key, bool) else str(key),)
+            msg = f"a key must be text, YAML read this one as a {kind} ({show(key)}): quote it"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling; see inventory.example.yaml)"
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -245,19 +253,25 @@ def _overexposed(inv: Inventory) -> list[tuple[int, int, KeyPath]]:
 
 def _check_per_node_devices(inv: Inventory) -> list[Violation]:
     # MindSpeed-LLM's per-node dataset builder (and the dataset helpers' compilation) runs on
-    # the rank with rank % device_count == 0: with more NPUs visible than ranks per host, some
-    # hosts have no such rank and never build what their ranks then try to read.
+    # the rank with rank % device_count == 0: that is one rank on every host only when each
+    # container sees exactly npus_per_node NPUs; with more, some hosts have no such rank and
+    # never build what their ranks then try to read.
     if inv.job.storage != "per-node":
         return []
     npn = inv.job.parallelism.npus_per_node
     by_rank = dict((r, h) for r, h in inv.ranked_hosts())
-    starved = [(r, d) for r, d, _ in _overexposed(inv) if not any((r * npn + j) % d == 0 for j in range(npn))]
-    if not starved:
+    over = _overexposed(inv)
+    if not over:
         return []
-    names = ", ".join(f"{by_rank[r].name!r} (ranks {r * npn}-{r * npn + npn - 1}, {d} NPUs visible)" for r, d in starved)
+
+    def host(r: int, d: int) -> str:
+        starved = not any((r * npn + j) % d == 0 for j in range(npn))
+        return f"{by_rank[r].name!r} ({d} NPUs visible{f', ranks {r * npn}-{r * npn + npn - 1}: none is one' if starved else ''})"
+
+    names = ", ".join(host(r, d) for r, d, _ in over)
     return [Violation(("job", "storage"), f"per-node storage needs each host's containers to see exactly npus_per_node = {npn} NPUs: "
-                      f"MindSpeed-LLM builds a node's dataset on its rank with rank % device_count == 0, and no rank of {names} is one; "
-                      f"give those hosts {npn} devices or use storage: shared")]
+                      f"MindSpeed-LLM builds a node's dataset on its rank with rank % device_count == 0, one per host only then; "
+                      f"{names} see more; give those hosts {npn} devices or use storage: shared")]
 
 
 def _warn_overexposed_devices(inv: Inventory) -> list[Violation]:
@@ -295,7 +309,7 @@ def _check_paths(inv: Inventory) -> list[Violation]:
     mounts = [mount_point(m) for m in inv.driver_mounts()]
     paths = inv.job.paths
     out: list[Violation] = []
-    listed = ", ".join(inv.container.volumes[:8]) + (", ..." if len(volumes) > 8 else "")
+    listed = ", ".join(v if len(v) <= 60 else show(v) for v in inv.container.volumes[:8]) + (", ..." if len(volumes) > 8 else "")
     for name, value in paths.all().items():
         if name == "tokenizer" and paths.tokenizer is None:
             continue  # it defaults to hf_weights, which is checked (and reported) itself
@@ -310,6 +324,17 @@ def _check_paths(inv: Inventory) -> list[Violation]:
         out.append(Violation(("job", "paths", "mcore_weights"), f"{paths.mcore_weights} and hf_weights {paths.hf_weights} overlap: conversion would write into (or replace) its own input"))
     if _within(save, hf):
         out.append(Violation(("job", "paths", "save_dir"), f"{paths.save_dir} is inside hf_weights {paths.hf_weights}: training would write checkpoints into the HF model"))
+    # What the job writes never goes into the HF model; and conversion replaces mcore_weights as
+    # a whole (a forced rerun renames the old directory away), so nothing else may live inside it.
+    for name in ("save_dir", "logs", "dataset_prefix", "replica", "raw_dataset", "tokenizer"):
+        value = getattr(paths, name)
+        if value is None or name == "mcore_weights":
+            continue
+        p = mount_point(value)
+        if name in ("logs", "dataset_prefix", "replica") and _within(p, hf):
+            out.append(Violation(("job", "paths", name), f"{value} is inside hf_weights {paths.hf_weights}: the job would write its {name.replace('_', ' ')} into the HF model"))
+        elif _within(p, mcore) and not _within(hf, mcore):
+            out.append(Violation(("job", "paths", name), f"{value} is inside mcore_weights {paths.mcore_weights}, which conversion replaces as a whole: give it a directory of its own"))
     return out
 
 

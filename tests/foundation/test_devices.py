@@ -59,10 +59,18 @@ def test_the_cpu_flavor_gets_no_npus() -> None:
 def test_more_visible_npus_than_ranks_refuses_per_node_storage() -> None:
     assert messages(edited(container__devices=16, job__storage="per-node")) == [
         "job.storage: per-node storage needs each host's containers to see exactly npus_per_node = 8 NPUs: "
-        "MindSpeed-LLM builds a node's dataset on its rank with rank % device_count == 0, and no rank of "
-        "'npu-b' (ranks 8-15, 16 NPUs visible) is one; give those hosts 8 devices or use storage: shared"
+        "MindSpeed-LLM builds a node's dataset on its rank with rank % device_count == 0, one per host only then; "
+        "'npu-a' (16 NPUs visible), 'npu-b' (16 NPUs visible, ranks 8-15: none is one) see more; "
+        "give those hosts 8 devices or use storage: shared"
     ]
     assert messages(edited(container__devices=8, job__storage="per-node")) == []
+    assert messages(edited(hosts__1__devices=list(range(8, 16)), job__storage="per-node")) == []
+
+
+def test_per_node_storage_refuses_any_host_that_sees_more_npus_than_it_uses() -> None:
+    # Host 0 alone sees 16: its rank 0 still builds, but the rule is the same for every host.
+    [line] = messages(edited(hosts__0__devices=16, job__storage="per-node"))
+    assert line.startswith("job.storage: per-node storage needs") and "'npu-a' (16 NPUs visible) see more" in line
 
 
 def test_more_visible_npus_than_ranks_only_warns_with_shared_storage() -> None:

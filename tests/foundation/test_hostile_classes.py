@@ -341,7 +341,8 @@ def _inet_aton_spellings(ip: ipaddress.IPv4Address) -> list[str]:
 
 def loopback_cases(ip: ipaddress.IPv4Address) -> list[Case]:
     cases = [case(s, ("hosts.0.address", s), expect=[("hosts[0].address", "is not a valid IPv4 address")]) for s in _inet_aton_spellings(ip)]
-    for s in [str(ip), f"::ffff:{ip}", "::1", "localhost6", "LOCALHOST.", "ip6-loopback", "x.localhost", "localhost.localdomain"]:
+    six_to_four = ipaddress.IPv6Address((0x2002 << 112) | (int(ip) << 80))
+    for s in [str(ip), f"::ffff:{ip}", "::1", "localhost6", "LOCALHOST.", "ip6-loopback", "x.localhost", "localhost.localdomain", f"64:ff9b::{ip}", str(six_to_four)]:
         cases.append(case(s, ("hosts.0.address", s), expect=[("hosts[0].address", "is a loopback address")]))
     return cases
 
@@ -500,6 +501,12 @@ def path_rules(tmp: Path) -> list[Case]:
         case("hf-in-mcore", ("job.paths.mcore_weights", "/apps/models"), expect=[("job.paths.mcore_weights", "overlap")]),
         case("same", ("job.paths.mcore_weights", "/apps/models/Qwen2.5-7B/"), expect=[("job.paths.mcore_weights", "overlap")]),
         case("save-hf", ("job.paths.save_dir", "/apps/models/Qwen2.5-7B"), expect=[("job.paths.save_dir", "training would write checkpoints into the HF model")]),
+        case("save-mcore", ("job.paths.save_dir", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2"), expect=[("job.paths.save_dir", "inside mcore_weights /apps/models/Qwen2.5-7B-mcore-tp4-pp2, which conversion replaces")]),
+        case("logs-mcore", ("job.paths.logs", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2/logs"), expect=[("job.paths.logs", "which conversion replaces as a whole")]),
+        case("data-mcore", ("job.paths.raw_dataset", "/apps/models/Qwen2.5-7B-mcore-tp4-pp2/a.parquet"), expect=[("job.paths.raw_dataset", "which conversion replaces as a whole")]),
+        case("prefix-hf", ("job.paths.dataset_prefix", "/apps/models/Qwen2.5-7B/alpaca"), expect=[("job.paths.dataset_prefix", "would write its dataset prefix into the HF model")]),
+        case("logs-hf", ("job.paths.logs", "/apps/models/Qwen2.5-7B/logs"), expect=[("job.paths.logs", "would write its logs into the HF model")]),
+        case("replica-hf", ("job.storage", "per-node"), ("job.paths.replica", "/apps/models/Qwen2.5-7B/r"), expect=[("job.paths.replica", "into the HF model")]),
         case("path-max", ("job.paths.logs", long_path), expect=[("job.paths.logs", "Linux takes at most 4095")]),
         case("name-max", ("job.paths.logs", "/apps/" + "n" * 256), expect=[("job.paths.logs", "component of 256 characters")]),
         case("option", ("job.paths.logs", "-rf"), expect=[("job.paths.logs", "must not start with '-'")]),
@@ -511,6 +518,17 @@ def path_rules(tmp: Path) -> list[Case]:
         case("relative", ("job.paths.logs", "apps/logs"), expect=[("job.paths.logs", "must be an absolute path")]),
         case("identity", ("ssh.identity", "~/.ssh/id;rm"), expect=[("ssh.identity", "may contain only")]),
     ]  # fmt: skip
+
+
+@table
+def non_text_keys(tmp: Path) -> list[Case]:
+    base = edited()
+    return [
+        Case("int-top", base + "1: 2\n", [("1", "a key must be text, YAML read this one as a number (1): quote it")]),
+        Case("float-top", base + "1.5: 2\n", [("1.5", "as a number")]),
+        Case("bool-env", edited(("job.env", {True: "1"})), [("job.env.true", "as a boolean (True)")]),
+        Case("int-training", edited(("job.training", {**BASE["job"]["training"], 7: 1})), [("job.training.7", "as a number (7)")]),
+    ]
 
 
 def test_a_docker_run_too_long_for_a_remote_shell(tmp_path):

@@ -10,8 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.safe_text import escape_non_printing
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line too (argparse prints the whole usage block first), pointing
+    at --help; a value holding a newline is shown escaped."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, escape_non_printing(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
 
 def register_commands(sub: argparse._SubParsersAction, modules: dict[str, str], own_prefix: str, extra: str,
@@ -42,7 +52,7 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
 def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix: str, extra: str, argv: list[str] | None,
             extras: dict[str, str] | None = None) -> int:
     """Parse, dispatch, and turn UserError into one line per problem on stderr."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_commands(sub, modules, own_prefix=own_prefix, extra=extra, extras=extras)
     args = parser.parse_args(argv)
@@ -51,7 +61,8 @@ def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix:
     except UserError as e:
         # An inventory with several violations reports each on its own line.
         for line in getattr(e, "lines", None) or [f"{prog} {args.command}: error: {e}"]:
-            print(line, file=sys.stderr)
+            # A path or value holding a newline must not split the line.
+            print(escape_non_printing(line), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: interrupted", file=sys.stderr)

@@ -203,3 +203,41 @@ def test_output_is_fsynced_before_it_is_renamed_into_place(jsonl: Path, qwen_tok
         first_rename = events.index(("replace", tmp))
         assert ("fsync", tmp) in events[:first_rename], tmp
     assert events[-1] == ("fsync", str(tmp_path / "o"))  # the directory, after the renames
+
+
+# -- deep nesting, names with newlines, usage errors -------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["jsonl-first", "jsonl-later", "array"])
+def test_json_nested_beyond_the_stack_is_one_line(where: str, qwen_tokenizer: Path, tmp_path: Path, capsys) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    src = tmp_path / ("in.json" if where == "array" else "in.jsonl")
+    if where == "jsonl-first":
+        src.write_text('{"text": ' + deep + "}\n")
+    elif where == "jsonl-later":
+        src.write_text('{"text": "fine"}\n' * 3 + '{"text": ' + deep + "}\n")
+    else:
+        src.write_text('[{"text": ' + deep + "}]\n")
+    rc, err = preprocess(capsys, src, qwen_tokenizer, tmp_path / "o" / "x")
+    line = one_error_line(err, "preprocess")
+    assert rc == 2 and str(src) in line and "nested too deeply" in line, line
+    assert leftovers(tmp_path / "o") == []
+
+
+def test_a_path_holding_a_newline_is_named_on_one_escaped_line(jsonl: Path, qwen_tokenizer: Path, tmp_path: Path, capsys) -> None:
+    rc, err = preprocess(capsys, Path(f"{jsonl}\nreboot"), qwen_tokenizer, tmp_path / "o" / "x")
+    line = one_error_line(err, "preprocess")
+    assert rc == 2 and f"{jsonl}\\nreboot" in line and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["convert", "--load-dir", "x", "--save-dir", "y", "--pp", "2", "--num-layer-list", "1,x"], ["convert", "--tp", "two"],
+     ["preprocess", "--workers", "many"], ["preprocess", "--input"], ["convert", "--engine", "a\nb", "-i", "x", "-o", "y"], ["nope"], []],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_pointing_at_help(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        runtime_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("q7x2-runtime") and ": error: " in err and "--help)" in err and "Traceback" not in err, err

@@ -129,7 +129,7 @@ def _shard_problem(path: Path, size: int) -> str | None:
             header = json.loads(f.read(n))
     except OSError as e:
         return f"cannot read: {reason(path, e)}"
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return "corrupt safetensors header (not JSON)"
     if not isinstance(header, dict):
         return "corrupt safetensors header (not a JSON object)"
@@ -180,7 +180,7 @@ class HFCheckpoint:
             try:
                 data = json.loads(index.read_text(encoding="utf-8"))
                 weight_map = data["weight_map"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
                 raise UserError(f"{index}: not a valid safetensors index ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise UserError(f"{index}: weight_map is not an object of tensor name -> shard file name")

@@ -54,7 +54,7 @@ class Checksums:
                 for rel, entry in files.items():
                     if rel.startswith(prefix) and rel.endswith(".pt"):
                         self.expected[iter_dir / rel[len(prefix):]] = (str(entry["sha256"]), int(entry["bytes"]), manifest)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
                 raise UserError(f"{manifest}: not a valid checksum manifest ({e.__class__.__name__}); restore it or delete it to skip the check") from None
             break
         self._problems: dict[Path, str] = {}

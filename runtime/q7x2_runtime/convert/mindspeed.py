@@ -81,7 +81,7 @@ def _whole_safetensors(path: Path) -> bool:
             header = json.loads(f.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         return path.stat().st_size >= 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except (OSError, ValueError, KeyError, TypeError, struct.error, RecursionError):
         return False
 
 
@@ -112,7 +112,7 @@ def missing_hf_output(out_dir: Path) -> list[str]:
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return missing + [f"{index} (unreadable)"]
     elif (out_dir / "model.safetensors").exists():
         shards = ["model.safetensors"]

@@ -185,7 +185,7 @@ def manifest_problem(directory: Path) -> str | None:
     try:
         files = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))["files"]
         items = [(str(rel), {"bytes": int(e["bytes"]), "sha256": str(e["sha256"])}) for rel, e in files.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         return f"{MANIFEST} is unreadable ({e.__class__.__name__})"
     with ThreadPoolExecutor(2) as pool:
         for problem in pool.map(lambda item: _file_problem(directory, *item), items):

@@ -176,7 +176,7 @@ def existing_conversion_matches(
 
     try:
         recorded = json.loads((save_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     if not isinstance(recorded, dict):
         return False

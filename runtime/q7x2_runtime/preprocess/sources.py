@@ -200,6 +200,8 @@ def _json_columns(path: Path) -> list[str]:
         obj = json.loads(stripped)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} line 1 is not valid JSON: {_one_line(e)}") from None
+    except RecursionError:
+        raise UserError(f"{path} line 1 is nested too deeply to be a record of text") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} line 1 is not a JSON object")
     return list(obj)
@@ -313,6 +315,8 @@ def _json(path: Path, keys: list[str], batch_rows: int) -> Iterator[dict[str, li
                 raise UserError(f"{path} line {lineno} is not valid UTF-8") from None
             except json.JSONDecodeError as e:
                 raise UserError(f"{path} line {lineno} is not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise UserError(f"{path} line {lineno} is nested too deeply to be a record of text") from None
             if not isinstance(obj, dict):
                 raise UserError(f"{path} line {lineno} is not a JSON object")
             pending.append(obj)
@@ -350,6 +354,8 @@ def _load_json_array(path: Path) -> list:
         raise UserError(f"{path} is not valid UTF-8") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a JSON array of records") from None
     if not isinstance(data, list):
         raise UserError(f"{path} is neither JSON lines nor a JSON array of objects")
     return data

@@ -14,12 +14,15 @@ from q7x2_runtime.jobspec import ClusterSpec, Job, JobSpec
 from q7x2_runtime.pretrain import replica_copy
 from q7x2_runtime.pretrain.complete import Layout
 from q7x2_runtime.pretrain.replica import (
+    PEER_STORE_DIR,
     Manifest,
     NodeShare,
     latest_fully_replicated,
     manifest_path,
+    next_host,
     node_dir,
     read_manifests,
+    replicates_to_next_host,
 )
 from q7x2_runtime.pretrain.replica_sync import Replicator, ReplicaSync, restore_for_job
 
@@ -196,11 +199,55 @@ def test_leftover_temporary_files_are_removed(tmp_path: Path) -> None:
     assert [p.name for p in d.iterdir()] == ["keep.pt"]
 
 
-def test_shared_storage_and_jobs_without_a_replica_path_do_not_replicate(tmp_path: Path) -> None:
+def test_shared_storage_does_not_replicate_and_no_replica_path_means_the_host_local_store(tmp_path: Path) -> None:
     spec = _spec(tmp_path, 0)
     shared = spec.model_copy(update={"job": spec.job.model_copy(update={"storage": "shared"})})
     assert ReplicaSync.for_job(shared, 0) is None
     no_path = spec.model_copy(update={"job": spec.job.model_copy(update={"paths": spec.job.paths.model_copy(update={"replica": None})})})
-    said: list[str] = []
-    assert ReplicaSync.for_job(no_path, 0) is None
-    assert restore_for_job(no_path, 0, log=said.append) is None and "job.paths.replica" in said[0]
+    s = ReplicaSync.for_job(no_path, 0)
+    assert s is not None and s.root == Path(no_path.job.paths.save_dir) / PEER_STORE_DIR
+    assert replicates_to_next_host(no_path) and not replicates_to_next_host(spec) and not replicates_to_next_host(shared)
+    assert [next_host(r, 3) for r in range(3)] == [1, 2, 0]
+    _megatron_save(tmp_path, 10)
+    s.push()  # the store lives in save_dir, where no resume rule looks (only iter_NNNNNNN entries)
+    assert [m.iteration for m in read_manifests(s.root)] == [10]
+    from q7x2_runtime.pretrain.complete import iterations_present
+
+    assert iterations_present(s.save_dir) == [10]
+
+
+def _peer_sync(tmp: Path, node: int) -> ReplicaSync:
+    spec = _spec(tmp, node, tp=2)
+    spec = spec.model_copy(update={"job": spec.job.model_copy(update={"paths": spec.job.paths.model_copy(update={"replica": None})})})
+    s = ReplicaSync.for_job(spec, node, log=lambda _m: None)
+    assert s is not None
+    return s
+
+
+def test_a_finished_node_waits_for_the_next_hosts_copy_of_the_last_save(tmp_path: Path) -> None:
+    s0, s1 = _peer_sync(tmp_path, 0), _peer_sync(tmp_path, 1)
+    for s in (s0, s1):
+        _save(s.save_dir, s.share.written(30), 30.0)
+        s.push()
+    rep = Replicator(s1, poll_s=0.05).start()
+
+    def _deployer() -> None:  # node 0's finished copy arrives on host 1 a little later
+        import time
+
+        time.sleep(0.3)
+        shutil.copytree(node_dir(s0.root, 0), node_dir(s1.root, 0))
+
+    import threading
+
+    th = threading.Thread(target=_deployer)
+    th.start()
+    assert rep.wait_for_next_host(timeout_s=30) == 30
+    th.join()
+    rep.stop()
+    assert read_latest_iteration(s1.save_dir) == 30
+    assert (s1.save_dir / "iter_0000030" / "mp_rank_00" / "model_optim_rng.pt").is_file()
+    # Nobody copies: the wait is bounded and says so; what the node wrote stays.
+    lone = Replicator(_peer_sync(tmp_path / "b", 1), poll_s=0.05)
+    _save(lone.sync.save_dir, lone.sync.share.written(30), 30.0)
+    assert lone.start().wait_for_next_host(timeout_s=0.2) is None
+    lone.stop()

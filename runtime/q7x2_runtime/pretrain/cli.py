@@ -102,8 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         cwd = None
     print(f"{prefix}: + {shlex.join(argv)}", flush=True)
     offset = log.stat().st_size if log.is_file() else 0
-    with replica_sync.replicating(spec, placement.node_rank):  # per-node storage: copies each save meanwhile
+    with replica_sync.replicating(spec, placement.node_rank) as replicator:  # per-node storage: copies each save meanwhile
         code = run_teed(argv, log=log, cwd=cwd, env=env)
+        if code == 0 and replicator is not None:
+            replicator.wait_for_next_host()  # the last save of the other nodes, so every host ends whole
     if code != 0:
         status = 128 - code if code < 0 else code
         reason = explain_failure(read_new_output(log, offset), placement)

@@ -20,6 +20,13 @@ wrote for each iteration, under a manifest written last:
 A copy without its manifest is unfinished and ignored. An iteration is fully replicated when the
 manifests of all nodes together list every file the job's layout needs (complete.Layout).
 
+Without job.paths.replica the store is host-local, inside each host's save_dir
+(`<save_dir>/.q7x2-replicas`, so it is inside the container volumes and has the same path on every
+host), and the deployer copies each node's finished copies to the next host, node r's to node
+(r + 1) mod nnodes (q7x2_deploy.executor.peer_replication). Each host's store then holds its own
+copies and its predecessor's; an iteration is fully replicated when every file of it is held,
+in finished copies, by two hosts, so it survives the loss of any one.
+
 This module is pure (no torch): the deployer's `status` and `collect` use it too.
 """
 
@@ -104,10 +111,28 @@ class NodeShare:
         return cls(Layout.of(spec.job), node_rank, spec.job.parallelism.npus_per_node, spec.cluster.nnodes)
 
 
+PEER_STORE_DIR = ".q7x2-replicas"
+
+
 def replica_root(spec: JobSpec) -> Path | None:
-    """The job's directory in the replica store, or None when the job names no replica path."""
+    """The job's directory in the replica store: under job.paths.replica when given, else the
+    host-local store in save_dir (per-node storage); None for shared storage without a replica."""
     r = spec.job.paths.replica
-    return Path(r) / spec.job.name if r else None
+    if r:
+        return Path(r) / spec.job.name
+    if spec.job.storage == "per-node":
+        return Path(spec.job.paths.save_dir) / PEER_STORE_DIR
+    return None
+
+
+def replicates_to_next_host(spec: JobSpec) -> bool:
+    """Per-node storage without a replica path: each node's copies go to the next host."""
+    return spec.job.storage == "per-node" and not spec.job.paths.replica
+
+
+def next_host(node_rank: int, nnodes: int) -> int:
+    """The node rank whose host keeps the second copy of node_rank's files."""
+    return (node_rank + 1) % nnodes
 
 
 def node_dir(root: Path, node_rank: int) -> Path:
@@ -177,6 +202,21 @@ def fully_replicated(manifests: list[Manifest], layout: Layout) -> list[int]:
     """Iterations, ascending, whose every file of the layout is in some node's finished copy."""
     found = sorted({m.iteration for m in manifests})
     return [n for n in found if n > 0 and all(str(rel) in sources(manifests, n) for rel in layout.files(n))]
+
+
+def held_twice(seen: dict[str, list[Manifest]], layout: Layout) -> list[int]:
+    """Iterations, ascending, whose every file of the layout is in finished copies on at least
+    two hosts (host -> the manifests of that host's store): the loss of one host loses none.
+    With one host, its own copy is all there can be."""
+    need = min(2, len(seen))
+    holders: dict[tuple[int, str], set[str]] = {}
+    for host, ms in seen.items():
+        for m in ms:
+            for rel in m.files:
+                holders.setdefault((m.iteration, rel), set()).add(host)
+    found = sorted({it for it, _ in holders})
+    return [n for n in found if n > 0 and need > 0
+            and all(len(holders.get((n, str(rel)), ())) >= need for rel in layout.files(n))]
 
 
 def latest_fully_replicated(manifests: list[Manifest], layout: Layout) -> int | None:

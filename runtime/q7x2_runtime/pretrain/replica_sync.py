@@ -1,6 +1,7 @@
 """The replicator: started by `q7x2-runtime pretrain` next to the engine on every node of a
-per-node-storage job that names a replica path, it keeps the replica store and the node's
-save_dir in step without stopping training.
+per-node-storage job, it keeps the replica store and the node's save_dir in step without
+stopping training. The store is job.paths.replica when the job names one, else the host-local
+store in save_dir, which the deployer keeps copying to the next host (replica.py).
 
 One pass (every few seconds, and once more after the engine exits):
 1. push: each iteration in save_dir whose files written by this node are all whole (a torch.save
@@ -22,6 +23,7 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,12 +41,15 @@ from q7x2_runtime.pretrain.replica import (
     node_dir,
     read_manifests,
     replica_root,
+    replicates_to_next_host,
     sources,
 )
 from q7x2_runtime.pretrain.replica_copy import copy_file_atomic, remove_leftovers, write_text_atomic
 
 KEEP_REPLICATED = 2
 POLL_S = 2.0
+# How long a node whose engine finished waits for the other nodes' last copies (next-host mode).
+NEXT_HOST_WAIT_S = 120.0
 
 Log = Callable[[str], None]
 
@@ -207,6 +212,33 @@ class Replicator:
         self._thread.join()
         self._pass(engine_running=False)
 
+    def wait_for_next_host(self, timeout_s: float = NEXT_HOST_WAIT_S) -> int | None:
+        """After the engine finished: with the next-host copies, the deployer copies the other
+        nodes' last save into this host's store a few seconds after they wrote it, so passes run
+        (bounded) until save_dir holds the newest iteration whole; returns the iteration filled.
+        """
+        self._stop.set()  # the loop's passes and these must not copy the same file at once
+        if self._thread.is_alive():
+            self._thread.join()
+        newest = max(iterations_present(self.sync.save_dir), default=None)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sync.push()
+                filled = self.sync.fill(write_tracker_file=True)
+            except Exception as e:  # noqa: BLE001 - the checkpoint is saved; this only completes the copies
+                filled = None
+                self._last_error = str(e) or type(e).__name__
+            if newest is None or (filled is not None and filled >= newest):
+                return filled
+            if time.monotonic() >= deadline:
+                print(f"q7x2-runtime replica: node {self.sync.me}: iteration {newest} is not yet whole in "
+                      f"{self.sync.root} after {timeout_s:.0f}s (the other nodes' copies come from the deployer "
+                      "while it watches the job); save_dir keeps what this node wrote",
+                      file=sys.stderr, flush=True)
+                return filled
+            time.sleep(self.poll_s)
+
     def __enter__(self) -> "Replicator":
         return self.start()
 
@@ -219,19 +251,17 @@ def restore_for_job(spec: JobSpec, node_rank: int, log: Log = _print) -> int | N
     if spec.job.storage != "per-node":
         return None
     sync = ReplicaSync.for_job(spec, node_rank, log)
-    if sync is None:
-        log(f"node {node_rank}: per-node storage without job.paths.replica: checkpoints stay on the host "
-            "that wrote them (set job.paths.replica to a path every host mounts to replicate them)")
-        return None
-    return sync.restore()
+    return sync.restore() if sync is not None else None
 
 
 @contextmanager
-def replicating(spec: JobSpec, node_rank: int, log: Log = _print) -> Iterator[None]:
-    """The launcher's hook around the engine: replicate while it runs, and once more after."""
+def replicating(spec: JobSpec, node_rank: int, log: Log = _print) -> Iterator[Replicator | None]:
+    """The launcher's hook around the engine: replicate while it runs, and once more after.
+    Yields the replicator when the copies go to the next host (None otherwise), for
+    `wait_for_next_host` once the engine has finished."""
     sync = ReplicaSync.for_job(spec, node_rank, log)
     if sync is None:
-        yield
+        yield None
         return
-    with Replicator(sync):
-        yield
+    with Replicator(sync) as rep:
+        yield rep if replicates_to_next_host(spec) else None

@@ -55,7 +55,11 @@ def status_table(job: str, rows: list[HostStatus], replication: Replication | No
 
 def describe_replication(rep: Replication) -> str:
     if rep.iteration is None:
-        return f"replica {rep.location}: no checkpoint iteration fully replicated yet"
+        where = f"on the {rep.location}" if rep.location.startswith("next host") else rep.location
+        return f"replica {where}: no checkpoint iteration fully replicated yet"
+    if rep.location.startswith("next host"):
+        return (f"replica on the {rep.location}: iteration {rep.iteration} fully replicated "
+                "(every file of it on two hosts)")
     return f"replica {rep.location}: iteration {rep.iteration} fully replicated (every file of it, from all nodes)"
 
 

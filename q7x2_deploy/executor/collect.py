@@ -1,7 +1,8 @@
 """`collect`: one checkpoint iteration gathered from every host into one local directory.
 
-With per-node storage each host holds the files its own ranks wrote (and, with a replica store,
-the store holds every node's copy). Each host lists what it has - its save_dir and the store's
+With per-node storage each host holds the files its own ranks wrote (and, with a replica path,
+the store holds every node's copy; without one, each host's own store holds its node's copies
+and the previous host's). Each host lists what it has - its save_dir and the store's
 finished copies (manifest present) - and every file of the iteration (complete.Layout) is
 fetched from the first source that has it whole: the hosts' save_dirs first, then the store.
 Files arrive under temporary names; the result is judged by the runtime's one completeness rule

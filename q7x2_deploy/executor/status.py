@@ -159,7 +159,8 @@ def job_replication(cluster: Cluster, rows: list[HostStatus]) -> Replication | N
     """The replica store as every reachable host sees it; sets each row's replica_iteration."""
     if listing_argv(cluster.plan.job_spec) is None:
         return None
-    rep = summarize(cluster.plan.job_spec, {r.host: r.replica_seen for r in rows if r.replica_seen is not None})
+    rep = summarize(cluster.plan.job_spec, {r.host: r.replica_seen for r in rows if r.replica_seen is not None},
+                    {r.host: r.rank for r in rows})
     for r in rows:
         r.replica_iteration = rep.node_iteration(r.rank)
     return rep

@@ -26,6 +26,7 @@ from q7x2_deploy.executor.cluster import Cluster
 from q7x2_deploy.executor.failure_record import diagnose_attempt, write_result
 from q7x2_deploy.executor.fanout import for_each
 from q7x2_deploy.executor.metrics import parse_line
+from q7x2_deploy.executor.peer_replication import Mirror
 from q7x2_deploy.runs.output import LogSink
 from q7x2_deploy.executor.status import quiet_for
 from q7x2_deploy.plan import HostPlan, StepPlan
@@ -311,6 +312,13 @@ class Supervisor:
         runners = [threading.Thread(target=self._run_host, args=(h, steps, existing.get(h.name, {}), watch),
                                     daemon=True) for h, steps in work]
         self._runners = runners
+        # Per-node storage without a replica path: the stores are brought up to date before any
+        # container starts (a spare or a wiped host restores), then kept copied to the next host.
+        mirror = Mirror.for_cluster(self.cluster, self.sink.note) if phase == "train" else None
+        if mirror is not None:
+            mirror.try_restore()
+            if watch:
+                mirror.start()
         for th in beats + runners:
             th.start()
         watch_quiet = _QuietWatch(self.sink, phase, self.quiet_warning_s)
@@ -329,6 +337,8 @@ class Supervisor:
                     break
         finally:
             done.set()
+            if mirror is not None:
+                mirror.stop(final_pass=watch and self.failure is None)
         if self.failure is not None:
             self.raise_failure()
 

@@ -40,5 +40,10 @@ def test_the_newest_iteration_every_file_of_which_is_in_the_store(tmp_path: Path
 
 
 def test_no_store_no_listing(tmp_path: Path) -> None:
-    assert listing_argv(_spec(tmp_path, replica=None)) is None
+    assert listing_argv(_spec(tmp_path, storage="shared", replica=None)) is None
     assert listing_argv(_spec(tmp_path, storage="shared")) is None
+
+
+def test_without_a_replica_path_each_host_lists_its_own_store(tmp_path: Path) -> None:
+    argv = listing_argv(_spec(tmp_path, replica=None))
+    assert argv is not None and argv[-1] == str(tmp_path / "ckpt" / ".q7x2-replicas")

@@ -1,9 +1,10 @@
 """Per-node storage end to end on the session sandbox (2 hosts, cpu image, the sample model, tp 2 so
-each host writes its own half of every checkpoint): the replicator leaves the tracker and the whole
-iteration on every host and a copy in the replica store; a job stopped after a save and started
-again with one host's save_dir deleted is restored from the replica and resumes with the losses of
-an uninterrupted run; `collect` gathers a checkpoint whose HF conversion gives the trained model's
-logits."""
+each host writes its own half of every checkpoint), in the default mode without job.paths.replica:
+each node's copies go to the other host through the deployer, every host ends with the tracker and
+the whole iteration; a job stopped after a save and started again with one host's save_dir (and the
+store in it) deleted is restored from the other host's copies and resumes with the losses of an
+uninterrupted run; `collect` gathers a checkpoint whose HF conversion gives the trained model's
+logits. The job.paths.replica mode is covered by the replicator's and status's unit tests."""
 
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ def image_ref(sandbox_cluster) -> str:  # type: ignore[no-untyped-def]
 def _inventory(sandbox_cluster, tmp_path: Path, job: str, image_ref: str, port: int) -> Path:  # type: ignore[no-untyped-def]
     inv = derive_inventory(sandbox_cluster.inventory, tmp_path / f"{job}.yaml", job=job, image_ref=image_ref, port=port,
                            storage="per-node", train_iters=TRAIN_ITERS, job__parallelism__tp=2,
-                           job__training__save_interval=10,
-                           job__paths__replica=f"/shared/{E2E_ROOT}/{job}/replica")
+                           job__training__save_interval=10)
     cli("down", str(inv), cwd=tmp_path)
     shutil.rmtree(sandbox_cluster.shared_dir / E2E_ROOT / job, ignore_errors=True)
     for i in range(2):
@@ -48,6 +48,11 @@ def _inventory(sandbox_cluster, tmp_path: Path, job: str, image_ref: str, port: 
 
 def _save_dir(sandbox_cluster, i: int, job: str) -> Path:  # type: ignore[no-untyped-def]
     return sandbox_cluster.data_dir(i) / E2E_ROOT / job / "ckpt"
+
+
+def _store(sandbox_cluster, i: int, job: str) -> Path:  # type: ignore[no-untyped-def]
+    """Host i's replica store: its own copies and the other host's."""
+    return _save_dir(sandbox_cluster, i, job) / ".q7x2-replicas"
 
 
 def _tracker(save_dir: Path) -> int | None:
@@ -91,6 +96,8 @@ def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, t
         assert _tracker(save_dir) == TRAIN_ITERS, f"host {i} lacks the tracker"
         for t in range(2):  # the whole iteration on each host, though each wrote only its half
             assert (save_dir / f"iter_{TRAIN_ITERS:07d}" / f"mp_rank_0{t}" / "model_optim_rng.pt").is_file()
+    for i in range(2):  # each node's last save is on the other host too
+        assert (_store(sandbox_cluster, 1 - i, ref_job) / f"node-{i}" / f"iter_{TRAIN_ITERS:07d}.json").is_file()
     status = _status(ref_inv, tmp_path)
     assert status["replication"]["fully_replicated_iteration"] == TRAIN_ITERS
     assert {h["host"]: h["replica_iteration"] for h in status["hosts"]} == {"sbx-1": TRAIN_ITERS, "sbx-2": TRAIN_ITERS}
@@ -128,10 +135,10 @@ def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, t
     inv = _inventory(sandbox_cluster, tmp_path, job, image_ref, 6232)
     det = cli("up", str(inv), "--detach", cwd=tmp_path, timeout=1500)
     assert det.returncode == 0, det.stdout + det.stderr
-    replica = sandbox_cluster.shared_dir / E2E_ROOT / job / "replica" / job
     deadline = time.monotonic() + 900
-    def _both_replicated() -> set[str]:  # the replicator may skip to the newest save: any one will do
-        marks = [{m.name for m in (replica / f"node-{i}").glob("iter_*.json")} for i in range(2)]
+    def _both_replicated() -> set[str]:  # on the other host; the copies may skip to the newest save
+        marks = [{m.name for m in (_store(sandbox_cluster, 1 - i, job) / f"node-{i}").glob("iter_*.json")}
+                 for i in range(2)]
         return marks[0] & marks[1]
 
     while not _both_replicated():
@@ -143,6 +150,7 @@ def test_replicate_resume_restore_and_collect(sandbox_cluster, image_ref: str, t
     shutil.rmtree(_save_dir(sandbox_cluster, 0, job))
     up = cli("up", str(inv), cwd=tmp_path, timeout=1500)
     assert up.returncode == 0, f"{up.stdout[-4000:]}\n{up.stderr[-2000:]}"
+    assert "restored into the replica store of sbx-1" in up.stdout, up.stdout[-4000:]
     assert "file(s) of iteration" in up.stdout and "copied from the replica" in up.stdout
     # Both nodes resume from one iteration: the newest complete one, which is at least the one the
     # replica store held entirely when the job stopped (a later save may have been complete on the

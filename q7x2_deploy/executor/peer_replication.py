@@ -46,6 +46,7 @@ from q7x2_runtime.pretrain.replica import (
 
 POLL_S = 5.0
 COPY_TIMEOUT_S = 3600.0
+STOP_WAIT_S = 30.0
 
 Log = Callable[[str], None]
 
@@ -231,9 +232,12 @@ class Mirror:
         return self
 
     def stop(self, *, final_pass: bool) -> None:
-        """Stop the loop; with final_pass, one more so the last save is copied too."""
+        """Stop the loop; with final_pass (the phase ended well), let a copy under way finish and
+        run one more pass so the last save is copied too. Without it (a failure, recovery next)
+        a copy under way is waited for STOP_WAIT_S at most: a stream from a lost host may take
+        long to break, and the next attempt's mirror resumes where this one stopped."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(None if final_pass else STOP_WAIT_S)
         if final_pass:
             self._pass(self.mirror_once)

@@ -224,3 +224,24 @@ def _listings(cluster: Cluster) -> dict[str, list[Manifest]]:
     argv = listing_argv(cluster.plan.job_spec)
     assert argv is not None
     return {h.name: parse_listing(cluster.transport(h).check(argv).stdout) for h in cluster.hosts}
+
+
+def test_a_failed_phase_does_not_wait_long_for_a_copy_under_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from q7x2_deploy.executor import peer_replication
+
+    cluster = _cluster(tmp_path)
+    mirror = Mirror.for_cluster(cluster, lambda _m: None)
+    assert mirror is not None
+    release = threading.Event()
+    monkeypatch.setattr(peer_replication, "STOP_WAIT_S", 0.2)
+    monkeypatch.setattr(mirror, "mirror_once", lambda: release.wait(30))  # a stream that does not end
+    mirror.poll_s = 0.01
+    mirror.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    mirror.stop(final_pass=False)
+    assert time.monotonic() - started < 5
+    release.set()

@@ -245,3 +245,31 @@ def test_a_failed_phase_does_not_wait_long_for_a_copy_under_way(tmp_path: Path, 
     mirror.stop(final_pass=False)
     assert time.monotonic() - started < 5
     release.set()
+
+
+class _Lost(_DirHost):
+    def run(self, argv: Sequence[str], *, stdin: bytes | Iterable[bytes] | None = None,
+            timeout: float | None = 60.0) -> CommandResult:
+        from q7x2_deploy.transport import HostUnreachable
+
+        raise HostUnreachable("no route to host", host=self.host)
+
+
+def test_collect_takes_a_lost_hosts_files_from_the_next_hosts_copy(tmp_path: Path) -> None:
+    from q7x2_deploy.executor.collect import collect
+
+    cluster = _cluster(tmp_path)
+    _save(cluster, tmp_path, 10)
+    for k in range(2):
+        _local(cluster, tmp_path, k).push()  # host 1's save_dir holds its own half only
+    mirror = Mirror.for_cluster(cluster, lambda _m: None)
+    assert mirror is not None
+    mirror.mirror_once()
+    cluster.transports["h0"] = _Lost("h0", tmp_path / "h0")
+    said: list[str] = []
+    dest = tmp_path / "collected"
+    assert collect(cluster, dest, None, said.append) == 10
+    assert "iter_0000010/mp_rank_00/model_optim_rng.pt: from h1 (replica node-0)" in said
+    assert read_latest_iteration(dest) == 10 and missing_files(dest, Layout.of(cluster.plan.job_spec.job), 10) == []
+    original = _local(cluster, tmp_path, 0).save_dir / "iter_0000010" / "mp_rank_00" / "model_optim_rng.pt"
+    assert (dest / "iter_0000010" / "mp_rank_00" / "model_optim_rng.pt").read_bytes() == original.read_bytes()

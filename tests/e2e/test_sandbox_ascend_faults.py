@@ -135,7 +135,7 @@ def test_a_per_node_job_sees_exactly_its_npus(own_sandbox, tmp_path: Path) -> No
     r = cli("validate", str(wide), cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "job.storage: per-node storage needs each host's containers to see exactly npus_per_node = 8 NPUs" in r.stderr, r.stderr
-    assert "no rank of 'sbx-2' (ranks 8-15, 16 NPUs visible)" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'sbx-2' (16 NPUs visible, ranks 8-15: none is one)" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_check_names_an_unhealthy_npu_and_a_down_link(own_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

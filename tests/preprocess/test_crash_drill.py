@@ -86,6 +86,9 @@ def test_killed_preprocess_leaves_nothing_complete_and_a_rerun_equals_a_clean_ru
         rerun = run_cli(*argv, env=env, timeout=900)
         assert rerun.returncode == 0, rerun.stderr
         assert debris_in(out) == [], "a rerun must remove what the killed run left"
+        # Nor anything in TMPDIR (workers get their work through pipes) or the engine cache.
+        assert sorted(p.name for p in tmp_path.iterdir()) in (["out"], ["cache", "out"]), list(tmp_path.iterdir())
+        assert [p.name for p in (tmp_path / "cache").rglob(".*")] == [], "a killed run's cache temporaries must be gone"
         assert outputs(out) == expected, "a rerun must equal a clean run"
         remove_outputs(out)
     assert killed >= 2

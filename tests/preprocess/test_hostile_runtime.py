@@ -241,3 +241,20 @@ def test_a_usage_error_is_one_line_pointing_at_help(argv: list[str], capsys) -> 
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("q7x2-runtime") and ": error: " in err and "--help)" in err and "Traceback" not in err, err
+
+
+def test_a_killed_runs_engine_cache_temporary_is_removed_by_the_next_store(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from q7x2_runtime.preprocess import engine_cache
+    from q7x2_runtime.preprocess.engines import EngineSpec
+
+    monkeypatch.setattr(engine_cache, "cache_dir", lambda: tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f".tmp-{dead}-abc.json").write_text('{"half": ')
+    live = tmp_path / f".tmp-{os.getpid()}-def.json"
+    live.write_text("{}")
+    spec = EngineSpec(name="hf", tokenizer_dir=str(tmp_path), fast=None, fallback_reason=None, eos_token_id=None, vocab_size=1, tokenizer_sha256="0", tokenizer_json_sha256=None)
+    engine_cache.store("k", spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["k.json", live.name])

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from q7x2_runtime.debris import pid_gone
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.cache import cache_root
 from q7x2_runtime.preprocess.engines import EngineChecks, EngineSpec, choose_engine, tokenizer_identity
@@ -84,12 +85,22 @@ def store(key: str, spec: EngineSpec) -> None:
     }
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+        _remove_dead_temporaries(d)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}-", suffix=".json")
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)
         os.replace(tmp, d / f"{key}.json")
     except OSError:
         pass  # a read-only home only costs the next run its start-up time
+
+
+def _remove_dead_temporaries(d: Path) -> None:
+    """A run killed while storing its decision leaves `.tmp-PID-*.json`; remove those whose
+    writer is gone (a live run's are its own business)."""
+    for tmp in d.glob(".tmp-*-*.json"):
+        pid = tmp.name.split("-", 2)[1]
+        if pid.isdigit() and pid_gone(int(pid), tmp):
+            tmp.unlink(missing_ok=True)
 
 
 def cached_engine(tokenizer_dir: str, force: str | None = None) -> EngineSpec | None:

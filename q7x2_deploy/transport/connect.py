@@ -7,6 +7,7 @@ any host. Jump-host connections live in a `JumpPool` shared by every host behind
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from typing import TYPE_CHECKING
@@ -47,6 +48,36 @@ def _low_latency_socket(sock: socket.socket) -> socket.socket:
     return prompt
 
 
+# Private keys parsed once per version of the file, not once per login: given a key file,
+# paramiko reads and parses it afresh for every connection, trying the RSA and ECDSA
+# parsers before the Ed25519 one, a cost every host of a large cluster pays again.
+_IDENTITIES: dict[str, tuple[tuple[int, ...], paramiko.PKey]] = {}
+_IDENTITIES_LOCK = threading.Lock()
+
+
+def _parsed_identity(path: str) -> paramiko.PKey | None:
+    """The key in `path` (its `-cert.pub` certificate loaded too, as paramiko does), parsed
+    once per version of the file; None when it cannot be loaded without help (a missing
+    file, a passphrase, an unknown type): paramiko then reads the file and reports as usual."""
+    try:
+        st = os.stat(path)
+        cert = os.stat(path + "-cert.pub") if os.path.exists(path + "-cert.pub") else None
+    except OSError:
+        return None
+    version = (st.st_mtime_ns, st.st_size, st.st_ino, *((cert.st_mtime_ns, cert.st_size) if cert else ()))
+    with _IDENTITIES_LOCK:
+        cached = _IDENTITIES.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+    try:
+        key = paramiko.PKey.from_path(path)
+    except Exception:  # paramiko's own login attempt gives the error the user should see
+        return None
+    with _IDENTITIES_LOCK:
+        _IDENTITIES[path] = (version, key)
+    return key
+
+
 def login(c: SSHConfig, sock: socket.socket | paramiko.Channel) -> paramiko.SSHClient:
     """Log in over an open stream (a TCP socket or a jump host's channel), verifying the host key.
 
@@ -61,13 +92,15 @@ def login(c: SSHConfig, sock: socket.socket | paramiko.Channel) -> paramiko.SSHC
             client.get_host_keys().add(name, keytype, key)
     client.set_missing_host_key_policy(VerifyingPolicy(c.host, c.known_hosts_path, c.accept_new_host_keys))
     keys = c.identity_files
+    pkey = _parsed_identity(keys[0]) if len(keys) == 1 else None
     try:
         client.connect(
             sock=sock,  # type: ignore[arg-type]  # paramiko takes a Channel as the stream too
             hostname=c.address,
             port=c.port,
             username=c.user,
-            key_filename=keys or None,  # type: ignore[arg-type]  # paramiko takes a list of files too
+            pkey=pkey,
+            key_filename=None if pkey is not None else keys or None,  # type: ignore[arg-type]  # paramiko takes a list of files too
             timeout=c.connect_timeout,
             banner_timeout=c.connect_timeout,
             auth_timeout=c.connect_timeout,

@@ -20,6 +20,10 @@ _APPEND_LOCK = threading.Lock()
 # known_hosts parsed once per version of the file, not once per host: parsing builds a key
 # object per line, so with one file naming every host, per-host parsing grew with hosts².
 _PARSED: dict[Path, tuple[tuple[int, int, int], paramiko.HostKeys]] = {}
+# Per parsed file, each plainly named host's keys: paramiko's lookup walks every entry, so
+# looking up every host of a file that names them all cost O(hosts²) again.
+# Holds the table itself, so an id is never that of a freed table.
+_BY_NAME: dict[int, tuple[paramiko.HostKeys, dict[str, dict[str, paramiko.PKey]] | None]] = {}
 _PARSED_LOCK = threading.Lock()
 
 
@@ -56,8 +60,35 @@ def load_known_hosts(path: Path) -> paramiko.HostKeys:
 
 def keys_for(path: Path, name: str) -> dict[str, paramiko.PKey]:
     """The known keys of one host (by its known_hosts name; hashed entries match too)."""
-    found = load_known_hosts(path).lookup(name)
+    table = load_known_hosts(path)
+    index = _name_index(table)
+    if index is not None:
+        return dict(index.get(name, {}))
+    found = table.lookup(name)
     return dict(found.items()) if found else {}
+
+
+def _name_index(table: paramiko.HostKeys) -> dict[str, dict[str, paramiko.PKey]] | None:
+    """name -> {key type: key} of a parsed table; None if it has hashed names (only
+    paramiko's lookup can match those), which are then looked up as before."""
+    with _PARSED_LOCK:
+        cached = _BY_NAME.get(id(table))
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        index: dict[str, dict[str, paramiko.PKey]] | None = {}
+        # paramiko keeps the lines in file order (no public accessor); the first key of a type wins.
+        for entry in table._entries:  # type: ignore[attr-defined]
+            if index is None or any(h.startswith("|1|") for h in entry.hostnames):
+                index = None
+                break
+            if entry.key is None:
+                continue
+            for h in entry.hostnames:
+                index.setdefault(h, {}).setdefault(entry.key.get_name(), entry.key)
+        if len(_BY_NAME) >= 8:  # older versions of the files are not asked about again
+            _BY_NAME.pop(next(iter(_BY_NAME)))
+        _BY_NAME[id(table)] = (table, index)
+        return index
 
 
 def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:

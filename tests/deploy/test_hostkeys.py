@@ -41,3 +41,20 @@ def test_hashed_entries_and_a_missing_file(tmp_path):
     assert keys_for(path, "[10.0.0.7]:2222")["ssh-rsa"] == key
     assert keys_for(path, "[10.0.0.8]:2222") == {}
     hostkeys._PARSED.clear()
+
+
+def test_the_name_index_answers_as_paramiko_lookup_does(tmp_path, monkeypatch):
+    path = tmp_path / "known_hosts"
+    a, b, c = _key(), _key(), _key()
+    # Two entries for one host (the first key of a type wins), a line naming two hosts.
+    path.write_text("".join(f"{names} {k.get_name()} {k.get_base64()}\n"
+                            for names, k in (("10.0.0.1", a), ("10.0.0.1", b), ("10.0.0.2,[10.0.0.3]:2222", c))))
+    table = load_known_hosts(path)
+    lookups = []
+    real_lookup = paramiko.HostKeys.lookup
+    monkeypatch.setattr(paramiko.HostKeys, "lookup", lambda self, n: (lookups.append(n), real_lookup(self, n))[1])
+    for name in ("10.0.0.1", "10.0.0.2", "[10.0.0.3]:2222", "10.0.0.3", "10.0.0.9"):
+        found = real_lookup(table, name)
+        assert keys_for(path, name) == (dict(found.items()) if found else {})
+    assert keys_for(path, "10.0.0.1")["ssh-rsa"] == a
+    assert lookups == []  # answered from the index, not by walking every entry per host

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from q7x2_deploy.errors import DeployError
@@ -120,3 +122,25 @@ def test_connection_sends_small_packets_at_once_and_acknowledges_promptly(ssh: S
         assert isinstance(sock, _PromptAckSocket)
     ssh.close()
     ssh.ping()  # a fresh connection through the same path still works
+
+
+def test_the_identity_file_is_parsed_once_per_version(ssh_config: SSHConfig, monkeypatch) -> None:
+    from q7x2_deploy.transport import connect
+
+    monkeypatch.setattr(connect, "_IDENTITIES", {})
+    parsed: list[str] = []
+    real = paramiko.PKey.from_path
+    monkeypatch.setattr(paramiko.PKey, "from_path", staticmethod(lambda p, password=None: (parsed.append(str(p)), real(p, password))[1]))
+    for _ in range(3):
+        t = SSHTransport(ssh_config)
+        assert t.run(["true"], timeout=30).ok
+        t.close()
+    assert parsed == [str(ssh_config.identity)]
+    # A rewritten key file (same key, new version) is read again.
+    identity = Path(str(ssh_config.identity))
+    identity.write_bytes(identity.read_bytes())
+    os.utime(identity, ns=(1, 1))
+    t = SSHTransport(ssh_config)
+    t.ping()
+    t.close()
+    assert len(parsed) == 2

@@ -12,6 +12,7 @@ one (`&a [*a]`); both are refused here with one line instead of exhausting memor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,28 @@ except ImportError:  # PyYAML without libyaml: the pure-Python parser, slower bu
     _EVENT_BASES = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
 
 
-class _BoundedLoader(yaml.composer.Composer, *_EVENT_BASES, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):  # type: ignore[misc]
+class _NumberResolver(yaml.resolver.Resolver):
+    """YAML 1.1's implicit numbers without its surprises: `1:40` is not the sexagesimal 100 and
+    `010` is not the octal 8 (both stay text, which the typed fields then refuse), while `1e-6`
+    is the float YAML 1.2 reads it as (1.1 leaves it text)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
+    }
+
+
+_NumberResolver.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?0o[0-7_]+)$"), list("-+0123456789")
+)
+_NumberResolver.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+class _BoundedLoader(yaml.composer.Composer, *_EVENT_BASES, yaml.constructor.SafeConstructor, _NumberResolver):  # type: ignore[misc]
     def __init__(self, text: str) -> None:
         if _EventParser is None:
             yaml.reader.Reader.__init__(self, text)
@@ -51,7 +73,7 @@ class _BoundedLoader(yaml.composer.Composer, *_EVENT_BASES, yaml.constructor.Saf
             _EventParser.__init__(self, text)
         yaml.composer.Composer.__init__(self)
         yaml.constructor.SafeConstructor.__init__(self)
-        yaml.resolver.Resolver.__init__(self)
+        _NumberResolver.__init__(self)
         self._composed = 0
         self._depth = 0
 

@@ -521,6 +521,25 @@ def path_rules(tmp: Path) -> list[Case]:
 
 
 @table
+def yaml_1_1_numbers(tmp: Path) -> list[Case]:
+    # Sexagesimal (1:40 = 100) and leading-zero octal (010 = 8) are not read as numbers.
+    text = BASE_TEXT.replace("port: 6000", "port: 1:40").replace("tp: 4", "tp: 04")
+    return [Case("sexagesimal-and-octal", text, [("master.port", "valid integer (got '1:40')"), ("job.parallelism.tp", "valid integer (got '04')")])]
+
+
+def test_yaml_numbers_read_as_yaml_1_2_does():
+    from q7x2_deploy.yaml_source import parse_yaml
+
+    spelled = {"1:40": "1:40", "010": "010", "0x10": 16, "0o17": 15, "12": 12, "1e-6": 1e-6, "1E6": 1e6, ".5": 0.5, "2.0.0": "2.0.0", ".": ".", ".inf": float("inf")}
+    assert {t: parse_yaml(f"a: {t}\n").data["a"] for t in spelled} == spelled
+    text = BASE_TEXT.replace("seq_length: 4096", "seq_length: 4096\n    lr: 1e-5")
+    from q7x2_deploy.validation import validate_text
+
+    inv, violations = validate_text(text)
+    assert violations == [] and inv is not None and inv.job.training.lr == 1e-5
+
+
+@table
 def non_text_keys(tmp: Path) -> list[Case]:
     base = edited()
     return [

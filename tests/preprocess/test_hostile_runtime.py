@@ -220,7 +220,7 @@ def test_json_nested_beyond_the_stack_is_one_line(where: str, qwen_tokenizer: Pa
         src.write_text('[{"text": ' + deep + "}]\n")
     rc, err = preprocess(capsys, src, qwen_tokenizer, tmp_path / "o" / "x")
     line = one_error_line(err, "preprocess")
-    assert rc == 2 and str(src) in line and "nested too deeply" in line, line
+    assert rc == 2 and str(src) in line and "nested too deeply" in line and err.strip() == line, err
     assert leftovers(tmp_path / "o") == []
 
 

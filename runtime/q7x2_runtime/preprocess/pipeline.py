@@ -101,8 +101,6 @@ def _run(
     opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
 ) -> PreprocessResult:
     force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
-    if not opts.append_eod:
-        print(NO_EOD_WARNING, file=sys.stderr)
     speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
     if speculate and force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
         candidate = candidate_spec(opts.tokenizer)
@@ -174,6 +172,9 @@ def _write(
             out.commit(manifest)
     finally:
         progress.close()
+    # Said of the dataset written, so a refused input is one line on stderr, not two.
+    if not opts.append_eod:
+        print(NO_EOD_WARNING, file=sys.stderr)
     return PreprocessResult(
         manifest=manifest, seconds=seconds, outputs={k: output_prefix(opts.output_prefix, k) for k in keys}
     )

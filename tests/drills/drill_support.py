@@ -69,7 +69,7 @@ class Drills:
 
 
 def build_image(ref: str) -> None:
-    from q7x2_deploy.sandbox.base_image import ensure_base_image
+    from q7x2_deploy.image.base_image import ensure_base_image
 
     base = ensure_base_image(log=lambda _m: None)
     r = subprocess.run([sys.executable, "-m", "q7x2_deploy.cli", "build-image", "--flavor", "cpu", "--tag", ref,
@@ -197,7 +197,7 @@ def iteration_line(it: int) -> str:
 
 
 def run_drill(d: Drills, tmp_path: Path, job: str, port: int, fault: Callable[[Ctx], None], *,
-              timeout: float = 900, **inventory: object) -> Run:
+              timeout: float = 900, fault_after: int = FAULT_AFTER, **inventory: object) -> Run:
     inv = _write_inventory(d, tmp_path / "inv.yaml", job, port, **inventory)  # type: ignore[arg-type]
     cli("down", str(inv), cwd=tmp_path)
     shutil.rmtree(d.shared / ROOT / job, ignore_errors=True)
@@ -207,7 +207,7 @@ def run_drill(d: Drills, tmp_path: Path, job: str, port: int, fault: Callable[[C
                                 stdout=out, stderr=subprocess.STDOUT)
     ctx = Ctx(d, job, log, proc)
     try:
-        ctx.wait_for(iteration_line(FAULT_AFTER), timeout=timeout)
+        ctx.wait_for(iteration_line(fault_after), timeout=timeout)
         offset = len(ctx.text())
         fault_at = time.time()
         fault(ctx)
@@ -235,14 +235,17 @@ def reference_losses(d: Drills, tmp_path: Path) -> dict[int, float]:
     return curve
 
 
-def assert_recovered(run: Run, reference: dict[int, float], *, restarts: int = 1) -> dict:
-    """Finished every iteration with exit 0, resumed from the last complete save, and trained
-    the same losses after the resume as the uninterrupted run."""
+def assert_recovered(run: Run, reference: dict[int, float], *, restarts: int = 1, last_save: int | None = None) -> dict:
+    """Finished every iteration with exit 0, resumed from the last complete save (`last_save`,
+    else the last one before the fault, 20), and trained the same losses after the resume as
+    the uninterrupted run."""
     assert run.rc == 0, run.text[-5000:]
     done = [e for e in run.events if not e.get("gave_up")]
     assert len(done) == restarts and not any(e.get("gave_up") for e in run.events), run.events
     ev = done[0]
-    assert ev["resume_iteration"] == run.last_save_before_fault() == 20, (ev, run.text[-3000:])
+    if last_save is None:
+        assert run.last_save_before_fault() == 20, run.text[-3000:]
+    assert ev["resume_iteration"] == (last_save if last_save is not None else 20), (ev, run.text[-3000:])
     restarted = run.text.index("starting the train phase again", run.fault_offset)
     after = run.text[restarted:]
     resumed = [(it, loss) for ln in after.splitlines() if ln.startswith("[") and "] " in ln

@@ -9,6 +9,8 @@ Per drill, from the fault's injection time (wall clock, taken right before the f
   lost         iterations trained before the fault and done again (last iteration printed
                before detection - resume iteration), and the iterations lost beyond the last
                complete save (the resume iteration's shortfall from it; target 0)
+  load         the machine's 1-minute load average (os.getloadavg) before the drill and after
+               it: the figures move with what else the machine runs
 
     sudo .venv/bin/python bench/recovery.py [--drills 4,1,3] [--repeat 1]
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -74,7 +77,7 @@ def _restore(d: Drills) -> None:
             d.cluster.heal(d.cfg, h["name"], log=lambda _m: None)  # type: ignore[attr-defined]
 
 
-def measure(run: Run) -> dict[str, float | int | None]:
+def measure(run: Run) -> dict[str, float | int | str | None]:
     ev = next(e for e in run.events if not e.get("gave_up"))
     detected = float(ev["detected_at"])
     until = ev["seconds_until_training"]
@@ -129,12 +132,14 @@ def main() -> int:
         for n, key in enumerate(k for k in args.drills.split(",") for _ in range(args.repeat)):
             title, make, detect_target = DRILLS[key]
             extra, fault = make(d)
+            load_before = os.getloadavg()[0]
             with tempfile.TemporaryDirectory() as tmp:
                 try:
                     run = run_drill(d, Path(tmp), f"bench-rec-{key}-{n}", 6330 + n, fault, **extra)  # type: ignore[arg-type]
                 finally:
                     _restore(d)
             m = measure(run)
+            m["load"] = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
             rows.append((key, title, detect_target, m))
             print(f"drill {key} ({title}): {m}", flush=True)
     _table(rows)
@@ -143,14 +148,15 @@ def main() -> int:
 
 def _table(rows: list) -> None:  # type: ignore[type-arg]
     print()
-    print("| drill | fault | exit | detect (s) | fault -> training (s) | detection -> training (s) | iterations redone | lost beyond last save |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| drill | fault | exit | detect (s) | fault -> training (s) | detection -> training (s) | iterations redone | lost beyond last save | load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key, title, target, m in rows:
         def f(v: object) -> str:
             return "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
 
         print(f"| {key} | {title} | {m['rc']} | {f(m['detect'])} (target <= {target:g}) | {f(m['to_training'])} | "
-              f"{f(m['after_detect'])} (target <= 60) | {f(m['redone'])} | {f(m['beyond_save'])} (target 0) |")
+              f"{f(m['after_detect'])} (target <= 60) | {f(m['redone'])} | {f(m['beyond_save'])} (target 0) | "
+              f"{f(m.get('load'))} |")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ INV=${INVENTORY:-inventory.sandbox.yaml}
 stamp() { date +%s; }
 t0=$(stamp)
 echo "== sandbox: 2 hosts"
+# A new sandbox every time: hosts left by an earlier demo still hold its finished job and its
+# checkpoints, so `up` would have nothing to train.
+"$Q" sandbox down
 "$Q" sandbox up 2 --inventory "$INV"
 t1=$(stamp)
 echo "== build-image (cpu, offline wheelhouse) and push to the sandbox registry"
@@ -49,9 +52,9 @@ for log in sorted(runs.glob("*.log")):
     curve += losses(log.read_text(errors="replace").splitlines())
 if curve:
     print(f"job {job}: {len(curve)} iterations logged, lm loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f}")
-else:
-    print(f"job {job}: no iteration lines in {runs}")
 print(f"host logs: {', '.join(str(p) for p in sorted(runs.glob('*.log')))}")
+if not curve:
+    sys.exit(f"demo.sh: job {job} logged no iteration lines in {runs}: the job did not train")
 PY
 echo "sandbox up $((t1 - t0))s, image $((t2 - t1))s, check+up $((t3 - t2))s, total $((t3 - t0))s"
 echo "next: $Q logs $INV | less;  $Q down $INV;  $Q sandbox down"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import pytest
 from deploy_fixtures import free_port
@@ -18,35 +18,12 @@ from q7x2_deploy.executor.preflight import HostReport
 from q7x2_deploy.inventory import parse_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.transport.base import CommandResult, RemoteProcess, Transport
+from tests.deploy.local_process import LocalProcess
 
 from tests.foundation.test_validation import edited
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs root and unshare for the cut-off host")
-
-
-class _LocalProcess(RemoteProcess):
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def lines(self) -> Iterator[str]:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            yield line.rstrip("\n")
-
-    def write(self, data: bytes) -> None: ...
-
-    def close_stdin(self) -> None:
-        assert self.p.stdin is not None
-        self.p.stdin.close()
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.p.wait(timeout)
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
 
 
 class _LocalHost(Transport):
@@ -56,7 +33,7 @@ class _LocalHost(Transport):
         self.host, self.prefix = host, (["unshare", "-n"] if isolated else [])
 
     def start(self, argv: Sequence[str], *, merge_stderr: bool = True) -> RemoteProcess:
-        return _LocalProcess([*self.prefix, *argv])
+        return LocalProcess([*self.prefix, *argv])
 
     def run(self, argv: Sequence[str], *, stdin: bytes | Iterable[bytes] | None = None,
             timeout: float | None = 60.0) -> CommandResult:

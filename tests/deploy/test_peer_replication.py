@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from q7x2_deploy.executor.replica_status import listing_argv, parse_listing, sum
 from q7x2_deploy.inventory import parse_inventory
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.transport.base import CommandResult, RemoteProcess, Transport
+from tests.deploy.local_process import LocalProcess
 from q7x2_runtime.convert.layout import TRACKER, read_latest_iteration, write_tracker
 from q7x2_runtime.pretrain.complete import Layout, missing_files
 from q7x2_runtime.pretrain.replica import PEER_STORE_DIR, Manifest, NodeShare, held_twice, replica_root
@@ -29,31 +30,6 @@ from q7x2_runtime.pretrain.replica_sync import ReplicaSync
 from tests.foundation.test_validation import edited
 
 ROOT = "/apps"  # every job path of the example inventory is under it
-
-
-class _Process(RemoteProcess):
-    def __init__(self, argv: list[str]) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-    def lines(self) -> Iterator[str]:
-        raise NotImplementedError
-
-    def chunks(self) -> Iterator[bytes]:
-        assert self.p.stdout is not None
-        while data := self.p.stdout.read(1 << 16):
-            yield data
-
-    def write(self, data: bytes) -> None: ...
-
-    def close_stdin(self) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.p.wait(timeout)
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
 
 
 class _DirHost(Transport):
@@ -68,7 +44,7 @@ class _DirHost(Transport):
         return [str(self.base) + a if a.startswith(ROOT + "/") else a for a in argv]
 
     def start(self, argv: Sequence[str], *, merge_stderr: bool = True) -> RemoteProcess:
-        return _Process(self._map(argv))
+        return LocalProcess(self._map(argv), merge_stderr=False)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | Iterable[bytes] | None = None,
             timeout: float | None = 60.0) -> CommandResult:

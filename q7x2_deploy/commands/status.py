@@ -47,7 +47,8 @@ def status_table(job: str, rows: list[HostStatus], replication: Replication | No
             f"{p.iteration}/{p.train_iters}" if p else "-",
             _fmt(p.lm_loss if p else None, ".4f"),
             _fmt(p.ms_per_iteration if p else None, ".1f"),
-            _fmt(p.tflops_per_device if p else None, ".2f"),
+            # Three significant digits: a sandbox model's 0.00313 is not shown as 0.00.
+            _fmt(p.tflops_per_device if p else None, ".3g"),
             *([str(s.replica_iteration) if s.replica_iteration is not None else "-"] if replication is not None else []),
         )
     return table

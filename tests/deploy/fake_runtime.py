@@ -49,6 +49,9 @@ class World:
         # host -> what a one-off container (`run_once`) prints and how it ends: (exit, stdout)
         self.one_off: dict[str, tuple[int, str]] = {}
         self.one_off_calls: list[tuple[str, str, tuple[str, ...], dict[str, str], list[str]]] = []
+        # host -> after how many lines its next log stream breaks (once), as a dropped SSH
+        # connection does; a reconnect replays the container's output from its start.
+        self.cut_stream_after: dict[str, int] = {}
 
     def event(self, kind: str, name: str) -> None:
         with self.cond:
@@ -62,7 +65,7 @@ class FakeTransport:
 
     def ping(self, timeout: float = 10.0) -> None:
         if self.host in self.world.lost:
-            raise HostUnreachable(f"{self.host}: no reply")
+            raise HostUnreachable("no reply", host=self.host)
 
     def close(self) -> None:
         pass
@@ -77,7 +80,7 @@ class FakeRuntime:
 
     def _answer(self) -> None:
         if self.host in self.world.lost:
-            raise HostUnreachable(f"{self.host}: no reply")
+            raise HostUnreachable("no reply", host=self.host)
 
     def start(self, step: StepPlan) -> None:
         self._answer()
@@ -118,12 +121,13 @@ class FakeRuntime:
         with self.world.cond:
             while c.exit_code is None and not stop.is_set():
                 if self.host in self.world.lost:
-                    raise HostUnreachable(f"{self.host}: connection lost")
+                    raise HostUnreachable("connection lost", host=self.host)
                 self.world.cond.wait(0.01)
             return c.exit_code if not stop.is_set() or c.exit_code is not None else None
 
     def follow(self, name: str, on_line: Callable[[LogLine], None], *, stop: threading.Event,
                since: str | None = None, tail: int | None = None) -> None:
+        self._answer()
         c = self.containers[name]
         sent = 0
         while True:
@@ -132,6 +136,12 @@ class FakeRuntime:
                 if not new and not done and not stop.is_set():
                     self.world.cond.wait(0.01)
             for line in new:
+                cut = self.world.cut_stream_after.get(self.host)
+                if cut is not None:
+                    if cut == 0:
+                        del self.world.cut_stream_after[self.host]
+                        raise HostUnreachable("connection dropped", host=self.host)
+                    self.world.cut_stream_after[self.host] = cut - 1
                 on_line(line)
             if (done and not new) or stop.is_set():
                 return

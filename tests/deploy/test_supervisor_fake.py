@@ -107,11 +107,12 @@ def test_slow_progress_is_not_a_hang(tmp_path: Path) -> None:
 
 def test_a_start_up_slower_than_hang_timeout_is_not_a_hang(tmp_path: Path) -> None:
     plan = _plan(tmp_path, "t-startup")
-    lines = ["loading checkpoint", ITER.format(n=1), ITER.format(n=2)]
-    world = World({"q7x2-t-startup-pretrain-0": Script(lines, pace=0.5),
-                   "q7x2-t-startup-pretrain-1": Script(lines, pace=0.5)})
-    # The first iteration line comes a second after the start, over three hang_timeouts.
-    sup, _ = _supervisor(plan, world, hang_timeout_s=0.3, startup_wait_s=60.0)
+    lines = ["loading checkpoint"] * 5 + [ITER.format(n=1), ITER.format(n=2)]
+    world = World({"q7x2-t-startup-pretrain-0": Script(lines, pace=0.4),
+                   "q7x2-t-startup-pretrain-1": Script(lines, pace=0.4)})
+    # The first iteration line comes 2.4 s after the start, over twice hang_timeout; the next
+    # one 0.4 s after it, well within (a busy machine delays both alike).
+    sup, _ = _supervisor(plan, world, hang_timeout_s=1.0, startup_wait_s=60.0)
     sup.run_phase("train", {})
     assert sup.failure is None and sup.last_iteration == 2
 

@@ -11,7 +11,8 @@ manifest, and a host that is lost mid-copy costs that copy only (it is retried o
 
 - mirror (every few seconds while the train phase runs, once more when it ends): node r's copies
   on host r that host (r + 1) mod nnodes lacks are copied there; copies on the next host older
-  than every copy left on host r are removed (host r prunes its own, keeping two).
+  than every copy left on host r are removed, and host r's own copies older than the two newest
+  iterations held whole on two hosts (the deployer prunes: only it sees both stores).
 - restore (before the train phase starts its containers): every host whose store does not cover
   the newest iteration held whole somewhere gets the missing node copies from the hosts that
   have them, so a spare, or a host whose data directory was lost, resumes with the others (the
@@ -35,8 +36,10 @@ from q7x2_deploy.transport import Transport
 from q7x2_runtime.convert.layout import iteration_dir_name
 from q7x2_runtime.pretrain.complete import Layout
 from q7x2_runtime.pretrain.replica import (
+    KEEP_REPLICATED,
     Manifest,
     fully_replicated,
+    held_twice,
     manifest_path,
     next_host,
     node_dir,
@@ -75,9 +78,12 @@ class PeerDrop:
 Seen = dict[int, list[Manifest]]  # node rank of a host -> the finished copies in its store
 
 
-def plan_mirror(nnodes: int, seen: Seen) -> tuple[list[PeerCopy], list[PeerDrop]]:
-    """Copies each host owes the next host, oldest first, and the next host's stale copies.
+def plan_mirror(nnodes: int, seen: Seen, layout: Layout) -> tuple[list[PeerCopy], list[PeerDrop]]:
+    """Copies each host owes the next host, oldest first, and the copies no longer needed.
 
+    A node's own copies are removed here, not by the container (which sees its own host only):
+    those older than the two newest iterations held whole on two hosts, and only while every host
+    answers. Copies on the next host older than every copy left on the writer go too.
     A host missing from `seen` (not reachable) neither sends nor receives, and nothing is
     removed on its behalf: its copies on the next host may be the only ones left.
     """
@@ -85,11 +91,16 @@ def plan_mirror(nnodes: int, seen: Seen) -> tuple[list[PeerCopy], list[PeerDrop]
     drops: list[PeerDrop] = []
     if nnodes < 2:
         return copies, drops
+    twice = held_twice({str(r): ms for r, ms in seen.items()}, layout) if len(seen) == nnodes else []
+    keep_from = twice[-KEEP_REPLICATED] if len(twice) >= KEEP_REPLICATED else None
     for r, held in sorted(seen.items()):
+        own = sorted((m for m in held if m.node_rank == r), key=lambda m: m.iteration)
+        if keep_from is not None:
+            drops.extend(PeerDrop(r, r, m.iteration) for m in own if m.iteration < keep_from)
+            own = [m for m in own if m.iteration >= keep_from]
         t = next_host(r, nnodes)
         if t not in seen:
             continue
-        own = sorted((m for m in held if m.node_rank == r), key=lambda m: m.iteration)
         there = {m.iteration for m in seen[t] if m.node_rank == r}
         copies.extend(PeerCopy(m, r, t) for m in own if m.iteration not in there)
         if own:
@@ -203,7 +214,7 @@ class Mirror:
         return n
 
     def mirror_once(self) -> None:
-        copies, drops = plan_mirror(len(self.cluster.hosts), self.survey())
+        copies, drops = plan_mirror(len(self.cluster.hosts), self.survey(), self.layout)
         for c in copies:
             self.copy(c)
         for d in drops:

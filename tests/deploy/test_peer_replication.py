@@ -89,20 +89,38 @@ def _m(node: int, n: int) -> Manifest:
 
 def test_each_node_copy_goes_to_the_next_host_once() -> None:
     seen = {0: [_m(0, 10), _m(0, 20), _m(2, 10)], 1: [_m(1, 10), _m(0, 10)], 2: [_m(2, 10), _m(1, 10)]}
-    copies, drops = plan_mirror(3, seen)
+    copies, drops = plan_mirror(3, seen, Layout(3, 1, False))
     assert copies == [PeerCopy(_m(0, 20), 0, 1)] and drops == []
     # host 1 lost: node 0's copies wait; node 1's copies on host 2 are kept (they may be all that is left)
-    copies, drops = plan_mirror(3, {0: seen[0], 2: seen[2]})
+    copies, drops = plan_mirror(3, {0: seen[0], 2: seen[2]}, Layout(3, 1, False))
     assert copies == [] and drops == []
-    assert plan_mirror(1, {0: [_m(0, 10)]}) == ([], [])
+    assert plan_mirror(1, {0: [_m(0, 10)]}, Layout(1, 1, False)) == ([], [])
 
 
 def test_the_next_host_drops_copies_older_than_all_its_writer_kept() -> None:
     seen = {0: [_m(0, 30), _m(0, 40), _m(1, 10), _m(1, 20)], 1: [_m(1, 20), _m(0, 10), _m(0, 30)]}
-    copies, drops = plan_mirror(2, seen)
+    copies, drops = plan_mirror(2, seen, Layout(2, 1, False))
     assert copies == [PeerCopy(_m(0, 40), 0, 1)]
     assert drops == [PeerDrop(1, 0, 10), PeerDrop(0, 1, 10)]
-    assert plan_mirror(2, {0: [], 1: seen[1]})[1] == []  # a wiped writer removes nothing on the next host
+    assert plan_mirror(2, {0: [], 1: seen[1]}, Layout(2, 1, False))[1] == []  # a wiped writer removes nothing on the next host
+
+
+def test_a_nodes_own_copies_go_only_once_two_newer_iterations_are_on_two_hosts() -> None:
+    lay = Layout(2, 1, False)
+    both = [_m(0, n) for n in (10, 20, 30)] + [_m(1, n) for n in (10, 20, 30)]
+    seen = {0: [*both, _m(0, 40)], 1: [*both, _m(1, 40)]}
+    copies, drops = plan_mirror(2, seen, lay)
+    assert sorted(copies, key=lambda c: c.source) == [PeerCopy(_m(0, 40), 0, 1), PeerCopy(_m(1, 40), 1, 0)]
+    # 20 and 30 are held twice: each node's own 10 goes, and then its copy of 10 on the next host
+    assert sorted(drops, key=lambda d: (d.host, d.node_rank)) == [
+        PeerDrop(0, 0, 10), PeerDrop(0, 1, 10), PeerDrop(1, 0, 10), PeerDrop(1, 1, 10)]
+    # Host 1 holds node 0's copies, but host 0 has none of node 1's yet: host 1's own copies are
+    # the only ones of node 1 and stay, however many iterations host 1 sees whole.
+    early = {0: [_m(0, n) for n in (10, 20, 30, 40)], 1: [_m(1, n) for n in (10, 20, 30, 40)] + [_m(0, n) for n in (10, 20, 30, 40)]}
+    copies, drops = plan_mirror(2, early, lay)
+    assert drops == [] and {(c.source, c.manifest.iteration) for c in copies} == {(1, n) for n in (10, 20, 30, 40)}
+    # a host not answering: nothing is pruned anywhere
+    assert plan_mirror(2, {0: seen[0]}, lay) == ([], [])
 
 
 def test_a_wiped_host_or_a_spare_gets_every_copy_of_the_newest_whole_iteration() -> None:

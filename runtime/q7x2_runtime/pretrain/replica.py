@@ -42,6 +42,8 @@ from q7x2_runtime.jobspec import JobSpec
 from q7x2_runtime.pretrain.complete import DISTRIB_OPTIM_FILE, Layout
 
 MANIFEST_FORMAT = 1
+# A node's copies of the two newest iterations held whole are kept; older ones are removed.
+KEEP_REPLICATED = 2
 _NODE_DIR = re.compile(r"^node-(\d+)$")
 _MANIFEST = re.compile(r"^iter_(\d{7})\.json$")
 

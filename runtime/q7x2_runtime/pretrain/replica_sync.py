@@ -12,7 +12,8 @@ One pass (every few seconds, and once more after the engine exits):
    this node's ranks read but did not write (the model file of a (tp, pp) whose data-parallel
    rank 0 is on another host) are copied into save_dir, and then the node's tracker names it:
    after every save each host holds what its ranks need to resume;
-3. prune: the node's copies older than the two newest fully replicated iterations are removed.
+3. prune (job.paths.replica only; with next-host copies the deployer prunes, seeing both hosts):
+   the node's copies older than the two newest fully replicated iterations are removed.
 
 `restore` is the same fill run once at start, before the resume decision, so a host whose
 save_dir was lost (or replaced by a new disk) gets back what the store holds.
@@ -37,6 +38,7 @@ from q7x2_runtime.pretrain.replica import (
     NodeShare,
     fully_replicated,
     latest_fully_replicated,
+    KEEP_REPLICATED,
     manifest_path,
     node_dir,
     read_manifests,
@@ -46,7 +48,6 @@ from q7x2_runtime.pretrain.replica import (
 )
 from q7x2_runtime.pretrain.replica_copy import copy_file_atomic, remove_leftovers, write_text_atomic
 
-KEEP_REPLICATED = 2
 POLL_S = 2.0
 # How long a node whose engine finished waits for the other nodes' last copies (next-host mode).
 NEXT_HOST_WAIT_S = 120.0
@@ -61,11 +62,16 @@ def _print(msg: str) -> None:
 class ReplicaSync:
     """One node's view of its save_dir and the job's replica store."""
 
-    def __init__(self, save_dir: Path, root: Path, share: NodeShare, log: Log = _print) -> None:
+    def __init__(self, save_dir: Path, root: Path, share: NodeShare, log: Log = _print, *,
+                 prunes: bool = True) -> None:
         self.save_dir = Path(save_dir)
         self.root = Path(root)
         self.share = share
         self.log = log
+        # With next-host copies the deployer prunes: this host's store alone cannot tell whether
+        # the next host holds this node's newer copies yet, and pruning on that guess left a
+        # node's files on one host only.
+        self.prunes = prunes
         self._pushed: set[int] = set()
 
     @classmethod
@@ -73,7 +79,8 @@ class ReplicaSync:
         root = replica_root(spec)
         if spec.job.storage != "per-node" or root is None:
             return None
-        return cls(Path(spec.job.paths.save_dir), root, NodeShare.of(spec, node_rank), log)
+        return cls(Path(spec.job.paths.save_dir), root, NodeShare.of(spec, node_rank), log,
+                   prunes=not replicates_to_next_host(spec))
 
     @property
     def me(self) -> int:
@@ -159,6 +166,8 @@ class ReplicaSync:
     # -- prune ----------------------------------------------------------------------------
 
     def prune(self) -> None:
+        if not self.prunes:
+            return
         done = fully_replicated(read_manifests(self.root), self.share.layout)
         if len(done) <= KEEP_REPLICATED:
             return

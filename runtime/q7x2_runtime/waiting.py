@@ -8,6 +8,7 @@ every caller reads the same way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -46,7 +47,7 @@ def retry_until(
     delays_s: Sequence[float],
     timeout_s: float | None = None,
     on_retry: Callable[[BaseException, float], None] | None = None,
-    sleep: Callable[[float], object] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """Run `attempt` until it returns; on one of `errors`, wait the next of `delays_s` (the last
     one repeats) and try again. With `timeout_s`, the last error is raised once that much time
@@ -60,10 +61,7 @@ def retry_until(
             assert error is not None
             on_retry(error, state.next_action.sleep)
 
-    kwargs: dict[str, object] = {}
-    if sleep is not None:
-        kwargs["sleep"] = sleep
     retrying = Retrying(stop=stop_after_delay(timeout_s) if timeout_s is not None else stop_never,
                         wait=waits, retry=retry_if_exception_type(errors), before_sleep=before_sleep,
-                        reraise=True, **kwargs)  # type: ignore[arg-type]
+                        reraise=True, sleep=sleep if sleep is not None else time.sleep)
     return retrying(attempt)

@@ -147,6 +147,8 @@ class RecoveryEvent:
     iterations_lost: int | None = None  # last_iteration - resume_iteration
     seconds_until_training: float | None = None  # detection -> first iteration line after it
     seconds_until_restart: float | None = None  # detection -> the train containers start again
+    # Of the above, how long the failed host was waited for (no spare): the outage, not the restart.
+    seconds_waiting_for_host: float | None = None
     hosts: list[str] = field(default_factory=list)  # every host the event involved
     gave_up: bool = False
 

@@ -130,10 +130,11 @@ class RecoveryLoop:
         if out_of_restarts(self.restarts, self.policy.max_restarts):
             self._give_up(incident, cause, f"{incident.host} failed again after {self.restarts} restart(s) "
                                            f"(max_restarts {self.policy.max_restarts})", [incident.host])
-        new, action, hosts = self._resolve(inv, incident, check, cause)
+        new, action, hosts, waited = self._resolve(inv, incident, check, cause)
         self.restarts += 1
         ev = RecoveryEvent(self.restarts, self.policy.max_restarts, incident.host, incident.rank, cause, action,
-                           incident.detected_at, _detect_s(incident), incident.last_iteration, hosts=hosts)
+                           incident.detected_at, _detect_s(incident), incident.last_iteration, hosts=hosts,
+                           seconds_waiting_for_host=None if waited is None else round(waited, 3))
         self.say(f"q7x2-deploy: recovery {self.restarts}/{self.policy.max_restarts}: {incident.host} {cause}; "
                  f"{action}; starting the train phase again")
         try:
@@ -147,11 +148,12 @@ class RecoveryLoop:
         return new
 
     def _resolve(self, inv: Inventory, incident: Incident, check: HostCheck,
-                 cause: str) -> tuple[Inventory, str, list[str]]:
-        """The inventory to restart on, what was done to get it, and the hosts involved."""
+                 cause: str) -> tuple[Inventory, str, list[str], float | None]:
+        """The inventory to restart on, what was done to get it, the hosts involved, and how long
+        the failed host was waited for (None: not waited for)."""
         action = choose(check, spare_available=bool(inv.spares), host_wait_s=self.policy.host_wait_s)
         if action == "same-hosts":
-            return inv, "restart on the same hosts", [incident.host]
+            return inv, "restart on the same hosts", [incident.host], None
         tried: list[str] = []
         if action == "replace":
             for spare in [s.name for s in inv.spares]:
@@ -159,14 +161,14 @@ class RecoveryLoop:
                 sc = self.ops.check(candidate, spare)
                 if sc.ok:
                     role = " and becomes the master" if incident.rank == 0 else ""
-                    return candidate, f"spare {spare} takes rank {incident.rank}{role}", [incident.host, spare]
+                    return candidate, f"spare {spare} takes rank {incident.rank}{role}", [incident.host, spare], None
                 tried.append(spare)
                 self.say(f"q7x2-deploy: spare {spare} is not usable ({sc.detail or sc.health}); trying the next")
             action = "wait" if self.policy.host_wait_s > 0 else "give-up"
         if action == "wait":
             back = self._wait_for(inv, incident.host)
             if back is not None:
-                return inv, f"{incident.host} came back after {back:.0f}s and passed preflight", [incident.host]
+                return inv, f"{incident.host} came back after {back:.0f}s and passed preflight", [incident.host], back
             self._give_up(incident, cause, f"{incident.host} did not pass preflight within "
                                            f"{self.policy.host_wait_s / 60:g} min (host_wait_minutes) and no spare "
                                            f"was usable{' (' + ', '.join(tried) + ')' if tried else ''}",

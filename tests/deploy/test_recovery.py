@@ -94,6 +94,7 @@ def test_a_killed_container_restarts_on_the_same_hosts() -> None:
     assert rec["resume_iteration"] == 20 and rec["iterations_lost"] == 5 and rec["last_iteration"] == 25
     assert rec["seconds_to_detect"] == 2.0 and rec["seconds_until_training"] == 30.0
     assert rec["seconds_until_restart"] == 12.0
+    assert rec["seconds_waiting_for_host"] is None  # nothing was waited for
     assert rec["time"].startswith("1970-01-01T00:01:40")
 
 
@@ -154,6 +155,7 @@ def test_no_spare_waits_for_the_host_to_come_back() -> None:
     assert err is None and final is not None and [h.name for h in final.hosts] == ["a", "b"]
     assert any("waiting up to 1 min" in s for s in said)
     assert events[0].action == "b came back after 15s and passed preflight"
+    assert events[0].seconds_waiting_for_host == 15.0  # the outage, told apart from the restart's own time
 
 
 def test_no_spare_and_the_host_never_returns_gives_up_naming_it() -> None:

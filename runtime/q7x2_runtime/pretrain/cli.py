@@ -75,6 +75,12 @@ def _run(args: argparse.Namespace) -> int:
     from q7x2_runtime.pretrain import replica_sync
 
     replica_sync.restore_for_job(spec, placement.node_rank)  # per-node storage: before the nodes agree where to start
+    if placement.nnodes > 1:
+        # The start-point exchange needs torch.distributed, seconds to import. Importing it before
+        # the wait overlaps this node's import with the master's own (which must finish before the
+        # master answers) instead of starting it only once the master answers: seconds off every
+        # start and every restart.
+        import torch.distributed  # noqa: F401
     if placement.node_rank != 0 and placement.nnodes > 1:
         waited = wait_for_master(placement.master_addr, placement.master_port, placement.connect_timeout_s, node_rank=placement.node_rank)
         print(f"{prefix}: master {placement.master_addr}:{placement.master_port} reachable after {waited:.1f} s", flush=True)

@@ -136,7 +136,8 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, node_rank: int) -
             return time.monotonic() - started
 
     try:
-        return retry_until(connect, errors=OSError, delays_s=(1.0,), timeout_s=timeout_s)
+        # A refused connection costs nothing: try often, so the wait ends soon after the master listens.
+        return retry_until(connect, errors=OSError, delays_s=(0.25,), timeout_s=timeout_s)
     except OSError as e:
         last = e.strerror or str(e) or type(e).__name__
     raise UserError(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
@@ -78,6 +79,44 @@ def _parsed_identity(path: str) -> paramiko.PKey | None:
     return key
 
 
+# AES-GCM first (OpenSSH's own order puts it right after chacha20-poly1305, which paramiko
+# lacks): an AEAD cipher authenticates each packet inside the C library, where paramiko's
+# default, AES-CTR with HMAC-SHA2, computes an HMAC object and compares the tag byte by byte in
+# Python for every packet in both directions. The rest of paramiko's list follows unchanged,
+# so a server without GCM still agrees on the same ciphers as before.
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+# What paramiko's Transport takes as its stream (its stubs' _SocketLike: a socket, a Channel, an
+# address, a ProxyCommand); the logins here pass a socket or a jump host's channel.
+TransportSocket = Any
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, its reader thread woken once a second instead of ten times.
+
+    The reader blocks on the socket with this timeout only to notice that the connection was
+    closed on our side (data, EOF and a reset wake it at once; keepalives are checked on each
+    wake-up, so they go out at most a second late). 64 idle connections cost 0.66 ms of CPU per
+    host per second with ten wake-ups a second (4% of a core), 0.21 ms with one; a 64-host
+    `check` holds its connections for seconds. The price: a closed connection's thread ends
+    up to a second later (close() does not wait for it).
+    """
+
+    _active_check_timeout = 1.0
+
+
+def _client_transport(sock: TransportSocket, /, *, disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
+                      **_gss: bool) -> paramiko.Transport:
+    """SSHClient.connect's transport_factory: a `_Transport` that offers the AEAD ciphers first.
+    (paramiko passes only disabled_algorithms; its stubs still name GSS flags it no longer has.)"""
+    t = _Transport(sock, disabled_algorithms=disabled_algorithms)
+    options = t.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = tuple(c for c in AEAD_CIPHERS if c in offered) + tuple(c for c in offered if c not in AEAD_CIPHERS)
+    return t
+
+
 def login(c: SSHConfig, sock: socket.socket | paramiko.Channel) -> paramiko.SSHClient:
     """Log in over an open stream (a TCP socket or a jump host's channel), verifying the host key.
 
@@ -105,6 +144,7 @@ def login(c: SSHConfig, sock: socket.socket | paramiko.Channel) -> paramiko.SSHC
             banner_timeout=c.connect_timeout,
             auth_timeout=c.connect_timeout,
             channel_timeout=c.connect_timeout,
+            transport_factory=_client_transport,
             # No identity given: the ssh-agent's keys, then the default key files, as ssh does.
             allow_agent=not keys,
             look_for_keys=not keys,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -128,6 +129,34 @@ class _SSHProcess(RemoteProcess):
             pass
 
 
+def _read_both(chan: paramiko.Channel, out: list[bytes], err: list[bytes], deadline: float | None) -> None:
+    """Everything the command writes to stdout and stderr, until it closes them (EOF).
+
+    One thread reads both, woken through the channel's fileno(): paramiko sets that pipe
+    whenever either stream has data or the channel ends. A reader thread per stream cost two
+    thread starts per command, paid on every host of a cluster-wide check. Raises
+    socket.timeout past the deadline.
+    """
+    wake = chan.fileno()
+    while True:
+        if chan.recv_ready():
+            out.append(chan.recv(_CHUNK))
+        elif chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(_CHUNK))
+        elif chan.eof_received or chan.closed:
+            # Data is handed over before the EOF that follows it: what arrived is buffered.
+            while chan.recv_ready():
+                out.append(chan.recv(_CHUNK))
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(_CHUNK))
+            return
+        else:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise socket.timeout()
+            select.select([wake], [], [], remaining)
+
+
 class SSHTransport(Transport):
     """Thread-safe: one SSH connection per host, one channel per command."""
 
@@ -199,42 +228,30 @@ class SSHTransport(Transport):
         chan = self._channel(argv, merge_stderr=False, open_timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         feed_error: list[BaseException] = []
-
-        def _feed() -> None:
+        feeder: threading.Thread | None = None
+        if stdin is None:
             try:
-                if stdin is not None:
+                chan.shutdown_write()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # a lost connection: the read below reports it
+        else:
+            def _feed() -> None:
+                try:
                     for chunk in [stdin] if isinstance(stdin, bytes) else stdin:
                         if chunk:
                             chan.sendall(chunk)
-                chan.shutdown_write()
-            except BaseException as e:  # reported after the command finishes
-                feed_error.append(e)
+                    chan.shutdown_write()
+                except BaseException as e:  # reported after the command finishes
+                    feed_error.append(e)
 
-        err_parts: list[bytes] = []
-
-        def _drain_stderr() -> None:
-            try:
-                while data := chan.recv_stderr(_CHUNK):
-                    err_parts.append(data)
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
-
-        feeder = threading.Thread(target=_feed, daemon=True)
-        drainer = threading.Thread(target=_drain_stderr, daemon=True)
-        feeder.start()
-        drainer.start()
+            # Input is sent while the output is read: a command that writes before it has read
+            # all its input would otherwise block both sides once the windows are full.
+            feeder = threading.Thread(target=_feed, daemon=True)
+            feeder.start()
         out_parts: list[bytes] = []
+        err_parts: list[bytes] = []
         try:
-            while True:
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise socket.timeout()
-                    chan.settimeout(remaining)
-                data = chan.recv(_CHUNK)
-                if not data:
-                    break
-                out_parts.append(data)
+            _read_both(chan, out_parts, err_parts, deadline)
             status_wait = None if deadline is None else max(0.1, deadline - time.monotonic())
             if not chan.status_event.wait(status_wait):
                 raise socket.timeout()
@@ -245,8 +262,8 @@ class SSHTransport(Transport):
         except (OSError, EOFError, paramiko.SSHException) as e:
             chan.close()
             raise HostUnreachable(f"connection lost running `{argv[0]}`: {e}", host=self.host) from e
-        drainer.join(timeout=5)
-        feeder.join(timeout=5)
+        if feeder is not None:
+            feeder.join(timeout=5)
         status = chan.recv_exit_status()
         chan.close()
         if status == -1:

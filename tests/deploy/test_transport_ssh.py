@@ -144,3 +144,54 @@ def test_the_identity_file_is_parsed_once_per_version(ssh_config: SSHConfig, mon
     t.ping()
     t.close()
     assert len(parsed) == 2
+
+
+def test_run_reads_large_stdout_and_stderr_together_with_no_thread(ssh: SSHTransport, monkeypatch) -> None:
+    """One thread reads both streams: far more than an SSH window (2 MiB) on each, interleaved,
+    arrives whole, and a command without input starts no thread of its own."""
+    ssh.ping()
+    started: list[object] = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), real_start(self))[1])
+    script = "i=0; while [ $i -lt 40 ]; do head -c 100000 /dev/zero; head -c 100000 /dev/zero >&2; i=$((i+1)); done"
+    r = ssh.run(["sh", "-c", script], timeout=60)
+    assert (r.exit_status, len(r.stdout), len(r.stderr)) == (0, 4_000_000, 4_000_000)
+    assert started == []
+    r = ssh.run(["sh", "-c", "echo last; exec >&-; echo gone >&2; exit 5"], timeout=30)  # stdout closed first
+    assert (r.exit_status, r.stdout, r.stderr) == (5, "last\n", "gone\n")
+
+
+def test_run_timeout_reading_output(ssh: SSHTransport) -> None:
+    with pytest.raises(DeployError, match="did not finish within"):
+        ssh.run(["sh", "-c", "echo started; sleep 5"], timeout=0.5)
+
+
+def test_logins_negotiate_aes_gcm(ssh: SSHTransport) -> None:
+    t = ssh.connect()
+    assert t.remote_cipher == t.local_cipher == "aes128-gcm@openssh.com"
+    assert t.sock.gettimeout() == 1.0  # the reader thread's wake-up period
+    assert ssh.run(["echo", "ok"]).stdout == "ok\n"
+
+
+def test_aead_ciphers_come_first_and_nothing_else_changes() -> None:
+    import socket
+
+    from q7x2_deploy.transport.connect import AEAD_CIPHERS, _client_transport
+
+    a, b = socket.socketpair()
+    try:
+        t = _client_transport(a)
+        default = paramiko.Transport(b)
+        got = tuple(t.get_security_options().ciphers)
+        assert got[:2] == AEAD_CIPHERS
+        assert sorted(got) == sorted(default.get_security_options().ciphers)  # the same set, reordered
+        assert [c for c in got if c not in AEAD_CIPHERS] == [c for c in default.get_security_options().ciphers
+                                                              if c not in AEAD_CIPHERS]
+        c, d = socket.socketpair()
+        disabled = _client_transport(c, disabled_algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+        assert disabled.preferred_ciphers[0] == "aes256-gcm@openssh.com"  # a disabled one stays out
+        c.close()
+        d.close()
+    finally:
+        a.close()
+        b.close()

@@ -18,6 +18,9 @@ the hosts (each round starts from no container of the job: the previous round's 
   step exited 0: the train phase begins), every train container started (= running: `docker
   run -d` returned for each), and `up` returning after every pretrain exited 0;
 - the deployer's CPU over the whole `up` (getrusage(RUSAGE_SELF): this process, every thread);
+- the CPU bound: the whole machine's busy CPU during the `up` (/proc/stat) over its cores. The
+  sandbox hosts' engines, sshds and containers share this machine's cores, so no schedule
+  finishes sooner, and wall / bound near 1 means `up` waits on nothing but that CPU;
 - each wall time against 1 host's.
 
 Before the timed rounds one round per size runs with the image removed from its hosts, so
@@ -113,10 +116,18 @@ class TimingSink(LogSink):
         super().note(text)
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU time every process on the machine has used so far (user, system, irq, softirq)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, *_ = map(int, f.readline().split()[1:])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Round:
     milestones: dict[str, float] = field(default_factory=dict)
     cpu: float = 0.0
+    busy: float = 0.0  # the whole machine's busy CPU-seconds meanwhile
 
 
 def _last(notes: list[tuple[float, str]], hosts: int, match: Callable[[str], bool]) -> float:
@@ -139,12 +150,12 @@ def _one_up(inventory: Path) -> Round:
     with open(os.devnull, "w") as devnull, open_cluster(plan, factory) as cluster:
         sink = TimingSink(plan.job_name, devnull)
         marks: dict[str, float] = {}
-        c0 = _own_cpu()
+        c0, b0 = _own_cpu(), _busy_cpu_seconds()
         sink.t0 = t0 = time.perf_counter()
         rc = up(cluster, sink, hooks=UpHooks(on_preflight=lambda _r: marks.setdefault("preflight", time.perf_counter() - t0)),
                 inventory=inv, factory=factory)
         marks["done"] = time.perf_counter() - t0
-        cpu = _own_cpu() - c0
+        cpu, busy = _own_cpu() - c0, _busy_cpu_seconds() - b0
         sink.close()
     if rc != 0:
         raise SystemExit(f"up_scale: up returned {rc} on {n} hosts")
@@ -153,7 +164,7 @@ def _one_up(inventory: Path) -> Round:
     marks["prepare started"] = _last(notes, preps, lambda s: s.endswith(")") and (": convert started" in s or ": preprocess started" in s))
     marks["prepare barrier"] = _last(notes, 1, lambda s: s == "q7x2-deploy: phase train")
     marks["train started"] = _last(notes, n, lambda s: ": pretrain started (" in s)
-    return Round({k: marks[k] for k in MILESTONES}, cpu)
+    return Round({k: marks[k] for k in MILESTONES}, cpu, busy)
 
 
 def _remove_image(cfg: SandboxConfig, inventory: Path) -> None:
@@ -190,6 +201,10 @@ def _table(title: str, rounds: dict[int, list[Round]]) -> None:
     print(f"{'deployer CPU s (whole up)':<44}" + "".join(f"{cpu[n]:>11.2f}" for n in sizes)
           + ("".join(f"{cpu[n] / cpu[1]:>8.1f}" for n in sizes if n != 1) if 1 in sizes else ""))
     print(f"{'deployer CPU ms per host':<44}" + "".join(f"{cpu[n] / n * 1000:>11.1f}" for n in sizes))
+    cores = len(os.sched_getaffinity(0))
+    bound = {n: statistics.median(r.busy for r in rounds[n]) / cores for n in sizes}
+    print(f"{f'CPU bound s (machine busy CPU / {cores} cores)':<44}" + "".join(f"{bound[n]:>11.2f}" for n in sizes))
+    print(f"{'up wall / CPU bound':<44}" + "".join(f"{med[n]['done'] / bound[n]:>11.2f}" for n in sizes))
 
 
 def main() -> int:

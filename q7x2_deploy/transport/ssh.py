@@ -137,7 +137,8 @@ def _read_both(chan: paramiko.Channel, out: list[bytes], err: list[bytes], deadl
     thread starts per command, paid on every host of a cluster-wide check. Raises
     socket.timeout past the deadline.
     """
-    wake = chan.fileno()
+    wake = select.poll()  # not select(): no limit on the descriptor's number
+    wake.register(chan.fileno(), select.POLLIN)
     while True:
         if chan.recv_ready():
             out.append(chan.recv(_CHUNK))
@@ -154,7 +155,7 @@ def _read_both(chan: paramiko.Channel, out: list[bytes], err: list[bytes], deadl
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise socket.timeout()
-            select.select([wake], [], [], remaining)
+            wake.poll(None if remaining is None else remaining * 1000)
 
 
 class SSHTransport(Transport):

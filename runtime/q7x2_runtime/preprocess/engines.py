@@ -219,13 +219,18 @@ def _fast_spec(tok, merge_order: MergeOrderCheck | None) -> tuple[FastBpeSpec | 
         return None, str(e)
 
 
-def _probe_mismatch(engine: FastBpeEngine, tok) -> str | None:
-    added = list(engine._added)
+def probe_texts(added_tokens: dict[str, int]) -> list[str]:
+    """The texts both engines must agree on, with the tokenizer's added tokens mixed in."""
+    added = list(added_tokens)
     probes = list(_PROBES)
     if added:
         probes.append("x" + "y ".join(added) + "z")
         probes.append("".join(added) + " " + "".join(a[:-1] for a in added))
-    for text in probes:
+    return probes
+
+
+def _probe_mismatch(engine: FastBpeEngine, tok) -> str | None:
+    for text in probe_texts(engine._added):
         want = tok(text)["input_ids"]
         got = engine.encode_one(text)
         if list(want) != got:

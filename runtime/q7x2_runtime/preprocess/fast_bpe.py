@@ -68,21 +68,41 @@ MergeOrderCheck = Callable[[dict[str, Any], MergeTable, dict[bytes, int]], None]
 
 def fast_bpe_spec(tokenizer_json: dict[str, Any], merge_order: MergeOrderCheck | None = None) -> FastBpeSpec:
     """The fast-engine spec for an (effective) tokenizer.json, or NotExact(reason)."""
+    shape = pipeline_shape(tokenizer_json)
+    model = tokenizer_json.get("model") or {}
+    merged, ranks = merge_table(model)
+    (merge_order or _local_merge_order)(model, merged, ranks)
+    return shape.spec(ranks)
+
+
+@dataclass(frozen=True)
+class PipelineShape:
+    """What the fast engine takes from everything but the BPE model."""
+
+    pattern: str
+    nfc: bool
+    added_tokens: dict[str, int]
+    normalized_added_tokens: dict[str, int]
+
+    def spec(self, ranks: dict[bytes, int]) -> FastBpeSpec:
+        return FastBpeSpec(
+            pattern=self.pattern,
+            pattern_name=KNOWN_PATTERNS[self.pattern],
+            nfc=self.nfc,
+            ranks=ranks,
+            added_tokens=self.added_tokens,
+            normalized_added_tokens=self.normalized_added_tokens,
+        )
+
+
+def pipeline_shape(tokenizer_json: dict[str, Any]) -> PipelineShape:
+    """The checks of `fast_bpe_spec` on the normalizer, pre-tokenizer, post-processor and
+    added tokens (the model's are `merge_table`'s); NotExact(reason) if one fails."""
     nfc = _check_normalizer(tokenizer_json.get("normalizer"))
     pattern = _check_pre_tokenizer(tokenizer_json.get("pre_tokenizer"))
     _check_post_processor(tokenizer_json.get("post_processor"))
     raw, normalized = _check_added_tokens(tokenizer_json.get("added_tokens") or [], nfc)
-    model = tokenizer_json.get("model") or {}
-    merged, ranks = merge_table(model)
-    (merge_order or _local_merge_order)(model, merged, ranks)
-    return FastBpeSpec(
-        pattern=pattern,
-        pattern_name=KNOWN_PATTERNS[pattern],
-        nfc=nfc,
-        ranks=ranks,
-        added_tokens=raw,
-        normalized_added_tokens=normalized,
-    )
+    return PipelineShape(pattern=pattern, nfc=nfc, added_tokens=raw, normalized_added_tokens=normalized)
 
 
 def _check_normalizer(norm: dict[str, Any] | None) -> bool:

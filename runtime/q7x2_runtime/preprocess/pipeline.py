@@ -22,7 +22,7 @@ from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_pref
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
 from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
-from q7x2_runtime.preprocess.speculation import Confirmation, Rejected, candidate_spec
+from q7x2_runtime.preprocess.speculation import Confirmation, Confirmer, Rejected, candidate_spec
 
 NO_EOD_WARNING = (
     "warning: --append-eod not given: documents are written without an end-of-document token, so "
@@ -103,14 +103,20 @@ def _run(
     force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
     speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
     if speculate and force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
-        candidate = candidate_spec(opts.tokenizer)
-        if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
-            with Confirmation(opts.tokenizer, force, candidate, pool, need_eos=opts.append_eod) as confirmation:
+        confirmer = Confirmer(opts.tokenizer)  # loads AutoTokenizer while tokenizer.json is read here
+        try:
+            candidate = candidate_spec(opts.tokenizer)
+            result = None
+            if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
+                confirmation = Confirmation(opts.tokenizer, force, candidate, pool, opts.append_eod, confirmer)
                 result = _write(opts, keys, sources, pool, start, candidate.spec, False, gate=confirmation)
-            if result is not None:
-                return result
-            # Not the engine tokenizer.json suggested (nothing was written): decide for real.
-            print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
+                if result is None:
+                    # Not the engine tokenizer.json suggested (nothing was written): decide for real.
+                    print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
+        finally:
+            confirmer.close()
+        if result is not None:
+            return result
     checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
     spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
     result = _write(opts, keys, sources, pool, start, spec, cached)
@@ -143,9 +149,11 @@ def _write(
     rows = 0
     try:
         with OutputSet(opts.output_prefix, keys) as out:
-            stream = pool.ordered(_all_batches(sources, keys, opts.batch_rows), spec, eod)
-            if gate is not None:
-                stream = gate.gate(stream)  # ids reach the writer only once the engine is proven
+            batches = _all_batches(sources, keys, opts.batch_rows)
+            if gate is None:
+                stream = pool.ordered(batches, spec, eod)
+            else:  # ids reach the writer only once the engine is proven
+                stream = gate.gate(pool.ordered(gate.with_probes(batches, keys[0]), spec, eod), eod)
             try:
                 for batch, encoded in stream:
                     docs = tokens = 0

@@ -5,13 +5,20 @@ AutoTokenizer: seconds of imports) and proving the fast engine exact (~150k merg
 while tokenizer.json alone already tells what the fast engine will be. So on a first run
 with a tokenizer:
 
-- the parent reads tokenizer.json into a candidate engine and the workers start tokenizing
-  with it at once;
-- the workers also check the candidate's merge order (and, once per installation, the
-  Unicode classes), between batches;
-- a separate process loads AutoTokenizer (without importing torch, which the tokenizer never
-  uses: seconds saved) and derives the engine from the pipeline transformers actually built,
-  reporting a digest of that model instead of checking its merges again;
+- a separate process starts loading AutoTokenizer at once (without importing torch, which the
+  tokenizer never uses: seconds saved);
+- meanwhile the parent reads tokenizer.json into a candidate engine and the workers start
+  tokenizing with it; they also check the candidate's merge order (and, once per
+  installation, the Unicode classes), between batches, and encode the probe texts first;
+- once AutoTokenizer is loaded, that process serializes the pipeline transformers actually
+  built (`backend_tokenizer.to_str()`, the tokenizers library's own description of it) and
+  returns everything but the BPE model as JSON, the model as a sha256 of its exact text,
+  and HF's ids of the probe texts. The parent serializes the candidate's model the way the
+  tokenizers library does: equal digests mean the model transformers built is, byte for
+  byte, the one whose merges the workers verified, with no second parse or derivation of
+  150k entries. The rest of the pipeline goes through the same checks as always. (If the
+  digests differ, e.g. a tokenizer.json spelled differently from what the library writes,
+  that process derives the engine from transformers' pipeline in full, as before.)
 - ids are held in memory, never written, until all of that agrees: the candidate equals the
   engine derived from what transformers built, that model is the one whose merges the workers
   verified, the probes and Unicode classes agree. Only then are they written, and the decision
@@ -33,9 +40,12 @@ from typing import Any
 
 from q7x2_runtime.preprocess import engine_cache, unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
-from q7x2_runtime.preprocess.engines import FAST, EngineChecks, EngineSpec, _file_sha256, choose_engine, tokenizer_identity
-from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec
+from q7x2_runtime.preprocess.engines import (
+    FAST, EngineChecks, EngineSpec, _file_sha256, choose_engine, load_auto_tokenizer, probe_texts, tokenizer_identity,
+)  # fmt: skip
+from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape
 from q7x2_runtime.preprocess.parallel import WorkerPool
+from q7x2_runtime.preprocess.sources import Batch
 
 # Ids held back while the proof runs; beyond this the writer waits for the proof.
 HOLD_BYTES = 512 << 20
@@ -50,11 +60,63 @@ def model_digest(model: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def serialized_model(model: dict[str, Any]) -> str:
+    """A BPE model as the tokenizers library serializes it: compact JSON, the vocabulary in id
+    order, merges as pairs, settings in the order given. For a tokenizer.json the library
+    wrote this is exactly its own text (checked on the real Qwen tokenizer); anything else only
+    makes the digests differ, which costs time (the full derivation), never exactness."""
+    settings = {k: v for k, v in model.items() if k not in ("vocab", "merges")}
+    vocab = model.get("vocab") or {}
+    ids = list(vocab.values())
+    if any(map(int.__gt__, ids[:-1], ids[1:])):
+        vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+    merges = model.get("merges") or []
+    if any(isinstance(m, str) for m in merges):
+        merges = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+
+    def dump(obj: object) -> str:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    head = dump(settings)[:-1] + ("," if settings else "")
+    return f'{head}"vocab":{dump(vocab)},"merges":{dump(merges)}}}'
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def split_model(serialized: str) -> tuple[dict[str, Any], str] | None:
+    """(every member but "model", parsed; the model's exact text) of a tokenizer serialized as
+    compact JSON with "model" last, as `Tokenizer.to_str()` writes it; None for anything else.
+
+    Only the small members are parsed. Whoever holds the model's text digest can then check
+    it against a model of their own without parsing 150k entries here."""
+    decoder = json.JSONDecoder()
+    if not serialized.startswith("{") or not serialized.endswith("}"):
+        return None
+    head: dict[str, Any] = {}
+    pos = 1
+    try:
+        while True:
+            key, pos = decoder.raw_decode(serialized, pos)
+            if not isinstance(key, str) or key in head or serialized[pos] != ":":
+                return None
+            pos += 1
+            if key == "model":  # the rest up to the closing brace is the model's text
+                return head, serialized[pos:-1]
+            head[key], pos = decoder.raw_decode(serialized, pos)
+            if serialized[pos] != ",":
+                return None
+            pos += 1
+    except (ValueError, IndexError):
+        return None
+
+
 @dataclass(frozen=True)
 class Candidate:
     spec: EngineSpec
     merged: MergeTable  # for the workers' merge-order check
-    model_digest: str
+    model: dict[str, Any]  # tokenizer.json's BPE model, for the confirmation's digests
 
 
 def candidate_spec(tokenizer_dir: str) -> Candidate | None:
@@ -66,7 +128,7 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
         table.append(merged)
 
     try:
-        data = json.loads((root / "tokenizer.json").read_text(encoding="utf-8"))
+        data = json.loads((root / "tokenizer.json").read_bytes())
         fast = fast_bpe_spec(data, merge_order=keep_table)
         config_path = root / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
@@ -85,7 +147,7 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
         tokenizer_sha256=tokenizer_identity(tokenizer_dir),
         tokenizer_json_sha256=_file_sha256(root / "tokenizer.json"),
     )
-    return Candidate(spec=spec, merged=table[0], model_digest=model_digest(data["model"]))
+    return Candidate(spec=spec, merged=table[0], model=data["model"])
 
 
 def _without_torch() -> None:
@@ -106,13 +168,70 @@ class _ModelRecorder:
         self.digest = model_digest(model)
 
 
+_loaded: dict[str, Any] = {}  # in the confirming process: tokenizer directory -> AutoTokenizer
+
+
+def _load(tokenizer_dir: str) -> None:
+    """In the confirming process, first thing: AutoTokenizer, as MindSpeed loads it."""
+    _without_torch()
+    if tokenizer_dir not in _loaded:
+        _loaded[tokenizer_dir] = load_auto_tokenizer(tokenizer_dir)
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the confirming process reports of the tokenizer transformers built."""
+
+    head: dict[str, Any] | None  # its serialization without the model; None: not a plain fast tokenizer
+    model_sha256: str | None  # sha256 of the model's exact serialized text
+    probe_ids: list[list[int]]  # HF's ids of the probe texts
+    eos_token_id: int | None
+    vocab_size: int
+    tokenizer_sha256: str
+    tokenizer_json_sha256: str | None
+
+
+def _describe(tokenizer_dir: str, probes: list[str]) -> Built:
+    """In the confirming process: the pipeline transformers built, as the tokenizers library
+    serializes it, with the model reduced to a digest (see the module doc)."""
+    _load(tokenizer_dir)
+    tok = _loaded[tokenizer_dir]
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    parts = None
+    if backend is not None and not getattr(tok, "split_special_tokens", False):
+        parts = split_model(backend.to_str())
+    return Built(
+        head=parts[0] if parts else None,
+        model_sha256=text_sha256(parts[1]) if parts else None,
+        probe_ids=[list(tok(text)["input_ids"]) for text in probes],
+        eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        tokenizer_sha256=tokenizer_identity(tokenizer_dir),
+        tokenizer_json_sha256=_file_sha256(Path(tokenizer_dir) / "tokenizer.json"),
+    )
+
+
 def _derive(tokenizer_dir: str, force: str | None) -> tuple[EngineSpec, str | None]:
-    """In the confirming process: the engine transformers' pipeline gives, merge order and
-    Unicode classes left to the parent (it accepts the result only once those are proven)."""
+    """In the confirming process, when the digests differ: the engine transformers' pipeline
+    gives, derived in full; merge order and Unicode classes left to the parent (it accepts the
+    result only once those are proven)."""
     _without_torch()
     recorder = _ModelRecorder()
     spec = choose_engine(tokenizer_dir, force=force, checks=EngineChecks(merge_order=recorder, unicode_classes=lambda: None))
     return spec, recorder.digest
+
+
+class Confirmer:
+    """The confirming process, started before anything else so that importing transformers
+    (the longest step of the proof) begins at once."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        self.process = mp.get_context("spawn").Pool(1)
+        self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join()
 
 
 class Rejected(Exception):
@@ -123,34 +242,69 @@ class Confirmation:
     """The proof of a candidate engine, run beside the tokenization it gates."""
 
     def __init__(self, tokenizer_dir: str, force: str | None, candidate: Candidate, pool: WorkerPool,
-                 need_eos: bool) -> None:  # fmt: skip
+                 need_eos: bool, confirmer: Confirmer) -> None:  # fmt: skip
         self._tokenizer_dir = tokenizer_dir
         self._force = force
         self._candidate = candidate
         self._need_eos = need_eos
-        self._process = mp.get_context("spawn").Pool(1)
-        self._derived = self._process.apply_async(_derive, (tokenizer_dir, force))
-        assert candidate.spec.fast is not None, "a candidate is always a fast-engine spec"
-        self._merges = pool.check_merges(candidate.merged, candidate.spec.fast.ranks)
+        self._process = confirmer.process
+        fast = candidate.spec.fast
+        assert fast is not None, "a candidate is always a fast-engine spec"
+        self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
+        self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
+        self._merges = pool.check_merges(candidate.merged, fast.ranks)
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)
         self._unicode = None if known else [pool.submit(worker.class_disagreement, c) for c in unicode_classes.CLASSES]
+        self._model_sha256: str | None = None
+        self._fast_probe_ids: list[list[int]] | None = None  # the workers' ids of the probes
         self.verdict: EngineSpec | None = None  # set once proven
         self._settled = False
 
     def _ready(self) -> bool:
-        pending = [self._derived, *self._merges, *(self._unicode or [])]
+        if self._model_sha256 is None:  # here, while the parent waits for results anyway
+            self._model_sha256 = text_sha256(serialized_model(self._candidate.model))
+        pending = [self._built, *self._merges, *(self._unicode or [])]
         return all(r.ready() for r in pending)
+
+    def _proven_by_digest(self, built: Built) -> EngineSpec | None:
+        """The engine transformers built, if its model's digest is the candidate's (the model
+        the workers verified) and the rest of its pipeline gives the candidate's shape; None
+        if that does not settle it."""
+        c = self._candidate
+        if self._model_sha256 is None:
+            self._model_sha256 = text_sha256(serialized_model(c.model))
+        if built.head is None or built.model_sha256 != self._model_sha256 or self._fast_probe_ids is None:
+            return None
+        try:
+            fast = pipeline_shape(built.head).spec(c.spec.fast.ranks if c.spec.fast else {})
+        except NotExact:
+            return None
+        if fast != c.spec.fast or built.probe_ids != self._fast_probe_ids:
+            return None
+        return EngineSpec(
+            name=FAST,
+            tokenizer_dir=str(self._tokenizer_dir),
+            fast=fast,
+            fallback_reason=None,
+            eos_token_id=built.eos_token_id,
+            vocab_size=built.vocab_size,
+            tokenizer_sha256=built.tokenizer_sha256,
+            tokenizer_json_sha256=built.tokenizer_json_sha256,
+        )
 
     def settle(self) -> EngineSpec | None:
         """Wait for the proof; the proven spec, or None if the candidate is not exact
         (UserErrors of the decision propagate)."""
         if self._settled:
             return self.verdict
-        decided, digest = self._derived.get()
         c = self._candidate
-        same = decided.name == FAST and decided.fast == c.spec.fast and digest == c.model_digest
+        decided = self._proven_by_digest(self._built.get())
+        same = decided is not None
+        if decided is None:  # derive it in full from what transformers built
+            decided, digest = self._process.apply_async(_derive, (self._tokenizer_dir, self._force)).get()
+            same = decided.name == FAST and decided.fast == c.spec.fast and digest == model_digest(c.model)
         if self._need_eos and decided.eos_token_id != c.spec.eos_token_id:
             same = False
         # Always collected: the Unicode verdict is cached for later runs either way.
@@ -166,11 +320,36 @@ class Confirmation:
         self._settled = True
         return self.verdict
 
-    def gate(self, stream: Iterable[tuple[Any, dict]]) -> Iterator[tuple[Any, dict]]:
-        """`stream` passed through once proven; held in memory until then. Raises Rejected."""
+    def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
+        """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
+        again: the workers' engines encode them, for comparison with HF's ids."""
+        it = iter(batches)
+        first = next(it, None)
+        if first is None:
+            return
+        yield Batch(source=first.source, first_row=-1, columns={key: list(self.probes)})
+        yield first
+        yield from it
+
+    def _take_probes(self, encoded: dict, eod: int | None) -> None:
+        col = next(iter(encoded.values()))
+        ids = col.ids.tolist()
+        out, pos = [], 0
+        for n in col.lengths.tolist():
+            doc = ids[pos : pos + n]
+            out.append(doc[:-1] if eod is not None else doc)
+            pos += n
+        self._fast_probe_ids = out
+
+    def gate(self, stream: Iterable[tuple[Any, dict]], eod: int | None) -> Iterator[tuple[Any, dict]]:
+        """`stream` (from `with_probes`) passed through once proven; held in memory until then.
+        Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
         for item in stream:
+            if item[0].first_row == -1 and self._fast_probe_ids is None:
+                self._take_probes(item[1], eod)
+                continue
             if not self._settled:
                 held.append(item)
                 held_bytes += sum(col.ids.nbytes for col in item[1].values())
@@ -186,12 +365,8 @@ class Confirmation:
             raise Rejected
         yield from held
 
-    def close(self) -> None:
-        self._process.terminate()
-        self._process.join()
-
     def __enter__(self) -> Confirmation:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        pass  # the Confirmer's owner stops the process

@@ -86,11 +86,13 @@ def text_sha256(text: str) -> str:
 
 
 def split_model(serialized: str) -> tuple[dict[str, Any], str] | None:
-    """(every member but "model", parsed; the model's exact text) of a tokenizer serialized as
-    compact JSON with "model" last, as `Tokenizer.to_str()` writes it; None for anything else.
+    """(every member before "model", parsed; the text from the model's value to the closing
+    brace) of a tokenizer serialized as compact JSON, as `Tokenizer.to_str()` writes it (model
+    last); None if the members before "model" are not of that shape.
 
-    Only the small members are parsed. Whoever holds the model's text digest can then check
-    it against a model of their own without parsing 150k entries here."""
+    Only the small members are parsed, not the model's 150k entries. The text is the model's
+    value exactly when "model" is last; the caller's check (its digest equals that of a
+    `serialized_model`, one JSON object) establishes that, and otherwise fails."""
     decoder = json.JSONDecoder()
     if not serialized.startswith("{") or not serialized.endswith("}"):
         return None

@@ -1,0 +1,119 @@
+"""The first run's proof: the model transformers built is recognised by the digest of its
+serialized text, anything that digest does not settle is derived in full, and nothing the
+proof rejects is ever written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, QWEN2_PATTERN
+from q7x2_runtime.preprocess.pipeline import run
+from q7x2_runtime.preprocess.speculation import serialized_model, split_model, text_sha256
+from tests.preprocess.conftest import edit_tokenizer
+from tests.preprocess.test_pipeline import ROWS, alpaca_parquet, expected, megatron_docs, opts  # noqa: F401
+
+
+def _built_model_text(tokenizer_dir) -> tuple[dict, str]:
+    from transformers import AutoTokenizer
+
+    parts = split_model(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer.to_str())
+    assert parts is not None
+    return parts
+
+
+def test_split_model_cuts_out_the_model_text_exactly():
+    text = '{"version":"1.0","added_tokens":[{"content":"\\"model\\":{"}],"model":{"type":"BPE","vocab":{"a":0}}}'
+    head, model = split_model(text)
+    assert head == {"version": "1.0", "added_tokens": [{"content": '"model":{'}]}
+    assert model == '{"type":"BPE","vocab":{"a":0}}' and json.loads(model) == json.loads(text)["model"]
+
+
+def test_a_model_that_is_not_last_cannot_pass_for_a_model():
+    # The text after "model": is then not one JSON value, so it equals no serialized_model.
+    for text in ('{"model":{"type":"BPE"},"version":"1.0"}', '{"version":"1.0","model":{"a":1}'):
+        _, rest = split_model(text)
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(rest)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version":"1.0","version":"2.0","model":{}}',  # a duplicate member
+        '{ "version":"1.0","model":{}}',  # not the library's compact spelling
+        '{"version":"1.0"}',  # no model
+        '["model",{}]',
+    ],
+)
+def test_split_model_refuses_any_other_shape(text):
+    assert split_model(text) is None
+
+
+def test_serialized_model_is_the_librarys_own_text(qwen_tokenizer):
+    from tokenizers import Tokenizer
+
+    model = json.loads((qwen_tokenizer / "tokenizer.json").read_text())["model"]
+    head, text = split_model(Tokenizer.from_file(str(qwen_tokenizer / "tokenizer.json")).to_str())
+    assert serialized_model(model) == text
+    assert "model" not in head and head["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_PATTERN
+
+
+def _respelled(data):
+    # Same model, spelled differently from the tokenizers library: merges first, as "a b" strings.
+    model = data["model"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model.pop("merges")]
+    data["model"] = {"merges": merges, **model}
+
+
+def test_a_model_spelled_otherwise_is_derived_in_full_and_exact(alpaca_parquet, qwen_tokenizer, hf_tokenizer, tmp_path):  # noqa: F811
+    # Respelled here; and Qwen2Tokenizer rebuilds this trained model with "" where the file
+    # says null (continuing_subword_prefix): the same model, not the same text.
+    tok = edit_tokenizer(qwen_tokenizer, tmp_path / "respelled", _respelled)
+    model = json.loads((tok / "tokenizer.json").read_text())["model"]
+    _, built = _built_model_text(tok)
+    assert text_sha256(serialized_model(model)) != text_sha256(built)  # the digest does not settle it
+    res = run(opts(alpaca_parquet, tok, tmp_path / "o" / "a", workers=2, append_eod=True))
+    assert res.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
+    assert res.manifest["tokenizer"]["engine_decision"] == "verified"
+    texts = [r["text"] for r in ROWS]
+    assert megatron_docs(res.outputs["text"]) == expected(hf_tokenizer, texts, hf_tokenizer.eos_token_id)
+
+
+def _gpt2_pre_tokenizer(data):
+    data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def test_a_pipeline_transformers_rebuilds_is_never_taken_from_tokenizer_json(alpaca_parquet, qwen_tokenizer, tmp_path):  # noqa: F811
+    # tokenizer.json says GPT-2's pre-tokenizer (digits in runs), so the workers start with
+    # that candidate; Qwen2Tokenizer rebuilds Qwen2's (one digit per piece). The proof
+    # rejects the candidate: no id of it is written, and the run ends with what really runs.
+    from transformers import AutoTokenizer
+
+    tok = edit_tokenizer(qwen_tokenizer, tmp_path / "gpt2", _gpt2_pre_tokenizer)
+    hf = AutoTokenizer.from_pretrained(tok)
+    built = json.loads(hf.backend_tokenizer.to_str())["pre_tokenizer"]
+    assert built["type"] == "Sequence" and built["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_PATTERN
+    rows = [r["text"] for r in ROWS] + [f"numbers {i * 123456789}" for i in range(300)]
+    src = tmp_path / "n.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": rows}), src, row_group_size=64)
+    res = run(opts(src, tok, tmp_path / "o" / "a", workers=2, batch_rows=64))
+    assert res.manifest["tokenizer"]["fast_pattern"] == "qwen2" != GPT2_PATTERN
+    assert megatron_docs(res.outputs["text"]) == expected(hf, rows)
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
+
+
+def test_the_real_qwen_model_is_proven_by_its_digest():
+    from bench.assets import AssetUnavailable, qwen_tokenizer_dir
+
+    try:
+        real = qwen_tokenizer_dir()
+    except AssetUnavailable as e:
+        pytest.skip(str(e))
+    model = json.loads((real / "tokenizer.json").read_text())["model"]
+    _, built = _built_model_text(real)
+    assert text_sha256(serialized_model(model)) == text_sha256(built)

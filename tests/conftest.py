@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                     "Q7X2_LONG=1 runs it"))
         if path.is_relative_to(TESTS / "drills") and not ALL_DRILLS and item.name.split("[")[0] not in CI_DRILLS:
             item.add_marker(pytest.mark.skip(reason="a long recovery drill: Q7X2_DRILLS=1 runs every drill"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _installation_records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What an image build records (`doctor --record`) goes to a directory of the run's own, never
+    into this machine's /usr/local/share/q7x2, and a record found there cannot leak into a test."""
+    before = os.environ.get("Q7X2_SHARE_DIR")
+    os.environ["Q7X2_SHARE_DIR"] = str(tmp_path_factory.mktemp("share"))
+    yield
+    if before is None:
+        os.environ.pop("Q7X2_SHARE_DIR", None)
+    else:
+        os.environ["Q7X2_SHARE_DIR"] = before

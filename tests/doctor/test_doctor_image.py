@@ -56,3 +56,16 @@ def test_cpu_image_reports_each_mismatch(cpu_image: str, tmp_path: Path) -> None
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("torch: 2.13.0") and lines[0].endswith("pinned 2.1.0"), lines
     assert lines[1].startswith("transformers: ") and lines[1].endswith("pinned 4.43.2"), lines
+
+
+def test_cpu_image_holds_its_libraries_unicode_verdict(cpu_image: str) -> None:
+    """The build compared HF's and tiktoken's Unicode classes once, so no container's first
+    preprocess pays for it: the record is there, for exactly the installed versions."""
+    script = ("from q7x2_runtime.preprocess import unicode_classes as u; "
+              "print(u._verdict_path(u.installation_root()).read_text()); "
+              "print(u.cached_verdict(__import__('pathlib').Path('/nonexistent')))")
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", cpu_image, "-c", script],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    record, verdict = r.stdout.strip().splitlines()
+    assert json.loads(record) == {"disagreement": None} and verdict == "(True, None)", r.stdout

@@ -15,6 +15,7 @@ from q7x2_runtime.doctor.compare import compare, judge, versions_match
 from q7x2_runtime.doctor.installed import cann_version, megatron_core_version, source_ref
 from q7x2_runtime.doctor.pins import Pin, Pins, load_pins
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.preprocess import unicode_classes
 
 
 @pytest.mark.parametrize(("kind", "want", "have", "ok"), [
@@ -107,7 +108,11 @@ def test_cli_exit_and_one_line_per_mismatch(tmp_path: Path, capsys: pytest.Captu
     assert out["ok"] is False and [f["verdict"] for f in out["findings"]] == ["mismatch", "missing", "mismatch"]
 
 
-def test_record_fills_only_open_pins(tmp_path: Path) -> None:
+def test_record_fills_only_open_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The preprocess verdict is recorded too; the libraries' real comparison is the image test's.
+    monkeypatch.setenv("Q7X2_SHARE_DIR", str(tmp_path / "share"))
+    monkeypatch.setattr(unicode_classes, "disagreement", lambda c: "differs on U+00AA" if c == r"\p{L}" else None)
     pins = _write_pins(tmp_path / "p.json", [Pin("Python", "python", None, record=True),
                                             Pin("numpy", "dist", None, dist="numpy", record=True),
                                             Pin("torch", "dist", None, dist="torch")])
@@ -115,6 +120,8 @@ def test_record_fills_only_open_pins(tmp_path: Path) -> None:
     filled = {p.name: p for p in load_pins(pins).components}
     assert filled["Python"].want == platform.python_version() and not filled["Python"].record
     assert filled["numpy"].want is not None and filled["torch"].want is None  # not recordable: stays open
+    assert "preprocess: differs on U+00AA: preprocess will use the exact HF path; recorded in" in capsys.readouterr().out
+    assert unicode_classes.cached_verdict(tmp_path / "user-cache") == (True, "differs on U+00AA")
     _write_pins(pins, [Pin("CANN", "cann", None, record=True)])
     with pytest.raises(UserError, match="CANN: not found while building the image"):
         record(load_pins(pins))

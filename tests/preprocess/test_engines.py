@@ -227,3 +227,25 @@ def test_unicode_verdict_is_kept_per_library_versions(tmp_path, monkeypatch):
     assert unicode_classes.check(tmp_path) is None and len(calls) == len(unicode_classes.CLASSES)
     assert unicode_classes.cached_verdict(tmp_path) == (True, None)
     assert unicode_classes.check(tmp_path) is None and len(calls) == len(unicode_classes.CLASSES)
+
+
+
+def test_the_verdict_an_image_build_recorded_comes_before_the_user_cache(tmp_path, monkeypatch):
+    from q7x2_runtime.preprocess import unicode_classes
+
+    monkeypatch.setenv("Q7X2_SHARE_DIR", str(tmp_path / "share"))
+    calls = []
+    monkeypatch.setattr(unicode_classes, "disagreement", lambda c: calls.append(c) or None)
+    path, reason = unicode_classes.record_installation()
+    assert reason is None and path.is_relative_to(tmp_path / "share") and len(calls) == len(unicode_classes.CLASSES)
+    user = tmp_path / "user"
+    assert unicode_classes.check(user) is None and len(calls) == len(unicode_classes.CLASSES)  # not computed again
+    assert not (user / "unicode-classes").exists()
+    unicode_classes.store_verdict(user, "a stale user verdict")
+    assert unicode_classes.cached_verdict(user) == (True, None)  # the image's record wins
+    assert unicode_classes.cached_verdict(None) == (False, None)  # no cache: computed afresh
+    path.write_text("{half")  # an unreadable record is passed over, never trusted
+    assert unicode_classes.cached_verdict(user) == (True, "a stale user verdict")
+    monkeypatch.setenv("Q7X2_SHARE_DIR", str(tmp_path / "share" / "unicode-classes" / path.name))
+    with pytest.raises(OSError):
+        unicode_classes.record_installation()  # a build that cannot record fails, it never skips

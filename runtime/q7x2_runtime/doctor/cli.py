@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--pins", type=Path, default=PINS_PATH, metavar="FILE", help=f"pins file (default {PINS_PATH})")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--record", action="store_true",
-                   help="image build only: fill the pins left open (e.g. the base image's CANN) from what is installed")
+                   help="image build only: fill the pins left open (e.g. the base image's CANN) from what is installed, "
+                   "and record what preprocess checks once per installation (HF's and tiktoken's Unicode classes)")
     p.set_defaults(func=_run)
 
 
@@ -42,6 +43,20 @@ def record(pins: Pins) -> Pins:
     return replace(pins, components=filled)
 
 
+def _record_preprocess_verdicts() -> None:
+    """The once-per-installation check of the fast tokenizer path, done at build time so that no
+    container's first preprocess pays its CPU-seconds."""
+    from q7x2_runtime.preprocess import unicode_classes
+
+    try:
+        path, reason = unicode_classes.record_installation()
+    except OSError as e:
+        raise UserError(f"preprocess verdict: cannot record it ({e}); the image build needs a writable "
+                        f"{e.filename or 'share directory'}") from e
+    print("preprocess: " + (f"{reason}: preprocess will use the exact HF path" if reason
+                            else "HF's and tiktoken's Unicode classes agree") + f"; recorded in {path}")
+
+
 def check(pins: Pins) -> list[Finding]:
     return compare(pins.components, {p.name: installed(p) for p in pins.components})
 
@@ -51,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.record:
         pins = record(pins)
         save_pins(pins, args.pins)
+        _record_preprocess_verdicts()
     findings = check(pins)
     bad = [f for f in findings if f.verdict != "ok"]
     if args.json:

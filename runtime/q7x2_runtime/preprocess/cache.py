@@ -14,3 +14,9 @@ def cache_root() -> Path | None:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "q7x2"
     )
     return Path(root)
+
+
+def installation_root() -> Path:
+    """$Q7X2_SHARE_DIR, else /usr/local/share/q7x2: what the image build recorded about the
+    libraries it installed (read-only at run time, so it holds for every container of the image)."""
+    return Path(os.environ.get("Q7X2_SHARE_DIR") or "/usr/local/share/q7x2")

@@ -4,7 +4,9 @@ The fast path's pre-tokenization runs the same split regex in tiktoken that HF r
 Oniguruma. They agree only if both libraries put every code point in the same \\p{L},
 \\p{N} and \\s classes and case-fold the contraction letters alike; Unicode versions move,
 so this is checked for the installed versions (about a CPU-second per class, over all
-1.1M code points) and the verdict is kept per pair of library versions.
+1.1M code points) and the verdict is kept per pair of library versions: recorded once by the
+image build (`q7x2-runtime doctor --record`), so a new container's first preprocess does not
+pay for it, else in the user's cache on the first run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 from importlib import metadata
 from pathlib import Path
+
+from q7x2_runtime.preprocess.cache import installation_root
 
 # What the known split regexes depend on
 CLASSES = (r"\p{L}", r"\p{N}", r"\s", r"(?i:[strevmld])")
@@ -48,15 +52,25 @@ def _verdict_path(cache_root: Path | None) -> Path | None:
 
 
 def cached_verdict(cache_root: Path | None) -> tuple[bool, str | None]:
-    """(known, reason-or-None)."""
-    path = _verdict_path(cache_root)
-    try:
-        data = json.loads(path.read_text()) if path else None
+    """(known, reason-or-None): the image build's record first, then the user's cache.
+    No cache (Q7X2_PREPROCESS_CACHE=0) means neither: the verdict is computed afresh."""
+    if cache_root is None:
+        return False, None
+    for path in (_verdict_path(installation_root()), _verdict_path(cache_root)):
+        try:
+            data = json.loads(path.read_text()) if path else None
+        except (OSError, ValueError):
+            continue
         if isinstance(data, dict) and "disagreement" in data:
             return True, data["disagreement"]
-    except (OSError, ValueError):
-        pass
     return False, None
+
+
+def _write_verdict(path: Path, reason: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"disagreement": reason}))
+    os.replace(tmp, path)  # a reader never sees half a verdict
 
 
 def store_verdict(cache_root: Path | None, reason: str | None) -> None:
@@ -64,12 +78,19 @@ def store_verdict(cache_root: Path | None, reason: str | None) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"disagreement": reason}))
-        os.replace(tmp, path)
+        _write_verdict(path, reason)
     except OSError:
-        pass
+        pass  # an unwritable cache only costs the next run the same check
+
+
+def record_installation() -> tuple[Path, str | None]:
+    """Compute the verdict for the installed libraries and record it for every container of
+    this image; raises OSError when the record cannot be written (the build must fail then)."""
+    reason = next((r for r in map(disagreement, CLASSES) if r), None)
+    path = _verdict_path(installation_root())
+    assert path is not None
+    _write_verdict(path, reason)
+    return path, reason
 
 
 def check(cache_root: Path | None) -> str | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -36,27 +35,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import isolation  # noqa: E402
+from bench.scale_sandbox import (  # noqa: E402
+    busy_cpu_seconds,
+    first_hosts_inventory,
+    host_counts,
+    own_cpu_seconds,
+    scale_arguments,
+    scale_sandbox,
+)
 
 from q7x2_deploy.executor.cluster import open_cluster
 from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.executor.preflight import check_host, preflight
 from q7x2_deploy.validation import load_inventory
 from q7x2_deploy.plan import build_plan
-from q7x2_deploy.sandbox import cluster as sandbox
-from q7x2_deploy.sandbox import inventory_file
 from q7x2_deploy.sandbox.config import SandboxConfig
 from q7x2_deploy.sandbox.state import State
-
-def _busy_cpu_seconds() -> float:
-    """CPU time every process on the machine has used so far (user, system, irq, softirq)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, *_ = map(int, f.readline().split()[1:])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
 
 def _descendants(roots: set[int]) -> set[int]:
     """Every process under these PIDs (roots included), from /proc's parent links."""
@@ -91,27 +86,6 @@ def _pin(cfg: SandboxConfig, cpus: set[int]) -> None:
                 pass  # the thread exited meanwhile
 
 
-SIZES = (1, 8, 32, 64)
-
-
-def _inventory(cfg: SandboxConfig, dest: Path, total: int, hosts: int) -> Path:
-    data = inventory_file.build(cfg, total)
-    data["hosts"] = data["hosts"][:hosts]
-    data["master"]["host"] = data["hosts"][0]["name"]
-    data["job"]["name"] = "bench-fanout"
-    data["job"]["model"] = {"preset": "qwen2.5-7b"}  # check reads no model files
-    data["job"]["training"]["global_batch_size"] = 2 * hosts
-    data["master"]["port"] = 6299
-    dest.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
-
-
-def _own_cpu_seconds() -> float:
-    """CPU time of this process alone (all its threads), not of any other process."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 @dataclass
 class Sample:
     wall: float
@@ -120,9 +94,9 @@ class Sample:
 
 
 def _measure(run: Callable[[], None]) -> Sample:
-    c0, o0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    c0, o0, t0 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     run()
-    return Sample(time.perf_counter() - t0, _busy_cpu_seconds() - c0, _own_cpu_seconds() - o0)
+    return Sample(time.perf_counter() - t0, busy_cpu_seconds() - c0, own_cpu_seconds() - o0)
 
 
 def _check(inventory: Path, *, serial: bool = False) -> Callable[[], None]:
@@ -170,33 +144,21 @@ def _report(rounds: list[dict[str, Sample]], sizes: list[int], cores: int) -> di
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hosts", default=",".join(map(str, SIZES)), help="host counts to check (max 64)")
-    ap.add_argument("--reuse", metavar="NAME", help="use this running sandbox (enough hosts for the largest count)")
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
-    ap.add_argument("--repeat", type=int, default=3)
+    scale_arguments(ap, sizes=(1, 8, 32, 64), repeat=3)
     ap.add_argument("--pin", action="store_true", help="also compare 1 and 8 hosts on fewer cores")
     args = ap.parse_args()
-    sizes = sorted({int(x) for x in args.hosts.split(",")})
+    sizes = host_counts(args)
     total = max(sizes)
 
-    name, subnet = isolation.sandbox("q7x2b", "10.213.10.0/24")  # Q7X2_TEST_SLOT moves both
-    cfg = sandbox.config_for(args.reuse, None) if args.reuse else SandboxConfig(name=name, subnet=subnet)
-    owned = args.reuse is None
     all_cpus = os.sched_getaffinity(0)
     cores = len(all_cpus)
     pinned: dict[int, list[dict[str, Sample]]] = {}
     load0 = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="q7x2-fanout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="q7x2-fanout-") as tmp, \
+            scale_sandbox(args, "q7x2b", "10.213.10.0/24", total, Path(tmp)) as cfg:
         try:
-            if owned:
-                t0 = time.monotonic()
-                sandbox.up(cfg, total, inventory=Path(tmp) / "inventory.yaml", with_base_image=False,
-                           with_sample=False, log=lambda _m: None)
-                print(f"sandbox {cfg.name}: {total} hosts up in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-            st = sandbox.status(cfg)
-            if len(st["hosts"]) < total:
-                raise SystemExit(f"fanout: sandbox {cfg.name} has {len(st['hosts'])} hosts, need {total}")
-            runs = {str(n): _check(_inventory(cfg, Path(tmp) / f"h{n}.yaml", total, n)) for n in sizes}
+            runs = {str(n): _check(first_hosts_inventory(cfg, Path(tmp) / f"h{n}.yaml", total, n,
+                                                         job="bench-fanout", port=6299)) for n in sizes}
             rounds = _rounds(runs, args.repeat)
             if args.pin and 1 in sizes and 8 in sizes:
                 pair = {"1": runs["1"], "8": runs["8"]}
@@ -205,8 +167,6 @@ def main() -> int:
                     pinned[n] = _rounds(pair, args.repeat)
         finally:
             _pin(cfg, all_cpus)
-            if owned and not args.keep:
-                sandbox.down(cfg, log=lambda _m: None)
 
     load1 = os.getloadavg()
     print(f"-- check on {cores} core(s), median of {args.repeat} interleaved rounds; machine load "

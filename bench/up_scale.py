@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.scale_sandbox import (  # noqa: E402
+    busy_cpu_seconds,
+    first_hosts_inventory,
+    host_counts,
+    own_cpu_seconds,
+    scale_arguments,
+    scale_sandbox,
+)
 from tests import isolation  # noqa: E402
 from tests.deploy.deploy_fixtures import ensure_test_image  # noqa: E402
 
@@ -54,8 +59,6 @@ from q7x2_deploy.executor.fanout import first_error, for_each
 from q7x2_deploy.executor.up import UpHooks, up
 from q7x2_deploy.plan import build_plan
 from q7x2_deploy.runs.output import LogSink
-from q7x2_deploy.sandbox import cluster as sandbox
-from q7x2_deploy.sandbox import inventory_file
 from q7x2_deploy.sandbox.config import SandboxConfig
 from q7x2_deploy.transport.factory import ssh_factory
 from q7x2_deploy.validation import load_inventory
@@ -84,25 +87,6 @@ def trivial_image() -> str:
     return IMAGE
 
 
-def _inventory(cfg: SandboxConfig, dest: Path, total: int, hosts: int) -> Path:
-    data = inventory_file.build(cfg, total)
-    data["hosts"] = data["hosts"][:hosts]
-    data["master"] = {"host": data["hosts"][0]["name"], "port": 6298}
-    repo, tag = IMAGE.rsplit(":", 1)
-    data["image"] = {"repository": repo, "tag": tag, "flavor": "cpu", "distribution": "ssh"}
-    data["job"]["name"] = f"bench-up-{hosts}"
-    data["job"]["model"] = {"preset": "qwen2.5-7b"}  # the stand-in reads no model files
-    data["job"]["training"]["global_batch_size"] = 2 * hosts
-    data["job"]["recovery"] = {"max_restarts": 0}
-    dest.write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
-
-
-def _own_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 class TimingSink(LogSink):
     """The real sink (host logs to files, terminal output to /dev/null), with each note's time."""
 
@@ -114,13 +98,6 @@ class TimingSink(LogSink):
     def note(self, text: str) -> None:
         self.notes.append((time.perf_counter() - self.t0, text))
         super().note(text)
-
-
-def _busy_cpu_seconds() -> float:
-    """CPU time every process on the machine has used so far (user, system, irq, softirq)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, *_ = map(int, f.readline().split()[1:])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -150,12 +127,12 @@ def _one_up(inventory: Path) -> Round:
     with open(os.devnull, "w") as devnull, open_cluster(plan, factory) as cluster:
         sink = TimingSink(plan.job_name, devnull)
         marks: dict[str, float] = {}
-        c0, b0 = _own_cpu(), _busy_cpu_seconds()
+        c0, b0 = own_cpu_seconds(), busy_cpu_seconds()
         sink.t0 = t0 = time.perf_counter()
         rc = up(cluster, sink, hooks=UpHooks(on_preflight=lambda _r: marks.setdefault("preflight", time.perf_counter() - t0)),
                 inventory=inv, factory=factory)
         marks["done"] = time.perf_counter() - t0
-        cpu, busy = _own_cpu() - c0, _busy_cpu_seconds() - b0
+        cpu, busy = own_cpu_seconds() - c0, busy_cpu_seconds() - b0
         sink.close()
     if rc != 0:
         raise SystemExit(f"up_scale: up returned {rc} on {n} hosts")
@@ -209,44 +186,34 @@ def _table(title: str, rounds: dict[int, list[Round]]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hosts", default=",".join(map(str, SIZES)), help="host counts (max 64)")
-    ap.add_argument("--reuse", metavar="NAME", help="use this running sandbox (enough hosts for the largest count)")
-    ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
-    ap.add_argument("--repeat", type=int, default=2)
+    scale_arguments(ap, sizes=SIZES, repeat=2)
     args = ap.parse_args()
-    sizes = sorted({int(x) for x in args.hosts.split(",")})
+    sizes = host_counts(args)
     total = max(sizes)
 
-    name, subnet = isolation.sandbox("q7x2u", "10.213.12.0/24")  # Q7X2_TEST_SLOT moves both
-    cfg = sandbox.config_for(args.reuse, None) if args.reuse else SandboxConfig(name=name, subnet=subnet)
-    owned = args.reuse is None
     trivial_image()
     load0 = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="q7x2-upscale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="q7x2-upscale-") as tmp, \
+            scale_sandbox(args, "q7x2u", "10.213.12.0/24", total, Path(tmp)) as cfg:
         os.environ["Q7X2_RUNS_DIR"] = str(Path(tmp) / "runs")  # the rounds' run directories
-        try:
-            if owned:
-                t0 = time.monotonic()
-                sandbox.up(cfg, total, inventory=Path(tmp) / "inventory.yaml", with_base_image=False,
-                           with_sample=False, log=lambda _m: None)
-                print(f"sandbox {cfg.name}: {total} hosts up in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-            invs = {n: _inventory(cfg, Path(tmp) / f"h{n}.yaml", total, n) for n in sizes}
-            delivery: dict[int, list[Round]] = {}
+        repo, tag = IMAGE.rsplit(":", 1)
+        invs = {n: first_hosts_inventory(cfg, Path(tmp) / f"h{n}.yaml", total, n, job=f"bench-up-{n}", port=6298,
+                                         image={"repository": repo, "tag": tag, "flavor": "cpu", "distribution": "ssh"},
+                                         job__recovery={"max_restarts": 0})
+                for n in sizes}
+        delivery: dict[int, list[Round]] = {}
+        for n in sizes:
+            _remove_image(cfg, invs[total])
+            delivery[n] = [_one_up(invs[n])]
+        rounds: dict[int, list[Round]] = {n: [] for n in sizes}
+        for _ in range(args.repeat):  # interleaved, so load elsewhere hits every size alike
             for n in sizes:
-                _remove_image(cfg, invs[total])
-                delivery[n] = [_one_up(invs[n])]
-            rounds: dict[int, list[Round]] = {n: [] for n in sizes}
-            for _ in range(args.repeat):  # interleaved, so load elsewhere hits every size alike
-                for n in sizes:
-                    rounds[n].append(_one_up(invs[n]))
-            plan = build_plan(load_inventory(invs[total]))
-            with open_cluster(plan, ssh_factory()) as cluster:
-                for n in sizes:
-                    for_each(cluster.hosts, lambda h, n=n: cluster.runtime(h).remove_job(f"bench-up-{n}"),
-                             key=lambda h: h.name)
-        finally:
-            if owned and not args.keep:
-                sandbox.down(cfg, log=lambda _m: None)
+                rounds[n].append(_one_up(invs[n]))
+        plan = build_plan(load_inventory(invs[total]))
+        with open_cluster(plan, ssh_factory()) as cluster:
+            for n in sizes:
+                for_each(cluster.hosts, lambda h, n=n: cluster.runtime(h).remove_job(f"bench-up-{n}"),
+                         key=lambda h: h.name)
     load1 = os.getloadavg()
     print(f"-- up of a trivial job ({os.cpu_count()} CPUs; load before {'/'.join(f'{x:.1f}' for x in load0)}, "
           f"after {'/'.join(f'{x:.1f}' for x in load1)})")

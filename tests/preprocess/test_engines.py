@@ -229,7 +229,6 @@ def test_unicode_verdict_is_kept_per_library_versions(tmp_path, monkeypatch):
     assert unicode_classes.check(tmp_path) is None and len(calls) == len(unicode_classes.CLASSES)
 
 
-
 def test_the_verdict_an_image_build_recorded_comes_before_the_user_cache(tmp_path, monkeypatch):
     from q7x2_runtime.preprocess import unicode_classes
 

@@ -39,16 +39,19 @@ def disagreement(pattern: str) -> str | None:
     return None
 
 
-def _verdict_path(cache_root: Path | None) -> Path | None:
-    if cache_root is None:
-        return None
+def compute() -> str | None:
+    """The first class the two engines disagree on, or None: about a CPU-second per class."""
+    return next((r for r in map(disagreement, CLASSES) if r), None)
+
+
+def _verdict_path(root: Path) -> Path:
     versions = []
     for lib in ("tokenizers", "tiktoken"):
         try:
             versions.append(f"{lib}-{metadata.version(lib)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{lib}-none")
-    return cache_root / "unicode-classes" / ("_".join(versions) + ".json")
+    return root / "unicode-classes" / ("_".join(versions) + ".json")
 
 
 def cached_verdict(cache_root: Path | None) -> tuple[bool, str | None]:
@@ -58,7 +61,7 @@ def cached_verdict(cache_root: Path | None) -> tuple[bool, str | None]:
         return False, None
     for path in (_verdict_path(installation_root()), _verdict_path(cache_root)):
         try:
-            data = json.loads(path.read_text()) if path else None
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and "disagreement" in data:
@@ -74,11 +77,10 @@ def _write_verdict(path: Path, reason: str | None) -> None:
 
 
 def store_verdict(cache_root: Path | None, reason: str | None) -> None:
-    path = _verdict_path(cache_root)
-    if path is None:
+    if cache_root is None:
         return
     try:
-        _write_verdict(path, reason)
+        _write_verdict(_verdict_path(cache_root), reason)
     except OSError:
         pass  # an unwritable cache only costs the next run the same check
 
@@ -86,9 +88,8 @@ def store_verdict(cache_root: Path | None, reason: str | None) -> None:
 def record_installation() -> tuple[Path, str | None]:
     """Compute the verdict for the installed libraries and record it for every container of
     this image; raises OSError when the record cannot be written (the build must fail then)."""
-    reason = next((r for r in map(disagreement, CLASSES) if r), None)
+    reason = compute()
     path = _verdict_path(installation_root())
-    assert path is not None
     _write_verdict(path, reason)
     return path, reason
 
@@ -98,6 +99,6 @@ def check(cache_root: Path | None) -> str | None:
     known, reason = cached_verdict(cache_root)
     if known:
         return reason
-    reason = next((r for r in map(disagreement, CLASSES) if r), None)
+    reason = compute()
     store_verdict(cache_root, reason)
     return reason

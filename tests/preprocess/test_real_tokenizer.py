@@ -23,20 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.assets import AssetUnavailable, qwen_tokenizer_dir
 from q7x2_runtime.preprocess.engines import FAST, HF, build_engine, choose_engine
 from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
 from tests.preprocess.conftest import edit_tokenizer
 from tests.preprocess.test_engines import HOSTILE
 from tests.preprocess.test_pipeline import megatron_docs
-
-
-@pytest.fixture(scope="session")
-def real_qwen() -> Path:
-    try:
-        return qwen_tokenizer_dir()
-    except AssetUnavailable as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

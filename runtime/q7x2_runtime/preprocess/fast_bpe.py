@@ -299,39 +299,13 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
 
 
 def check_merge_order(merged: MergeTable, ranks: dict[bytes, int]) -> None:
-    """Condition (2) of the module docstring for every merge (about 1-2 s for 150k merges).
+    """Condition (2) of the module docstring for every merge (merge_order does the work).
 
     A cheaper sufficient test (no pair of a's trailing and b's leading parts ranks below t)
     was tried: a third of real merges fail it without ever crossing, so simulating is faster.
     """
-    for piece, left, _right, rid in merged:
-        if not _merges_to(piece, left, rid, ranks):
-            raise NotExact(f"token {rid} is not reached by its own merge under rank order")
+    from q7x2_runtime.preprocess.merge_order import failing_merges  # numpy: only where checked
 
-
-def _merges_to(piece: bytes, left: bytes, limit: int, ranks: dict[bytes, int]) -> bool:
-    """Does rank-order merging of `piece` with ranks < limit end in exactly [left, rest]?
-
-    Called once per vocabulary entry at load time, so it keeps per-pair ranks in a list and
-    lets C (min/index) find the next merge, as tiktoken's own merge loop does.
-    """
-    n = len(piece)
-    if n == 2:
-        return True  # two single bytes: nothing else can happen
-    get = ranks.get
-    parts = [piece[i : i + 1] for i in range(n)]
-    pair_ranks = [get(piece[i : i + 2], limit) for i in range(n - 1)]
-    while len(parts) > 2:
-        best = min(pair_ranks)
-        if best >= limit:
-            return False
-        i = pair_ranks.index(best)  # leftmost on ties, like both engines
-        merged = parts[i] + parts[i + 1]
-        parts[i : i + 2] = [merged]
-        del pair_ranks[i]
-        if i > 0:
-            pair_ranks[i - 1] = get(parts[i - 1] + merged, limit)
-        if i < len(parts) - 1:
-            pair_ranks[i] = get(merged + parts[i + 1], limit)
-    # Merges never split, so a merge across the left|right boundary shows up here.
-    return parts[0] == left
+    bad = failing_merges(merged, ranks)
+    if bad:
+        raise NotExact(f"token {merged[bad[0]][3]} is not reached by its own merge under rank order")

@@ -10,7 +10,8 @@ import pytest
 
 from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, QWEN2_PATTERN
 from q7x2_runtime.preprocess.pipeline import run
-from q7x2_runtime.preprocess.speculation import serialized_model, split_model, text_sha256
+from q7x2_runtime.preprocess.confirming import split_model, text_sha256
+from q7x2_runtime.preprocess.speculation import serialized_model
 from tests.preprocess.conftest import edit_tokenizer
 from tests.preprocess.test_pipeline import ROWS, alpaca_parquet, expected, megatron_docs, opts  # noqa: F401
 

@@ -1,0 +1,133 @@
+"""What runs in the confirming process (see speculation): AutoTokenizer, loaded as MindSpeed
+loads it, and the description of the pipeline transformers built.
+
+Kept apart from speculation so that this process imports only what it needs: a spawned
+process imports the module of every function it is sent, and speculation's (the worker pool,
+pyarrow, numpy) would cost it a few hundred milliseconds of CPU before transformers even starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from q7x2_runtime.preprocess.engines import (
+    EngineChecks, EngineSpec, _file_sha256, choose_engine, load_auto_tokenizer, tokenizer_identity,
+)  # fmt: skip
+
+
+def model_digest(model: dict[str, Any]) -> str:
+    """sha256 of a BPE model's settings, vocabulary and merges, however the file spells them."""
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+    settings = {k: v for k, v in model.items() if k not in ("vocab", "merges")}
+    vocab = sorted((model.get("vocab") or {}).items(), key=lambda kv: kv[1])
+    text = json.dumps([settings, vocab, merges], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def split_model(serialized: str) -> tuple[dict[str, Any], str] | None:
+    """(every member before "model", parsed; the text from the model's value to the closing
+    brace) of a tokenizer serialized as compact JSON, as `Tokenizer.to_str()` writes it (model
+    last); None if the members before "model" are not of that shape.
+
+    Only the small members are parsed, not the model's 150k entries. The text is the model's
+    value exactly when "model" is last; the caller's check (its digest equals that of a
+    `serialized_model`, one JSON object) establishes that, and otherwise fails."""
+    decoder = json.JSONDecoder()
+    if not serialized.startswith("{") or not serialized.endswith("}"):
+        return None
+    head: dict[str, Any] = {}
+    pos = 1
+    try:
+        while True:
+            key, pos = decoder.raw_decode(serialized, pos)
+            if not isinstance(key, str) or key in head or serialized[pos] != ":":
+                return None
+            pos += 1
+            if key == "model":  # the rest up to the closing brace is the model's text
+                return head, serialized[pos:-1]
+            head[key], pos = decoder.raw_decode(serialized, pos)
+            if serialized[pos] != ",":
+                return None
+            pos += 1
+    except (ValueError, IndexError):
+        return None
+
+
+def _without_torch() -> None:
+    """Make transformers see no torch (or torch_npu): tokenizers never use it, and importing it
+    costs seconds of CPU (more with torch_npu). A None entry makes `import` fail and
+    importlib.util.find_spec report the package missing, which is how transformers asks."""
+    for name in ("torch", "torch_npu", "torchvision", "torchaudio", "tensorflow", "jax", "flax"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None on purpose: see above
+
+
+class _ModelRecorder:
+    """A merge-order 'check' that records which model it was asked about, for the parent to
+    match against the model its workers verified."""
+
+    digest: str | None = None
+
+    def __call__(self, model, merged, ranks) -> None:
+        self.digest = model_digest(model)
+
+
+_loaded: dict[str, Any] = {}  # in the confirming process: tokenizer directory -> AutoTokenizer
+
+
+def _load(tokenizer_dir: str) -> None:
+    """In the confirming process, first thing: AutoTokenizer, as MindSpeed loads it."""
+    _without_torch()
+    if tokenizer_dir not in _loaded:
+        _loaded[tokenizer_dir] = load_auto_tokenizer(tokenizer_dir)
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the confirming process reports of the tokenizer transformers built."""
+
+    head: dict[str, Any] | None  # its serialization without the model; None: not a plain fast tokenizer
+    model_sha256: str | None  # sha256 of the model's exact serialized text
+    probe_ids: list[list[int]]  # HF's ids of the probe texts
+    eos_token_id: int | None
+    vocab_size: int
+    tokenizer_sha256: str
+    tokenizer_json_sha256: str | None
+
+
+def _describe(tokenizer_dir: str, probes: list[str]) -> Built:
+    """In the confirming process: the pipeline transformers built, as the tokenizers library
+    serializes it, with the model reduced to a digest (see the module doc)."""
+    _load(tokenizer_dir)
+    tok = _loaded[tokenizer_dir]
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    parts = None
+    if backend is not None and not getattr(tok, "split_special_tokens", False):
+        parts = split_model(backend.to_str())
+    return Built(
+        head=parts[0] if parts else None,
+        model_sha256=text_sha256(parts[1]) if parts else None,
+        probe_ids=[list(tok(text)["input_ids"]) for text in probes],
+        eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        tokenizer_sha256=tokenizer_identity(tokenizer_dir),
+        tokenizer_json_sha256=_file_sha256(Path(tokenizer_dir) / "tokenizer.json"),
+    )
+
+
+def _derive(tokenizer_dir: str, force: str | None) -> tuple[EngineSpec, str | None]:
+    """In the confirming process, when the digests differ: the engine transformers' pipeline
+    gives, derived in full; merge order and Unicode classes left to the parent (it accepts the
+    result only once those are proven)."""
+    _without_torch()
+    recorder = _ModelRecorder()
+    spec = choose_engine(tokenizer_dir, force=force, checks=EngineChecks(merge_order=recorder, unicode_classes=lambda: None))
+    return spec, recorder.digest

@@ -92,34 +92,47 @@ def run(opts: PreprocessOptions) -> PreprocessResult:
     check_options(opts)
     keys = list(dict.fromkeys(opts.json_keys))
     start = time.perf_counter()
-    sources = discover(opts.input, keys)
-    with WorkerPool(opts.workers) as pool:
-        return _run(opts, keys, sources, pool, start)
+    force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
+    cached = cached_engine(opts.tokenizer, force)
+    speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
+    # Started before anything else: loading transformers is the longest step of a first run.
+    confirmer = Confirmer(opts.tokenizer) if speculate and force != HF and opts.workers > 1 and cached is None else None
+    try:
+        with WorkerPool(opts.workers) as pool:
+            sources = discover(opts.input, keys)
+            return _run(opts, keys, sources, pool, start, force, cached, confirmer)
+    finally:
+        if confirmer is not None:
+            confirmer.close()
 
 
 def _run(
-    opts: PreprocessOptions, keys: list[str], sources: list[SourceFile], pool: WorkerPool, start: float
+    opts: PreprocessOptions,
+    keys: list[str],
+    sources: list[SourceFile],
+    pool: WorkerPool,
+    start: float,
+    force: str | None,
+    cached: EngineSpec | None,
+    confirmer: Confirmer | None,
 ) -> PreprocessResult:
-    force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
-    speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
-    if speculate and force != HF and opts.workers > 1 and cached_engine(opts.tokenizer, force) is None:
-        confirmer = Confirmer(opts.tokenizer)  # loads AutoTokenizer while tokenizer.json is read here
-        try:
-            candidate = candidate_spec(opts.tokenizer)
-            result = None
-            if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
-                confirmation = Confirmation(opts.tokenizer, force, candidate, pool, opts.append_eod, confirmer)
-                result = _write(opts, keys, sources, pool, start, candidate.spec, False, gate=confirmation)
-                if result is None:
-                    # Not the engine tokenizer.json suggested (nothing was written): decide for real.
-                    print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
-        finally:
-            confirmer.close()
-        if result is not None:
-            return result
+    if cached is not None:
+        result = _write(opts, keys, sources, pool, start, cached, True)
+        assert result is not None, "only a confirm callback rejects a run"
+        return result
+    if confirmer is not None:
+        candidate = candidate_spec(opts.tokenizer)
+        if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
+            confirmation = Confirmation(opts.tokenizer, force, candidate, pool, opts.append_eod, confirmer)
+            result = _write(opts, keys, sources, pool, start, candidate.spec, False, gate=confirmation)
+            if result is not None:
+                return result
+            # Not the engine tokenizer.json suggested (nothing was written): decide for real.
+            print("preprocess: the tokenizer differs from what tokenizer.json suggested; running again", file=sys.stderr)
+        confirmer.close()  # the decision below loads transformers itself
     checks = None if force == HF else (lambda: pool_checks(opts.tokenizer, pool))
-    spec, cached = choose_engine_cached(opts.tokenizer, force, checks)
-    result = _write(opts, keys, sources, pool, start, spec, cached)
+    spec, cached_now = choose_engine_cached(opts.tokenizer, force, checks)
+    result = _write(opts, keys, sources, pool, start, spec, cached_now)
     assert result is not None, "only a confirm callback rejects a run"
     return result
 

@@ -118,6 +118,7 @@ class Confirmer:
         self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
 
     def close(self) -> None:
+        """Stop the process; again is harmless (multiprocessing's Pool allows it)."""
         self.process.terminate()
         self.process.join()
 

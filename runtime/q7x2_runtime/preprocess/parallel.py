@@ -52,9 +52,9 @@ class WorkerPool:
         ranks plus each merge's left length: the task carries a few hundred kB, not the table."""
         assert self._pool is not None
         shared = _Shared(ranks)
-        lefts: bytes | None = bytes(min(len(left), 255) for _piece, left, _right, _rank in merged)
-        if any(len(left) >= 255 for _p, left, _r, _k in merged):
-            lefts = None  # absurdly long tokens: send the table itself
+        lengths = [len(m[1]) for m in merged]
+        # absurdly long tokens (a left part of 256 bytes or more): send the table itself
+        lefts = bytes(lengths) if max(lengths, default=0) < 256 else None
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
         return [self._pool.apply_async(worker.check_merges, (*payload, i, self.workers)) for i in range(self.workers)]
 

@@ -61,7 +61,7 @@ def serialized_model(model: dict[str, Any]) -> str:
     if any(map(int.__gt__, ids[:-1], ids[1:])):
         vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     merges = model.get("merges") or []
-    if any(isinstance(m, str) for m in merges):
+    if str in set(map(type, merges)):
         merges = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
 
     def dump(obj: object) -> str:

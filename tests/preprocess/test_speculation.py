@@ -118,3 +118,47 @@ def test_the_real_qwen_model_is_proven_by_its_digest():
     model = json.loads((real / "tokenizer.json").read_text())["model"]
     _, built = _built_model_text(real)
     assert text_sha256(serialized_model(model)) == text_sha256(built)
+
+
+def test_the_confirming_process_is_started_only_for_a_run_that_speculates(qwen_tokenizer, tmp_path, monkeypatch):
+    from q7x2_runtime.preprocess.confirming import confirmer_for
+
+    monkeypatch.setenv("Q7X2_CACHE_DIR", str(tmp_path / "cache"))
+    for engine, workers in (("hf", 2), ("auto", 1), ("auto", 0), ("auto", True), ("auto", "2"), ("auto", 10**6)):
+        assert confirmer_for(str(qwen_tokenizer), engine, workers) is None, (engine, workers)
+    assert confirmer_for(str(tmp_path / "missing"), "auto", 2) is None  # the run itself says why, in its order
+    fifo = tmp_path / "fifo-tokenizer"
+    fifo.mkdir()
+    import os
+
+    os.mkfifo(fifo / "tokenizer.json")
+    assert confirmer_for(str(fifo), "auto", 2) is None  # refused before any read: nothing blocks
+    monkeypatch.setenv("Q7X2_PREPROCESS_SPECULATE", "0")
+    assert confirmer_for(str(qwen_tokenizer), "auto", 2) is None
+    monkeypatch.delenv("Q7X2_PREPROCESS_SPECULATE")
+    confirmer = confirmer_for(str(qwen_tokenizer), "fast", 2)
+    assert confirmer is not None
+    confirmer.close()
+
+
+def test_a_confirmer_the_caller_started_proves_the_run_and_stays_the_callers(alpaca_parquet, real_qwen, tmp_path, monkeypatch):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from q7x2_runtime.preprocess.confirming import confirmer_for
+
+    monkeypatch.setenv("Q7X2_CACHE_DIR", str(tmp_path / "cache"))
+    confirmer = confirmer_for(str(real_qwen), "auto", 2)
+    assert confirmer is not None
+    try:
+        res = run(opts(alpaca_parquet, real_qwen, tmp_path / "o" / "a", workers=2), confirmer)
+        assert res.manifest["tokenizer"]["engine_decision"] == "verified"
+        assert res.manifest["tokenizer"]["engine"] == "tiktoken-bpe"
+        hf = AutoTokenizer.from_pretrained(real_qwen)
+        assert megatron_docs(res.outputs["text"]) == expected(hf, [r["text"] for r in ROWS])
+        assert confirmer.process.apply_async(len, ("ok",)).get(timeout=60) == 2  # run() left it running
+    finally:
+        confirmer.close()
+    # the proven decision was stored once every id was written: the next run needs no confirmer
+    assert confirmer_for(str(real_qwen), "auto", 2) is None
+    again = run(opts(alpaca_parquet, real_qwen, tmp_path / "o2" / "a", workers=2))
+    assert again.manifest["tokenizer"]["engine_decision"] == "cached"

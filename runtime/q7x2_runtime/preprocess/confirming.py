@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from q7x2_runtime.errors import UserError
+from q7x2_runtime.preprocess import engine_cache
 from q7x2_runtime.preprocess.engines import (
-    EngineChecks, EngineSpec, _file_sha256, choose_engine, load_auto_tokenizer, tokenizer_identity,
+    EngineChecks, EngineSpec, _file_sha256, check_tokenizer_dir, choose_engine, engine_choice, load_auto_tokenizer,
+    tokenizer_identity,
 )  # fmt: skip
 
 
@@ -131,3 +136,34 @@ def _derive(tokenizer_dir: str, force: str | None) -> tuple[EngineSpec, str | No
     recorder = _ModelRecorder()
     spec = choose_engine(tokenizer_dir, force=force, checks=EngineChecks(merge_order=recorder, unicode_classes=lambda: None))
     return spec, recorder.digest
+
+
+class Confirmer:
+    """The confirming process, started before anything else so that importing transformers
+    (the longest step of the proof) begins at once."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        self.process = mp.get_context("spawn").Pool(1)
+        self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
+
+    def close(self) -> None:
+        """Stop the process; again is harmless (multiprocessing's Pool allows it)."""
+        self.process.terminate()
+        self.process.join()
+
+
+def confirmer_for(tokenizer_dir: str, engine: str, workers: object) -> Confirmer | None:
+    """The confirming process a first run will need, started now; None if the run will not
+    tokenize speculatively (one worker, --engine hf, the decision already cached, or
+    Q7X2_PREPROCESS_SPECULATE=0) or its flags are not valid (the run refuses them itself)."""
+    if os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") == "0":
+        return None
+    if engine not in ("auto", "fast") or isinstance(workers, bool) or not isinstance(workers, int) or not 1 < workers <= 512:
+        return None
+    try:
+        check_tokenizer_dir(Path(tokenizer_dir))  # no file is read before this (a FIFO would block)
+        if engine_cache.has_decision(tokenizer_dir, engine_choice(engine)):
+            return None
+    except (UserError, OSError):
+        return None
+    return Confirmer(tokenizer_dir)

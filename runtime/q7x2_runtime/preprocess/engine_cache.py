@@ -104,6 +104,12 @@ def _remove_dead_temporaries(d: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def has_decision(tokenizer_dir: str, force: str | None = None) -> bool:
+    """Is a decision stored for this tokenizer (without reading it)?"""
+    d = cache_dir()
+    return d is not None and (d / f"{cache_key(tokenizer_identity(tokenizer_dir), force)}.json").is_file()
+
+
 def cached_engine(tokenizer_dir: str, force: str | None = None) -> EngineSpec | None:
     """The remembered decision for this tokenizer, or None."""
     if not Path(tokenizer_dir).is_dir():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from q7x2_runtime.errors import UserError
+from q7x2_runtime.os_errors import present, regular_file
 from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec, MergeOrderCheck, NotExact, fast_bpe_spec
 
 FAST = "tiktoken-bpe"
@@ -135,6 +136,23 @@ class HfEngine:
         if not texts:
             return []
         return list(self._tok(texts)["input_ids"])
+
+
+def engine_choice(flag: str) -> str | None:
+    """--engine auto | fast | hf as the `force` of choose_engine."""
+    return {"auto": None, "fast": FAST, "hf": HF}[flag]
+
+
+def check_tokenizer_dir(path: Path) -> None:
+    """The tokenizer directory and the files transformers reads from it must be regular files:
+    a FIFO would block the loader forever."""
+    if not present(path, "tokenizer directory"):
+        raise UserError(f"--tokenizer-name-or-path {path}: no such tokenizer directory")
+    if not path.is_dir():
+        raise UserError(f"--tokenizer-name-or-path {path}: not a directory (give the HF tokenizer directory)")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "config.json"):
+        if present(path / name, "tokenizer file"):
+            regular_file(path / name, "tokenizer file", 1 << 30)
 
 
 def build_engine(spec: EngineSpec) -> Engine:

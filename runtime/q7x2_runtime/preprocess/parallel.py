@@ -14,7 +14,7 @@ import multiprocessing as mp
 import pickle
 import uuid
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
 
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
@@ -58,8 +58,11 @@ class WorkerPool:
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
         return [self._pool.apply_async(worker.check_merges, (*payload, i, self.workers)) for i in range(self.workers)]
 
-    def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:
-        """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight."""
+    def ordered(
+        self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None, in_flight: Callable[[], int | None] | None = None
+    ) -> Iterator[tuple[Batch, dict]]:
+        """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight,
+        or fewer while `in_flight()` says so."""
         if self._pool is None:
             worker.init(spec, eod, pool_worker=False)
             for batch in batches:
@@ -76,7 +79,8 @@ class WorkerPool:
         for batch in batches:
             args = (shared.key, self._attached(shared), batch.columns)
             window.append((batch, self._pool.apply_async(worker.encode_with, args)))
-            if len(window) >= 2 * self.workers + 2:
+            bound = (in_flight() if in_flight else None) or 2 * self.workers + 2
+            while len(window) >= bound:
                 done, result = window.popleft()
                 yield done, _result(result)
         while window:

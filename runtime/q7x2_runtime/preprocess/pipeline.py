@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 import threading
@@ -14,15 +13,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.os_errors import present, regular_file
 from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
-from q7x2_runtime.preprocess.engines import FAST, HF, EngineSpec
+from q7x2_runtime.preprocess.engines import HF, EngineSpec, check_tokenizer_dir, engine_choice
 from q7x2_runtime.preprocess.prechecks import pool_checks
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
 from q7x2_runtime.preprocess.progress import ProgressReporter
 from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
-from q7x2_runtime.preprocess.speculation import Confirmation, Confirmer, Rejected, candidate_spec
+from q7x2_runtime.preprocess.confirming import Confirmer, confirmer_for
+from q7x2_runtime.preprocess.speculation import Confirmation, Rejected, candidate_spec
 
 NO_EOD_WARNING = (
     "warning: --append-eod not given: documents are written without an end-of-document token, so "
@@ -76,33 +75,23 @@ def check_options(opts: PreprocessOptions) -> None:
     check_tokenizer_dir(Path(opts.tokenizer))
 
 
-def check_tokenizer_dir(path: Path) -> None:
-    """The tokenizer directory and the files transformers reads from it must be regular files:
-    a FIFO would block the loader forever."""
-    if not present(path, "tokenizer directory"):
-        raise UserError(f"--tokenizer-name-or-path {path}: no such tokenizer directory")
-    if not path.is_dir():
-        raise UserError(f"--tokenizer-name-or-path {path}: not a directory (give the HF tokenizer directory)")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "config.json"):
-        if present(path / name, "tokenizer file"):
-            regular_file(path / name, "tokenizer file", 1 << 30)
-
-
-def run(opts: PreprocessOptions) -> PreprocessResult:
+def run(opts: PreprocessOptions, confirmer: Confirmer | None = None) -> PreprocessResult:
+    """The whole run. `confirmer`: the caller's `confirmer_for(...)` if it started one even
+    before importing this module (the caller stops it); else one is started here if needed."""
     check_options(opts)
     keys = list(dict.fromkeys(opts.json_keys))
     start = time.perf_counter()
-    force = {"auto": None, "fast": FAST, "hf": HF}[opts.engine]
+    force = engine_choice(opts.engine)
     cached = cached_engine(opts.tokenizer, force)
-    speculate = os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") != "0"
-    # Started before anything else: loading transformers is the longest step of a first run.
-    confirmer = Confirmer(opts.tokenizer) if speculate and force != HF and opts.workers > 1 and cached is None else None
+    own = confirmer is None and cached is None
+    if own:
+        confirmer = confirmer_for(opts.tokenizer, opts.engine, opts.workers)
     try:
         with WorkerPool(opts.workers) as pool:
             sources = discover(opts.input, keys)
-            return _run(opts, keys, sources, pool, start, force, cached, confirmer)
+            return _run(opts, keys, sources, pool, start, force, cached, None if cached else confirmer)
     finally:
-        if confirmer is not None:
+        if own and confirmer is not None:
             confirmer.close()
 
 
@@ -166,7 +155,7 @@ def _write(
             if gate is None:
                 stream = pool.ordered(batches, spec, eod)
             else:  # ids reach the writer only once the engine is proven
-                stream = gate.gate(pool.ordered(gate.with_probes(batches, keys[0]), spec, eod), eod)
+                stream = gate.gate(pool.ordered(gate.with_probes(batches, keys[0]), spec, eod, gate.in_flight), eod)
             try:
                 for batch, encoded in stream:
                     docs = tokens = 0

@@ -30,7 +30,6 @@ Ids therefore never depend on the guess, only the time does.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,7 @@ from typing import Any
 
 from q7x2_runtime.preprocess import engine_cache, unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
-from q7x2_runtime.preprocess.confirming import (
-    Built, _derive, _describe, _load, model_digest, text_sha256,
-)  # fmt: skip
+from q7x2_runtime.preprocess.confirming import Built, Confirmer, _derive, _describe, model_digest, text_sha256
 from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, probe_texts, tokenizer_identity
 from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape
 from q7x2_runtime.preprocess.parallel import WorkerPool
@@ -109,20 +106,6 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
     return Candidate(spec=spec, merged=table[0], model=data["model"])
 
 
-class Confirmer:
-    """The confirming process, started before anything else so that importing transformers
-    (the longest step of the proof) begins at once."""
-
-    def __init__(self, tokenizer_dir: str) -> None:
-        self.process = mp.get_context("spawn").Pool(1)
-        self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
-
-    def close(self) -> None:
-        """Stop the process; again is harmless (multiprocessing's Pool allows it)."""
-        self.process.terminate()
-        self.process.join()
-
-
 class Rejected(Exception):
     """The candidate engine is not exactly the tokenizer's; nothing was written."""
 
@@ -137,6 +120,7 @@ class Confirmation:
         self._candidate = candidate
         self._need_eos = need_eos
         self._process = confirmer.process
+        self._workers = pool.workers
         fast = candidate.spec.fast
         assert fast is not None, "a candidate is always a fast-engine spec"
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
@@ -205,9 +189,20 @@ class Confirmation:
         unicode_reason = self._unicode_reason
         if same and not any(merge_reasons) and unicode_reason is None:
             self.verdict = decided
-            engine_cache.store(engine_cache.cache_key(decided.tokenizer_sha256, self._force), decided)
         self._settled = True
         return self.verdict
+
+    def in_flight(self) -> int | None:
+        """How many batches the pool may work on at once: while the proof runs, one worker
+        fewer than the pool has, so the confirming process keeps a core to itself (the first
+        ids can be written only once it is done); then the pool's own bound (None)."""
+        return None if self._settled else max(1, self._workers - 1)
+
+    def _remember(self) -> None:
+        """Cache the proven decision for later runs: once every id is written, since writing
+        the decision (150k ranks) is not on the way to the first document."""
+        if self.verdict is not None:
+            engine_cache.store(engine_cache.cache_key(self.verdict.tokenizer_sha256, self._force), self.verdict)
 
     def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
         """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
@@ -253,6 +248,7 @@ class Confirmation:
         if self.settle() is None:
             raise Rejected
         yield from held
+        self._remember()
 
     def __enter__(self) -> Confirmation:
         return self

@@ -30,6 +30,7 @@ Ids therefore never depend on the guess, only the time does.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,8 +200,7 @@ class Confirmation:
         return None if self._settled else max(1, self._workers - 1)
 
     def _remember(self) -> None:
-        """Cache the proven decision for later runs: once every id is written, since writing
-        the decision (150k ranks) is not on the way to the first document."""
+        """Cache the proven decision for later runs (never on the way to the first write)."""
         if self.verdict is not None:
             engine_cache.store(engine_cache.cache_key(self.verdict.tokenizer_sha256, self._force), self.verdict)
 
@@ -230,25 +230,35 @@ class Confirmation:
         Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
-        for item in stream:
-            if item[0].first_row == -1 and self._fast_probe_ids is None:
-                self._take_probes(item[1], eod)
-                continue
-            if not self._settled:
+        remembering: threading.Thread | None = None
+        try:
+            for item in stream:
+                if item[0].first_row == -1 and self._fast_probe_ids is None:
+                    self._take_probes(item[1], eod)
+                    continue
+                if self._settled:
+                    yield item
+                    continue
                 held.append(item)
                 held_bytes += sum(col.ids.nbytes for col in item[1].values())
                 if not self._ready() and held_bytes < HOLD_BYTES:
                     continue
                 if self.settle() is None:
                     raise Rejected
+                # Cached for later runs while the workers go on (not after the last write,
+                # where its 0.2 s would add to the run).
+                remembering = threading.Thread(target=self._remember, name="q7x2-remember-engine")
+                remembering.start()
                 yield from held
                 held.clear()
-                continue
-            yield item
-        if self.settle() is None:
-            raise Rejected
-        yield from held
-        self._remember()
+            if self.settle() is None:
+                raise Rejected
+            yield from held
+        finally:
+            if remembering is not None:
+                remembering.join()
+            elif self.verdict is not None:
+                self._remember()
 
     def __enter__(self) -> Confirmation:
         return self

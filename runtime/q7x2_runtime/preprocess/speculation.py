@@ -5,11 +5,14 @@ AutoTokenizer: seconds of imports) and proving the fast engine exact (~150k merg
 while tokenizer.json alone already tells what the fast engine will be. So on a first run
 with a tokenizer:
 
-- a separate process starts loading AutoTokenizer at once (without importing torch, which the
-  tokenizer never uses: seconds saved);
+- a separate process (confirming.py) starts loading AutoTokenizer at once, before the rest of
+  preprocess is even imported, and without importing torch, which the tokenizer never uses
+  (seconds saved);
 - meanwhile the parent reads tokenizer.json into a candidate engine and the workers start
   tokenizing with it; they also check the candidate's merge order (and, once per
-  installation, the Unicode classes), between batches, and encode the probe texts first;
+  installation, the Unicode classes), between batches, and encode the probe texts first.
+  Until the proof is complete the pool works on one batch fewer than it has workers, so that
+  the confirming process, whose end the first write waits for, keeps a core;
 - once AutoTokenizer is loaded, that process serializes the pipeline transformers actually
   built (`backend_tokenizer.to_str()`, the tokenizers library's own description of it) and
   returns everything but the BPE model as JSON, the model as a sha256 of its exact text,
@@ -22,7 +25,8 @@ with a tokenizer:
 - ids are held in memory, never written, until all of that agrees: the candidate equals the
   engine derived from what transformers built, that model is the one whose merges the workers
   verified, the probes and Unicode classes agree. Only then are they written, and the decision
-  cached. Otherwise nothing was written, and the run starts again with the confirmed engine.
+  cached (on a thread, while the workers go on). Otherwise nothing was written, and the run
+  starts again with the confirmed engine.
 
 Ids therefore never depend on the guess, only the time does.
 """

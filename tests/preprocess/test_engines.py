@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from q7x2_runtime.errors import UserError
-from q7x2_runtime.preprocess.engines import FAST, HF, build_engine, choose_engine
+from q7x2_runtime.preprocess.engines import _NEVER_ALLOWED, FAST, HF, build_engine, choose_engine, flatten
 from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, NotExact, fast_bpe_spec
 from tests.preprocess.conftest import SPECIALS, edit_tokenizer, write_tokenizer
 
@@ -65,7 +66,28 @@ _pieces = st.one_of(
 @given(st.lists(_pieces, max_size=8).map("".join))
 def test_random_texts_match_autotokenizer(qwen_tokenizer, hf_tokenizer, text):
     engine = _engine_for(qwen_tokenizer)
-    assert engine.encode_one(text) == hf_tokenizer(text)["input_ids"]
+    want = hf_tokenizer(text)["input_ids"]
+    assert engine.encode_one(text) == want
+    assert engine.encode_array(text).tolist() == want
+
+
+@pytest.mark.parametrize("eod", [None, 7])
+def test_flat_ids_are_the_documents_back_to_back(qwen_tokenizer, hf_tokenizer, eod):
+    """What the workers write: the buffer path's ids, with the eod after each document, equal
+    HF's; including a text spelling the fast engine's never-allowed special token, which must
+    stay plain text."""
+    engine = _engine_for(qwen_tokenizer)
+    texts = [*HOSTILE, f"a {_NEVER_ALLOWED} b", _NEVER_ALLOWED, "<|endoftext|> x"]
+    texts = [t for t in texts if t]
+    ids, lengths = engine.encode_flat(texts, eod)
+    want = [hf_tokenizer(t)["input_ids"] + ([eod] if eod is not None else []) for t in texts]
+    assert ids.dtype == np.int32 and lengths.dtype == np.int64
+    assert lengths.tolist() == [len(w) for w in want]
+    assert ids.tolist() == [i for w in want for i in w]
+    hf_ids, hf_lengths = flatten([hf_tokenizer(t)["input_ids"] for t in texts], eod)  # the HF engine's path
+    assert hf_ids.tolist() == ids.tolist() and hf_lengths.tolist() == lengths.tolist()
+    empty_ids, empty_lengths = engine.encode_flat([], eod)
+    assert empty_ids.size == 0 and empty_lengths.size == 0
 
 
 _ENGINES: dict = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # No preprocess process does linear algebra, yet importing numpy starts OpenBLAS's thread
+    # pool: a few hundred milliseconds of CPU over the parent, workers and confirming process.
+    # Set before any of them imports numpy; an operator's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # A first run's longest step is loading transformers in the confirming process: started
     # before the rest of preprocess is even imported (a quarter of a second of pyarrow & co).
     from q7x2_runtime.preprocess.confirming import confirmer_for

@@ -10,7 +10,6 @@ import os
 import pickle
 import threading
 import time
-from array import array
 from dataclasses import dataclass
 from typing import cast
 
@@ -128,15 +127,5 @@ def encode_columns(columns: dict[str, list[str | None]]) -> dict[str, EncodedCol
 def _encode(texts: list[str | None]) -> EncodedColumn:
     assert _engine is not None, "worker not initialised"
     present = [t for t in texts if t]
-    flat = array("i")
-    lengths = array("q")
-    for ids in _engine.encode(present):
-        if _eod is not None:
-            ids.append(_eod)
-        flat.extend(ids)
-        lengths.append(len(ids))
-    return EncodedColumn(
-        ids=np.frombuffer(flat, dtype=np.int32) if flat else np.zeros(0, np.int32),
-        lengths=np.frombuffer(lengths, dtype=np.int64) if lengths else np.zeros(0, np.int64),
-        skipped_empty=len(texts) - len(present),
-    )
+    ids, lengths = _engine.encode_flat(present, _eod)
+    return EncodedColumn(ids=ids, lengths=lengths, skipped_empty=len(texts) - len(present))

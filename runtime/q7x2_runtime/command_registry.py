@@ -49,12 +49,23 @@ def _register_unavailable(sub: argparse._SubParsersAction, command: str, missing
     p.set_defaults(func=_fail)
 
 
+def _modules_needed(modules: dict[str, str], argv: list[str]) -> dict[str, str]:
+    """Only the named command's module when the command line names one (the top-level parser
+    takes no option with a value, so the first other word is the command): importing every
+    command's module costs a run its dependencies' imports (numpy, pydantic: a quarter of a
+    second), and preprocess starts its confirming process before it has reached them. Help,
+    or a name that is no command, gets all of them, so argparse can list every choice."""
+    named = next((a for a in argv if not a.startswith("-")), None)
+    return {named: modules[named]} if named in modules else modules
+
+
 def run_cli(prog: str, description: str, modules: dict[str, str], *, own_prefix: str, extra: str, argv: list[str] | None,
             extras: dict[str, str] | None = None) -> int:
     """Parse, dispatch, and turn UserError into one line per problem on stderr."""
     parser = OneLineParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_commands(sub, modules, own_prefix=own_prefix, extra=extra, extras=extras)
+    register_commands(sub, _modules_needed(modules, sys.argv[1:] if argv is None else argv), own_prefix=own_prefix,
+                      extra=extra, extras=extras)  # fmt: skip
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -138,6 +138,11 @@ def _derive(tokenizer_dir: str, force: str | None) -> tuple[EngineSpec, str | No
     return spec, recorder.digest
 
 
+def remember_decision(spec: EngineSpec, force: str | None) -> None:
+    """In the confirming process, once the proof is settled: cache the proven decision."""
+    engine_cache.store(engine_cache.cache_key(spec.tokenizer_sha256, force), spec)
+
+
 class Confirmer:
     """The confirming process, started before anything else so that importing transformers
     (the longest step of the proof) begins at once."""

@@ -25,7 +25,7 @@ with a tokenizer:
 - ids are held in memory, never written, until all of that agrees: the candidate equals the
   engine derived from what transformers built, that model is the one whose merges the workers
   verified, the probes and Unicode classes agree. Only then are they written, and the decision
-  cached (on a thread, while the workers go on). Otherwise nothing was written, and the run
+  cached (by the confirming process, while the workers go on). Otherwise nothing was written, and the run
   starts again with the confirmed engine.
 
 Ids therefore never depend on the guess, only the time does.
@@ -34,15 +34,16 @@ Ids therefore never depend on the guess, only the time does.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from q7x2_runtime.preprocess import engine_cache, unicode_classes, worker
+from q7x2_runtime.preprocess import unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
-from q7x2_runtime.preprocess.confirming import Built, Confirmer, _derive, _describe, model_digest, text_sha256
+from q7x2_runtime.preprocess.confirming import (
+    Built, Confirmer, _derive, _describe, model_digest, remember_decision, text_sha256,
+)  # fmt: skip
 from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, probe_texts, tokenizer_identity
 from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape
 from q7x2_runtime.preprocess.parallel import WorkerPool
@@ -203,10 +204,11 @@ class Confirmation:
         ids can be written only once it is done); then the pool's own bound (None)."""
         return None if self._settled else max(1, self._workers - 1)
 
-    def _remember(self) -> None:
-        """Cache the proven decision for later runs (never on the way to the first write)."""
-        if self.verdict is not None:
-            engine_cache.store(engine_cache.cache_key(self.verdict.tokenizer_sha256, self._force), self.verdict)
+    def _remember(self):
+        """Cache the proven decision for later runs, in the confirming process: its work is done,
+        and in this one storing ~150k ranks as JSON would hold the GIL for a tenth of a second
+        while the workers wait for their next batches. An AsyncResult to wait for."""
+        return self._process.apply_async(remember_decision, (self.verdict, self._force))
 
     def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
         """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
@@ -234,35 +236,29 @@ class Confirmation:
         Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
-        remembering: threading.Thread | None = None
-        try:
-            for item in stream:
-                if item[0].first_row == -1 and self._fast_probe_ids is None:
-                    self._take_probes(item[1], eod)
-                    continue
-                if self._settled:
-                    yield item
-                    continue
-                held.append(item)
-                held_bytes += sum(col.ids.nbytes for col in item[1].values())
-                if not self._ready() and held_bytes < HOLD_BYTES:
-                    continue
-                if self.settle() is None:
-                    raise Rejected
-                # Cached for later runs while the workers go on (not after the last write,
-                # where its 0.2 s would add to the run).
-                remembering = threading.Thread(target=self._remember, name="q7x2-remember-engine")
-                remembering.start()
-                yield from held
-                held.clear()
+        remembering = None
+        for item in stream:
+            if item[0].first_row == -1 and self._fast_probe_ids is None:
+                self._take_probes(item[1], eod)
+                continue
+            if self._settled:
+                yield item
+                continue
+            held.append(item)
+            held_bytes += sum(col.ids.nbytes for col in item[1].values())
+            if not self._ready() and held_bytes < HOLD_BYTES:
+                continue
             if self.settle() is None:
                 raise Rejected
+            remembering = self._remember()  # while the workers go on
             yield from held
-        finally:
-            if remembering is not None:
-                remembering.join()
-            elif self.verdict is not None:
-                self._remember()
+            held.clear()
+        if self.settle() is None:
+            raise Rejected
+        yield from held
+        # Only a finished run waits (a store takes a fraction of a second; the process may be
+        # gone after an interruption).
+        (remembering or self._remember()).wait(60)
 
     def __enter__(self) -> Confirmation:
         return self

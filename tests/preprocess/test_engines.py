@@ -270,3 +270,24 @@ def test_the_verdict_an_image_build_recorded_comes_before_the_user_cache(tmp_pat
     monkeypatch.setenv("Q7X2_SHARE_DIR", str(tmp_path / "share" / "unicode-classes" / path.name))
     with pytest.raises(OSError):
         unicode_classes.record_installation()  # a build that cannot record fails, it never skips
+
+
+def test_tokenizer_identity_is_hashed_again_whenever_a_file_changes(tmp_path):
+    """The identity is computed once per process for unchanged files (a run asks several
+    times), but a rewrite, even of the same size with the old mtime put back, changes it."""
+    import hashlib
+    import os
+
+    from q7x2_runtime.preprocess import engines
+
+    (tmp_path / "tokenizer.json").write_text('{"a": 1}')
+    first = engines.tokenizer_identity(str(tmp_path))
+    assert engines.tokenizer_identity(str(tmp_path)) == first
+    st = (tmp_path / "tokenizer.json").stat()
+    (tmp_path / "tokenizer.json").write_text('{"a": 2}')
+    os.utime(tmp_path / "tokenizer.json", ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = engines.tokenizer_identity(str(tmp_path))
+    assert second != first
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert engines.tokenizer_identity(str(tmp_path)) not in (first, second)
+    assert engines._file_sha256(tmp_path / "tokenizer.json") == hashlib.sha256(b'{"a": 2}').hexdigest()

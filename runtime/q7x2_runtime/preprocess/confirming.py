@@ -23,6 +23,7 @@ from q7x2_runtime.preprocess.engines import (
     EngineChecks, EngineSpec, _file_sha256, check_tokenizer_dir, choose_engine, engine_choice, load_auto_tokenizer,
     tokenizer_identity,
 )  # fmt: skip
+from q7x2_runtime.preprocess.limits import MAX_WORKERS
 
 
 def model_digest(model: dict[str, Any]) -> str:
@@ -163,7 +164,7 @@ def confirmer_for(tokenizer_dir: str, engine: str, workers: object) -> Confirmer
     Q7X2_PREPROCESS_SPECULATE=0) or its flags are not valid (the run refuses them itself)."""
     if os.environ.get("Q7X2_PREPROCESS_SPECULATE", "1") == "0":
         return None
-    if engine not in ("auto", "fast") or isinstance(workers, bool) or not isinstance(workers, int) or not 1 < workers <= 512:
+    if engine not in ("auto", "fast") or isinstance(workers, bool) or not isinstance(workers, int) or not 1 < workers <= MAX_WORKERS:
         return None
     try:
         check_tokenizer_dir(Path(tokenizer_dir))  # no file is read before this (a FIFO would block)

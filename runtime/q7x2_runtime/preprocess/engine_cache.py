@@ -8,6 +8,7 @@ Disable with Q7X2_PREPROCESS_CACHE=0; relocate with Q7X2_CACHE_DIR.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,14 @@ def cache_dir() -> Path | None:
     return None if root is None else root / "preprocess-engine"
 
 
+@functools.cache
+def _rule_code() -> bytes:
+    """The module files themselves: a changed rule must not reuse an old verdict (read once
+    per process: an installed module does not change under a running one)."""
+    here = Path(__file__).parent
+    return b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py", "unicode_classes.py"))
+
+
 def cache_key(tokenizer_sha256: str, force: str | None) -> str:
     versions = []
     for lib in _LIBRARIES:
@@ -38,12 +47,7 @@ def cache_key(tokenizer_sha256: str, force: str | None) -> str:
             versions.append(f"{lib}={metadata.version(lib)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{lib}=none")
-    # The module files themselves: a changed rule must not reuse an old verdict.
-    here = Path(__file__).parent
-    code = b"".join(
-        (here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py", "unicode_classes.py")
-    )
-    material = "\n".join([_FORMAT, tokenizer_sha256, str(force), *versions]).encode() + code
+    material = "\n".join([_FORMAT, tokenizer_sha256, str(force), *versions]).encode() + _rule_code()
     return hashlib.sha256(material).hexdigest()
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -239,19 +240,49 @@ def load_auto_tokenizer(tokenizer_dir: str):  # -> transformers.PreTrainedTokeni
         raise UserError(f"cannot load the tokenizer from {tokenizer_dir}: {first}") from None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+# sha256s already computed in this process, by the files' stat signatures: a run asks for the
+# same 16 MB of tokenizer files several times (cache lookups, candidate, manifest); any write
+# changes a file's ctime, so a changed file is hashed again.
+_HASHED: dict[tuple, str] = {}
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _memo_sha256(paths: list[Path], compute: Callable[[], str]) -> str:
+    key = tuple(map(_signature, paths))
+    if key not in _HASHED:
+        _HASHED[key] = compute()
+    return _HASHED[key]
+
+
 def tokenizer_identity(tokenizer_dir: str) -> str:
     """sha256 over the tokenizer files that decide the ids (tokenizer.json first)."""
-    h = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
-        p = Path(tokenizer_dir) / name
-        if p.is_file():
-            h.update(name.encode() + b"\0")
-            h.update(p.read_bytes())
-    return h.hexdigest()
+    paths = [Path(tokenizer_dir) / name for name in _TOKENIZER_FILES]
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for name, p in zip(_TOKENIZER_FILES, paths):
+            if p.is_file():
+                h.update(name.encode() + b"\0")
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+    return _memo_sha256(paths, compute)
 
 
 def _file_sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    if not path.is_file():
+        return None
+    return _memo_sha256([path], lambda: hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def choose_engine(tokenizer_dir: str, *, force: str | None = None, checks: EngineChecks | None = None) -> EngineSpec:

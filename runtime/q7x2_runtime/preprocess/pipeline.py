@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
 from q7x2_runtime.preprocess.engines import HF, EngineSpec, check_tokenizer_dir, engine_choice
+from q7x2_runtime.preprocess.limits import MAX_WORKERS
 from q7x2_runtime.preprocess.prechecks import pool_checks
 from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
@@ -51,7 +52,7 @@ class PreprocessResult:
 
 
 # Plausible ranges: beyond them a value is a typo, and some (workers) would cost real resources.
-_LIMITS = {"--workers": ("workers", 1, 512), "--batch-rows": ("batch_rows", 1, 10_000_000), "--log-interval": ("log_interval", 1, 10**15)}
+_LIMITS = {"--workers": ("workers", 1, MAX_WORKERS), "--batch-rows": ("batch_rows", 1, 10_000_000), "--log-interval": ("log_interval", 1, 10**15)}
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 
 

@@ -14,8 +14,9 @@ import json
 import os
 import tempfile
 from importlib import metadata
+from itertools import accumulate
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from q7x2_runtime.debris import pid_gone
 from q7x2_runtime.errors import UserError
@@ -23,7 +24,7 @@ from q7x2_runtime.preprocess.cache import cache_root
 from q7x2_runtime.preprocess.engines import EngineChecks, EngineSpec, choose_engine, tokenizer_identity
 from q7x2_runtime.preprocess.fast_bpe import FastBpeSpec
 
-_FORMAT = "q7x2-engine-cache-1"
+_FORMAT = "q7x2-engine-cache-2"
 _LIBRARIES = ("transformers", "tokenizers", "tiktoken")
 
 
@@ -56,14 +57,14 @@ def load(key: str, tokenizer_dir: str) -> EngineSpec | None:
     if d is None:
         return None
     try:
-        data = json.loads((d / f"{key}.json").read_text())
+        data = json.loads((d / f"{key}.json").read_text(encoding="utf-8"))
         fast = data.pop("fast")
         if fast is not None:
             fast = FastBpeSpec(
                 pattern=fast["pattern"],
                 pattern_name=fast["pattern_name"],
                 nfc=fast["nfc"],
-                ranks={k.encode("latin-1"): v for k, v in fast["ranks"].items()},
+                ranks=_ranks_from(fast["ranks"]),
                 added_tokens=fast["added_tokens"],
                 normalized_added_tokens=fast["normalized_added_tokens"],
             )
@@ -82,8 +83,7 @@ def store(key: str, spec: EngineSpec) -> None:
         "pattern": f.pattern,
         "pattern_name": f.pattern_name,
         "nfc": f.nfc,
-        # latin-1 maps bytes 1:1 onto code points, a compact lossless JSON spelling
-        "ranks": {k.decode("latin-1"): v for k, v in f.ranks.items()},
+        "ranks": _ranks_to(f.ranks),
         "added_tokens": f.added_tokens,
         "normalized_added_tokens": f.normalized_added_tokens,
     }
@@ -91,11 +91,35 @@ def store(key: str, spec: EngineSpec) -> None:
         d.mkdir(parents=True, exist_ok=True)
         _remove_dead_temporaries(d)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}-", suffix=".json")
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            # dumps, not dump: only the one-shot encoder is json's C one (0.02 s here, 0.11 s)
+            out.write(json.dumps(data, ensure_ascii=False))
         os.replace(tmp, d / f"{key}.json")
     except OSError:
         pass  # a read-only home only costs the next run its start-up time
+
+
+def _ranks_to(ranks: dict[bytes, int]) -> dict[str, object]:
+    """~150k ranks as three flat members, not an object of 150k keys: a tenth of the time to
+    write and to read. The tokens' bytes back to back, spelled in latin-1 (one code point per
+    byte, lossless), then each token's length and rank."""
+    return {
+        "bytes": b"".join(ranks).decode("latin-1"),
+        "lengths": list(map(len, ranks)),
+        "ranks": list(ranks.values()),
+    }
+
+
+def _ranks_from(flat: dict[str, Any]) -> dict[bytes, int]:
+    data = flat["bytes"].encode("latin-1")
+    lengths, values = flat["lengths"], flat["ranks"]
+    if len(lengths) != len(values) or sum(lengths) != len(data) or not all(type(v) is int for v in values):
+        raise ValueError("cached ranks do not add up")
+    ends = list(accumulate(lengths))
+    ranks = dict(zip(map(data.__getitem__, map(slice, [0, *ends[:-1]], ends)), values))
+    if len(ranks) != len(values):
+        raise ValueError("cached ranks repeat a token")
+    return ranks
 
 
 def _remove_dead_temporaries(d: Path) -> None:

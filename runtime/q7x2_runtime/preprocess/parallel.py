@@ -45,8 +45,9 @@ class WorkerPool:
         assert self._pool is not None
         return self._pool.apply_async(fn, args)
 
-    def check_merges(self, merged: list, ranks: dict[bytes, int]) -> list:
-        """Start verifying the merge order in every worker; AsyncResults of reasons/None.
+    def check_merges(self, merged: list, ranks: dict[bytes, int], parts: int | None = None) -> list:
+        """Start verifying the merge order in `parts` tasks (default: one per worker);
+        AsyncResults of reasons/None.
 
         `merged` is in rank order (fast_bpe's condition 1), so the workers rebuild it from the
         ranks plus each merge's left length: the task carries a few hundred kB, not the table."""
@@ -56,13 +57,20 @@ class WorkerPool:
         # absurdly long tokens (a left part of 256 bytes or more): send the table itself
         lefts = bytes(lengths) if max(lengths, default=0) < 256 else None
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
-        return [self._pool.apply_async(worker.check_merges, (*payload, i, self.workers)) for i in range(self.workers)]
+        parts = parts or self.workers
+        return [self._pool.apply_async(worker.check_merges, (*payload, i, parts)) for i in range(parts)]
 
     def ordered(
-        self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None, in_flight: Callable[[], int | None] | None = None
+        self,
+        batches: Iterator[Batch],
+        spec: EngineSpec,
+        eod: int | None,
+        in_flight: Callable[[], int | None] | None = None,
+        before_first: Callable[[], None] | None = None,
     ) -> Iterator[tuple[Batch, dict]]:
         """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight,
-        or fewer while `in_flight()` says so."""
+        or fewer while `in_flight()` says so; `before_first()` is called (and may wait) before
+        the first batch goes to a worker."""
         if self._pool is None:
             worker.init(spec, eod, pool_worker=False)
             for batch in batches:
@@ -77,6 +85,9 @@ class WorkerPool:
             return encoded
 
         for batch in batches:
+            if before_first is not None:
+                before_first()
+                before_first = None
             args = (shared.key, self._attached(shared), batch.columns)
             window.append((batch, self._pool.apply_async(worker.encode_with, args)))
             bound = (in_flight() if in_flight else None) or 2 * self.workers + 2

@@ -8,11 +8,11 @@ with a tokenizer:
 - a separate process (confirming.py) starts loading AutoTokenizer at once, before the rest of
   preprocess is even imported, and without importing torch, which the tokenizer never uses
   (seconds saved);
-- meanwhile the parent reads tokenizer.json into a candidate engine and the workers start
-  tokenizing with it; they also check the candidate's merge order (and, once per
-  installation, the Unicode classes), between batches, and encode the probe texts first.
-  Until the proof is complete the pool works on one batch fewer than it has workers, so that
-  the confirming process, whose end the first write waits for, keeps a core;
+- meanwhile the parent reads tokenizer.json into a candidate engine; the workers check the
+  candidate's merge order (and, once per installation, the Unicode classes), then encode the
+  probe texts and start tokenizing with it. Until the proof is complete the pool keeps only
+  as many workers busy as leave the confirming process, whose end the first write waits
+  for, a core (`proof_budget`: one on 2 cores);
 - once AutoTokenizer is loaded, that process serializes the pipeline transformers actually
   built (`backend_tokenizer.to_str()`, the tokenizers library's own description of it) and
   returns everything but the BPE model as JSON, the model as a sha256 of its exact text,
@@ -34,6 +34,7 @@ Ids therefore never depend on the guess, only the time does.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,17 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
     return Candidate(spec=spec, merged=table[0], model=data["model"])
 
 
+def proof_budget(workers: int) -> int:
+    """Workers the pool keeps busy while the proof runs: as many as leave a core to the
+    confirming process, whose end the first write waits for (CFS shares a core evenly among
+    the processes that want it, so one more would slow that process by a third on 2 cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(workers, cores - 1))
+
+
 class Rejected(Exception):
     """The candidate engine is not exactly the tokenizer's; nothing was written."""
 
@@ -131,7 +143,8 @@ class Confirmation:
         assert fast is not None, "a candidate is always a fast-engine spec"
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
         self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
-        self._merges = pool.check_merges(candidate.merged, fast.ranks)
+        self._budget = proof_budget(pool.workers)
+        self._merges = pool.check_merges(candidate.merged, fast.ranks, parts=self._budget)
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)
@@ -141,9 +154,13 @@ class Confirmation:
         self.verdict: EngineSpec | None = None  # set once proven
         self._settled = False
 
-    def _ready(self) -> bool:
-        if self._model_sha256 is None:  # here, while the parent waits for results anyway
+    def _model_digest(self) -> str:
+        if self._model_sha256 is None:  # when the parent waits for results anyway
             self._model_sha256 = text_sha256(serialized_model(self._candidate.model))
+        return self._model_sha256
+
+    def _ready(self) -> bool:
+        self._model_digest()
         pending = [self._built, *self._merges, *(self._unicode or [])]
         return all(r.ready() for r in pending)
 
@@ -152,9 +169,7 @@ class Confirmation:
         the workers verified) and the rest of its pipeline gives the candidate's shape; None
         if that does not settle it."""
         c = self._candidate
-        if self._model_sha256 is None:
-            self._model_sha256 = text_sha256(serialized_model(c.model))
-        if built.head is None or built.model_sha256 != self._model_sha256 or self._fast_probe_ids is None:
+        if built.head is None or built.model_sha256 != self._model_digest() or self._fast_probe_ids is None:
             return None
         try:
             fast = pipeline_shape(built.head).spec(c.spec.fast.ranks if c.spec.fast else {})
@@ -199,10 +214,16 @@ class Confirmation:
         return self.verdict
 
     def in_flight(self) -> int | None:
-        """How many batches the pool may work on at once: while the proof runs, one worker
-        fewer than the pool has, so the confirming process keeps a core to itself (the first
-        ids can be written only once it is done); then the pool's own bound (None)."""
-        return None if self._settled else max(1, self._workers - 1)
+        """How many batches the pool may work on at once: while the proof runs, its budget of
+        cores (see `proof_budget`); then the pool's own bound (None)."""
+        return None if self._settled else self._budget
+
+    def before_tokenizing(self) -> None:
+        """Before the first batch: the merge check has the proof's budget of cores to itself
+        (so the pool never runs more than that), and the parent hashes the model meanwhile."""
+        self._model_digest()
+        for r in self._merges:
+            r.wait()
 
     def _remember(self):
         """Cache the proven decision for later runs, in the confirming process: its work is done,

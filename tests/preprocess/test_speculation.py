@@ -162,3 +162,80 @@ def test_a_confirmer_the_caller_started_proves_the_run_and_stays_the_callers(alp
     assert confirmer_for(str(real_qwen), "auto", 2) is None
     again = run(opts(alpaca_parquet, real_qwen, tmp_path / "o2" / "a", workers=2))
     assert again.manifest["tokenizer"]["engine_decision"] == "cached"
+
+
+class _Ticking:
+    def __init__(self) -> None:
+        self.on = True
+
+    def in_flight(self) -> int | None:
+        return 1
+
+    def ticking(self) -> bool:
+        return self.on
+
+
+def test_a_paced_stream_ticks_while_a_result_is_awaited_and_keeps_order(qwen_tokenizer, tmp_path):
+    from pathlib import Path
+
+    from q7x2_runtime.preprocess.engines import choose_engine
+    from q7x2_runtime.preprocess.parallel import WorkerPool
+    from q7x2_runtime.preprocess.sources import Batch, SourceFile
+
+    spec = choose_engine(str(qwen_tokenizer))
+    source = SourceFile(path=Path(tmp_path / "x.jsonl"), format="jsonl", rows=None)
+    texts = ["many words to tokenize here, " * 20_000, "short", "again " * 10_000]
+    batches = [Batch(source, i, {"text": [t]}) for i, t in enumerate(texts)]
+    pacing = _Ticking()
+    with WorkerPool(2) as pool:
+        items = list(pool.paced(iter(batches), spec, None, pacing))
+        ticks = sum(item is None for item in items)
+        got = [item[0].first_row for item in items if item is not None]
+        assert ticks >= 1 and got == [0, 1, 2]
+        pacing.on = False
+        assert None not in list(pool.paced(iter(batches), spec, None, pacing))
+        assert [b.first_row for b, _ in pool.ordered(iter(batches), spec, None)] == [0, 1, 2]
+
+
+def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
+    """The gate writes what it holds as soon as the proof is complete, without waiting for the
+    next batch to come back (fake proof: the boundary under test is the gate's)."""
+    from q7x2_runtime.preprocess.speculation import Confirmation, Rejected
+
+    class Item:
+        def __init__(self, row: int) -> None:
+            self.first_row = row
+
+    gate = object.__new__(Confirmation)
+    gate._settled, gate._fast_probe_ids, gate._remembering = False, [[1]], None
+    proof = {"ready": False, "ok": True}
+    gate._ready = lambda: proof["ready"]  # type: ignore[method-assign]
+
+    def settle():
+        gate._settled = True
+        gate.verdict = object() if proof["ok"] else None
+        return gate.verdict
+
+    gate.settle = settle  # type: ignore[method-assign]
+    gate._remember = lambda: type("Done", (), {"wait": lambda self, t: None})()  # type: ignore[method-assign]
+    written: list = []
+
+    def stream():
+        yield (Item(0), {})
+        yield None  # a tick: the proof is not complete yet
+        assert written == []
+        proof["ready"] = True
+        yield None  # a tick once it is: the held batch is written before the next comes back
+        assert [i.first_row for i, _ in written] == [0]
+        yield (Item(1), {})
+
+    for item in gate.gate(stream(), None):
+        written.append(item)
+    assert [i.first_row for i, _ in written] == [0, 1]
+
+    gate._settled, proof["ready"], proof["ok"] = False, False, False
+    written.clear()
+    with pytest.raises(Rejected):  # a proof that fails: nothing held is ever written
+        for item in gate.gate(iter([(Item(0), {}), None, (Item(1), {})]), None):
+            written.append(item)
+    assert written == []

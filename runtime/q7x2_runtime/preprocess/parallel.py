@@ -14,11 +14,20 @@ import multiprocessing as mp
 import pickle
 import uuid
 from collections import deque
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
 from q7x2_runtime.preprocess.sources import Batch
+
+
+TICK = 0.01  # seconds between a paced stream's ticks
+
+
+class Pacing(Protocol):
+    def in_flight(self) -> int | None: ...
+
+    def ticking(self) -> bool: ...
 
 
 class _Shared:
@@ -35,6 +44,21 @@ class WorkerPool:
         self.workers = workers
         # spawn: workers must not inherit the parent's tokenizer thread pools or locks.
         self._pool = mp.get_context("spawn").Pool(workers, initializer=worker.warm_up) if workers > 1 else None
+        self._engines: dict[tuple[int, int | None], tuple[EngineSpec, _Shared]] = {}
+
+    def _engine(self, spec: EngineSpec, eod: int | None) -> _Shared:
+        """The pickled (spec, eod) every task about this engine refers to, made once."""
+        key = (id(spec), eod)
+        if key not in self._engines:
+            self._engines[key] = (spec, _Shared((spec, eod)))  # the spec kept: its id stays unique
+        return self._engines[key][1]
+
+    def warm(self, spec: EngineSpec, eod: int | None, tasks: int) -> None:
+        """Have up to `tasks` idle workers build this engine now, not with their first batch."""
+        assert self._pool is not None
+        shared = self._engine(spec, eod)
+        for _ in range(tasks):
+            self._pool.apply_async(worker.warm_engine, (shared.key, shared.blob), callback=shared.holders.add)
 
     def _attached(self, shared: _Shared) -> bytes | None:
         """The blob to send with the next task, or None once every worker holds it."""
@@ -60,43 +84,43 @@ class WorkerPool:
         parts = parts or self.workers
         return [self._pool.apply_async(worker.check_merges, (*payload, i, parts)) for i in range(parts)]
 
-    def ordered(
-        self,
-        batches: Iterator[Batch],
-        spec: EngineSpec,
-        eod: int | None,
-        in_flight: Callable[[], int | None] | None = None,
-        before_first: Callable[[], None] | None = None,
-    ) -> Iterator[tuple[Batch, dict]]:
-        """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight,
-        or fewer while `in_flight()` says so; `before_first()` is called (and may wait) before
-        the first batch goes to a worker."""
+    def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:
+        """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight."""
+        for item in self.paced(batches, spec, eod, None):
+            assert item is not None, "no ticks without pacing"
+            yield item
+
+    def paced(
+        self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None, pacing: Pacing | None
+    ) -> Iterator[tuple[Batch, dict] | None]:
+        """`ordered`, paced: at most `pacing.in_flight()` batches in flight (None: the usual
+        bound), and while `pacing.ticking()` a wait for a result yields None every TICK s, so
+        the consumer can act on what it holds meanwhile."""
         if self._pool is None:
             worker.init(spec, eod, pool_worker=False)
             for batch in batches:
                 yield batch, worker.encode_columns(batch.columns)
             return
-        shared = _Shared((spec, eod))
+        shared = self._engine(spec, eod)
         window: deque = deque()
 
-        def _result(result) -> dict:
+        def _results() -> Iterator[tuple[Batch, dict] | None]:
+            done, result = window.popleft()
+            while pacing is not None and pacing.ticking() and not result.ready():
+                result.wait(TICK)
+                yield None
             pid, encoded = result.get()
             shared.holders.add(pid)
-            return encoded
+            yield done, encoded
 
         for batch in batches:
-            if before_first is not None:
-                before_first()
-                before_first = None
             args = (shared.key, self._attached(shared), batch.columns)
             window.append((batch, self._pool.apply_async(worker.encode_with, args)))
-            bound = (in_flight() if in_flight else None) or 2 * self.workers + 2
+            bound = (pacing.in_flight() if pacing else None) or 2 * self.workers + 2
             while len(window) >= bound:
-                done, result = window.popleft()
-                yield done, _result(result)
+                yield from _results()
         while window:
-            done, result = window.popleft()
-            yield done, _result(result)
+            yield from _results()
 
     def close(self) -> None:
         if self._pool is not None:

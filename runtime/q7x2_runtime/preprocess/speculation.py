@@ -52,6 +52,7 @@ from q7x2_runtime.preprocess.sources import Batch
 
 # Ids held back while the proof runs; beyond this the writer waits for the proof.
 HOLD_BYTES = 512 << 20
+FIRST_ROWS = 64  # rows of the first batch sent alone (see with_probes)
 
 
 def serialized_model(model: dict[str, Any]) -> str:
@@ -145,6 +146,10 @@ class Confirmation:
         self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
         self._budget = proof_budget(pool.workers)
         self._merges = pool.check_merges(candidate.merged, fast.ranks, parts=self._budget)
+        # The workers the merge check leaves idle build the engine meanwhile (as `_write` will
+        # ask for it), so the probes and the first rows, which go to them, find it built.
+        eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
+        pool.warm(candidate.spec, eod, tasks=pool.workers - self._budget)
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)
@@ -153,6 +158,7 @@ class Confirmation:
         self._fast_probe_ids: list[list[int]] | None = None  # the workers' ids of the probes
         self.verdict: EngineSpec | None = None  # set once proven
         self._settled = False
+        self._remembering: Any = None  # the AsyncResult of caching the verdict
 
     def _model_digest(self) -> str:
         if self._model_sha256 is None:  # when the parent waits for results anyway
@@ -218,12 +224,9 @@ class Confirmation:
         cores (see `proof_budget`); then the pool's own bound (None)."""
         return None if self._settled else self._budget
 
-    def before_tokenizing(self) -> None:
-        """Before the first batch: the merge check has the proof's budget of cores to itself
-        (so the pool never runs more than that), and the parent hashes the model meanwhile."""
-        self._model_digest()
-        for r in self._merges:
-            r.wait()
+    def ticking(self) -> bool:
+        """Ticks while the proof runs: held ids are written as soon as it is complete."""
+        return not self._settled
 
     def _remember(self):
         """Cache the proven decision for later runs, in the confirming process: its work is done,
@@ -233,12 +236,22 @@ class Confirmation:
 
     def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
         """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
-        again: the workers' engines encode them, for comparison with HF's ids."""
+        again: the workers' engines encode them, for comparison with HF's ids. The first
+        batch's first FIRST_ROWS rows go alone, with the probes, to the workers the merge check
+        leaves idle (whose engines are built meanwhile); the rest waits for the merge check, so
+        the pool never runs more than the proof's budget of cores. Some ids are thus held when
+        the proof is complete, and written then."""
         it = iter(batches)
         first = next(it, None)
         if first is None:
             return
         yield Batch(source=first.source, first_row=-1, columns={key: list(self.probes)})
+        if len(first) > FIRST_ROWS:
+            yield Batch(first.source, first.first_row, {k: v[:FIRST_ROWS] for k, v in first.columns.items()})
+            first = Batch(first.source, first.first_row + FIRST_ROWS, {k: v[FIRST_ROWS:] for k, v in first.columns.items()})
+        self._model_digest()  # the parent's share of the proof, while the merges are checked
+        for r in self._merges:
+            r.wait()
         yield first
         yield from it
 
@@ -252,13 +265,16 @@ class Confirmation:
             pos += n
         self._fast_probe_ids = out
 
-    def gate(self, stream: Iterable[tuple[Any, dict]], eod: int | None) -> Iterator[tuple[Any, dict]]:
-        """`stream` (from `with_probes`) passed through once proven; held in memory until then.
-        Raises Rejected."""
+    def gate(self, stream: Iterable[tuple[Any, dict] | None], eod: int | None) -> Iterator[tuple[Any, dict]]:
+        """`stream` (`WorkerPool.paced` over `with_probes`, with this as its pacing) passed
+        through once proven; held in memory until then. Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
-        remembering = None
         for item in stream:
+            if item is None:  # a tick while the pool works: the proof may be complete now
+                if held and not self._settled and self._ready():
+                    yield from self._release(held)
+                continue
             if item[0].first_row == -1 and self._fast_probe_ids is None:
                 self._take_probes(item[1], eod)
                 continue
@@ -267,19 +283,22 @@ class Confirmation:
                 continue
             held.append(item)
             held_bytes += sum(col.ids.nbytes for col in item[1].values())
-            if not self._ready() and held_bytes < HOLD_BYTES:
-                continue
-            if self.settle() is None:
-                raise Rejected
-            remembering = self._remember()  # while the workers go on
-            yield from held
-            held.clear()
-        if self.settle() is None:
-            raise Rejected
-        yield from held
+            if self._ready() or held_bytes >= HOLD_BYTES:
+                yield from self._release(held)
+        yield from self._release(held)
         # Only a finished run waits (a store takes a fraction of a second; the process may be
         # gone after an interruption).
-        (remembering or self._remember()).wait(60)
+        (self._remembering or self._remember()).wait(60)
+
+    def _release(self, held: list[tuple[Any, dict]]) -> Iterator[tuple[Any, dict]]:
+        """The held items, once the proof (waited for if need be) is complete; Rejected if it
+        fails. The first time, the decision is cached meanwhile."""
+        if self.settle() is None:
+            raise Rejected
+        if self._remembering is None:
+            self._remembering = self._remember()  # while the workers go on
+        yield from held
+        held.clear()
 
     def __enter__(self) -> Confirmation:
         return self

@@ -81,12 +81,22 @@ def encode_with(
     """Pool task: build the engine the parent shares under `key` (once per worker), then
     encode. Returns this worker's pid too: the parent stops attaching the spec once every
     worker has answered."""
+    _use_engine(key, blob)
+    return os.getpid(), encode_columns(columns)
+
+
+def _use_engine(key: str, blob: bytes | None) -> None:
     global _engine_key
     if _engine_key != key:
         spec, eod = cast(tuple[EngineSpec, int | None], _receive(key, blob))
         init(spec, eod)
         _engine_key = key
-    return os.getpid(), encode_columns(columns)
+
+
+def warm_engine(key: str, blob: bytes | None) -> int:
+    """Pool task: build the engine the parent shares under `key` now, before a batch needs it."""
+    _use_engine(key, blob)
+    return os.getpid()
 
 
 def check_merges(

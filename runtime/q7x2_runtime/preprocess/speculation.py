@@ -24,9 +24,10 @@ with a tokenizer:
   that process derives the engine from transformers' pipeline in full, as before.)
 - ids are held in memory, never written, until all of that agrees: the candidate equals the
   engine derived from what transformers built, that model is the one whose merges the workers
-  verified, the probes and Unicode classes agree. Only then are they written, and the decision
-  cached (by the confirming process, while the workers go on). Otherwise nothing was written, and the run
-  starts again with the confirmed engine.
+  verified, the probes and Unicode classes agree. Only then are they written (at once: the
+  pool's stream ticks while it waits), and the decision cached by the confirming process while
+  the workers go on. Otherwise nothing was written, and the run starts again with the
+  confirmed engine.
 
 Ids therefore never depend on the guess, only the time does.
 """
@@ -139,7 +140,6 @@ class Confirmation:
         self._candidate = candidate
         self._need_eos = need_eos
         self._process = confirmer.process
-        self._workers = pool.workers
         fast = candidate.spec.fast
         assert fast is not None, "a candidate is always a fast-engine spec"
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]

@@ -120,6 +120,7 @@ def test_overlapping_and_non_special_added_tokens(qwen_tokenizer, tmp_path):
     tok = Tokenizer.from_file(str(qwen_tokenizer / "tokenizer.json"))
     tok.add_tokens(["<tool_call>", "<tool", "call>", "ab", "数据", "café"])  # normalized=True
     tok.add_tokens([AddedToken("</tool_call>", normalized=False, special=False)])
+    tok.add_tokens([AddedToken("é!", normalized=False, special=False)])  # matched on the raw text only
     tok.add_special_tokens(["<|im_end|>x", "<|fim_prefix|>"])
     path = tmp_path / "added"
     path.mkdir()
@@ -132,8 +133,12 @@ def test_overlapping_and_non_special_added_tokens(qwen_tokenizer, tmp_path):
         "<tool_call>x</tool_call> <tool <toolcall> call> about abab 数据数据",
         "<|im_end|>x<|im_end|>y<|im_end|>xx <|fim_prefix|><|fim_prefix",
         "cafe\u0301 café CAFÉ caf<|im_end|>é",
+        "e\u0301! ab",  # NFC makes a raw token appear: HF does not split it out there
     ]
-    assert engine.encode(texts) == [hf(t)["input_ids"] for t in texts]
+    want = [hf(t)["input_ids"] for t in texts]
+    assert engine.encode(texts) == want
+    ids, lengths = engine.encode_flat(texts, None)
+    assert ids.tolist() == [i for w in want for i in w] and lengths.tolist() == [len(w) for w in want]
 
 
 def _swap_two_merges(data):

@@ -160,13 +160,13 @@ class FastBpeEngine:
         import numpy as np
 
         if self._raw_re is None or not self._raw_re.search(text):
-            if self._nfc is not None and not text.isascii():
-                text = self._nfc(text)
-            if self._normalized_re is None or not self._normalized_re.search(text):
+            piece = self._nfc(text) if self._nfc is not None and not text.isascii() else text
+            if self._normalized_re is None or not self._normalized_re.search(piece):
                 try:
-                    return np.frombuffer(self._encode_buffer(text, _NONE_ALLOWED), dtype=np.uint32)
+                    return np.frombuffer(self._encode_buffer(piece, _NONE_ALLOWED), dtype=np.uint32)
                 except UnicodeEncodeError:
                     pass  # lone surrogates: encode_ordinary's own replacement below
+        # From the raw text: raw added tokens are matched before normalization, never after.
         return np.array(self.encode_one(text), dtype=np.uint32)
 
     def encode_flat(self, texts: list[str], eod: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -69,3 +69,23 @@ def test_cpu_image_holds_its_libraries_unicode_verdict(cpu_image: str) -> None:
     assert r.returncode == 0, r.stderr
     record, verdict = r.stdout.strip().splitlines()
     assert json.loads(record) == {"disagreement": None} and verdict == "(True, None)", r.stdout
+
+
+def test_cpu_image_holds_transformers_import_tables(cpu_image: str) -> None:
+    """The build kept transformers' lazy-import tables, so a new container's first import of
+    AutoTokenizer (as preprocess's confirming process does it) reads no model file to build
+    them: about 0.6 CPU-s of that process."""
+    script = "\n".join([
+        "from q7x2_runtime.preprocess import import_structure as i",
+        "i.without_torch()",
+        "with i.for_this_process():",
+        "    from transformers import AutoTokenizer",
+        "import transformers.utils.import_utils as u",
+        "print(len(list((i.installation_root() / 'transformers-imports').glob('*.json'))),",
+        "      u.create_import_structure_from_path.cache_info().misses, len(u.define_import_structure.keeper.asked))",
+    ])  # fmt: skip
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", "-e", "HOME=/tmp",
+                        cpu_image, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recorded, scanned, asked = map(int, r.stdout.split())
+    assert recorded >= 2 and asked >= 2 and scanned == 0, r.stdout

@@ -110,7 +110,8 @@ def test_cli_exit_and_one_line_per_mismatch(tmp_path: Path, capsys: pytest.Captu
 
 def test_record_fills_only_open_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    # The preprocess verdict is recorded too; the libraries' real comparison is the image test's.
+    # What preprocess checks once per installation is recorded too; the libraries' real
+    # comparison is the image test's.
     monkeypatch.setenv("Q7X2_SHARE_DIR", str(tmp_path / "share"))
     monkeypatch.setattr(unicode_classes, "disagreement", lambda c: "differs on U+00AA" if c == r"\p{L}" else None)
     pins = _write_pins(tmp_path / "p.json", [Pin("Python", "python", None, record=True),
@@ -120,7 +121,10 @@ def test_record_fills_only_open_pins(tmp_path: Path, monkeypatch: pytest.MonkeyP
     filled = {p.name: p for p in load_pins(pins).components}
     assert filled["Python"].want == platform.python_version() and not filled["Python"].record
     assert filled["numpy"].want is not None and filled["torch"].want is None  # not recordable: stays open
-    assert "preprocess: differs on U+00AA: preprocess will use the exact HF path; recorded in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "preprocess: differs on U+00AA: preprocess will use the exact HF path; recorded in" in out
+    tables = sorted((tmp_path / "share" / "transformers-imports").glob("*.json"))
+    assert f"preprocess: transformers' import tables: {len(tables)} recorded" in out and tables
     assert unicode_classes.cached_verdict(tmp_path / "user-cache") == (True, "differs on U+00AA")
     _write_pins(pins, [Pin("CANN", "cann", None, record=True)])
     with pytest.raises(UserError, match="CANN: not found while building the image"):

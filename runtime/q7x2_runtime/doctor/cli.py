@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--record", action="store_true",
                    help="image build only: fill the pins left open (e.g. the base image's CANN) from what is installed, "
-                   "and record what preprocess checks once per installation (HF's and tiktoken's Unicode classes)")
+                   "and record what preprocess checks once per installation (HF's and tiktoken's Unicode classes, "
+                   "transformers' import tables)")
     p.set_defaults(func=_run)
 
 
@@ -44,17 +45,21 @@ def record(pins: Pins) -> Pins:
 
 
 def _record_preprocess_verdicts() -> None:
-    """The once-per-installation check of the fast tokenizer path, done at build time so that no
-    container's first preprocess pays its CPU-seconds."""
-    from q7x2_runtime.preprocess import unicode_classes
+    """What preprocess checks or computes once per installation, done at build time so that no
+    container's first preprocess pays its CPU-seconds: the fast tokenizer path's Unicode
+    verdict, and transformers' lazy-import tables (see preprocess.import_structure)."""
+    from q7x2_runtime.preprocess import import_structure, unicode_classes
 
     try:
         path, reason = unicode_classes.record_installation()
+        tables = import_structure.record_installation()
     except OSError as e:
-        raise UserError(f"preprocess verdict: cannot record it ({e}); the image build needs a writable "
+        raise UserError(f"preprocess record: cannot write it ({e}); the image build needs a writable "
                         f"{e.filename or 'share directory'}") from e
     print("preprocess: " + (f"{reason}: preprocess will use the exact HF path" if reason
                             else "HF's and tiktoken's Unicode classes agree") + f"; recorded in {path}")
+    print(f"preprocess: transformers' import tables: {len(tables)} recorded"
+          + (f" in {tables[0].parent}" if tables else " (this transformers builds none on import)"))
 
 
 def check(pins: Pins) -> list[Finding]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from q7x2_runtime.preprocess.engines import (
     EngineChecks, EngineSpec, _file_sha256, check_tokenizer_dir, choose_engine, engine_choice, load_auto_tokenizer,
     tokenizer_identity,
 )  # fmt: skip
+from q7x2_runtime.preprocess.import_structure import without_torch
 from q7x2_runtime.preprocess.limits import MAX_WORKERS
 
 
@@ -68,14 +68,6 @@ def split_model(serialized: str) -> tuple[dict[str, Any], str] | None:
         return None
 
 
-def _without_torch() -> None:
-    """Make transformers see no torch (or torch_npu): tokenizers never use it, and importing it
-    costs seconds of CPU (more with torch_npu). A None entry makes `import` fail and
-    importlib.util.find_spec report the package missing, which is how transformers asks."""
-    for name in ("torch", "torch_npu", "torchvision", "torchaudio", "tensorflow", "jax", "flax"):
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None on purpose: see above
-
-
 class _ModelRecorder:
     """A merge-order 'check' that records which model it was asked about, for the parent to
     match against the model its workers verified."""
@@ -91,7 +83,7 @@ _loaded: dict[str, Any] = {}  # in the confirming process: tokenizer directory -
 
 def _load(tokenizer_dir: str) -> None:
     """In the confirming process, first thing: AutoTokenizer, as MindSpeed loads it."""
-    _without_torch()
+    without_torch()
     if tokenizer_dir not in _loaded:
         _loaded[tokenizer_dir] = load_auto_tokenizer(tokenizer_dir)
 
@@ -133,7 +125,7 @@ def _derive(tokenizer_dir: str, force: str | None) -> tuple[EngineSpec, str | No
     """In the confirming process, when the digests differ: the engine transformers' pipeline
     gives, derived in full; merge order and Unicode classes left to the parent (it accepts the
     result only once those are proven)."""
-    _without_torch()
+    without_torch()
     recorder = _ModelRecorder()
     spec = choose_engine(tokenizer_dir, force=force, checks=EngineChecks(merge_order=recorder, unicode_classes=lambda: None))
     return spec, recorder.digest

@@ -231,7 +231,10 @@ def build_engine(spec: EngineSpec) -> Engine:
 
 def load_auto_tokenizer(tokenizer_dir: str):  # -> transformers.PreTrainedTokenizerBase
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import AutoTokenizer
+    from q7x2_runtime.preprocess import import_structure
+
+    with import_structure.for_this_process():  # a first import reads no model file it need not
+        from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -9,9 +9,10 @@ on the same machine:
   (a) our preprocess, --workers 2, parquet in -> .bin/.idx out (end to end, a fresh process),
       on a first run as in a new container of the image: no user cache at all (no engine
       decision), only what the image build recorded (`doctor --record`: the libraries'
-      Unicode-class verdict); (a0) the same with no such record either (a first run outside
-      the image); (a') re-run with the engine decision cached; for each also the time from
-      the start to the first document written (the first progress line, --log-interval 1)
+      Unicode-class verdict, transformers' import tables) and the package's bytecode; (a0)
+      the same with no such record (a first run outside the image); (a') re-run with the
+      engine decision cached; for each also the time from the start to the first document
+      written (the first progress line, --log-interval 1)
   (b) the HF tokenizers library's encode_batch over the texts held in memory
   (c) Megatron-style: a 2-process pool tokenizing one document at a time with the HF
       tokenizer (chunks of 32), the parent writing the indexed dataset
@@ -315,6 +316,15 @@ def main() -> int:
     print(f"data: {rows:,} rows, {sum(map(len, texts)) / 1e6:.1f}M characters; tokenizer: {what}, "
           f"vocabulary {len(tj['model']['vocab']):,} (+{len(tj.get('added_tokens') or [])} added)")
 
+    # Bytecode for the runtime package, as pip compiles it when it installs the wheel into the
+    # image: with PYTHONDONTWRITEBYTECODE set (or a read-only checkout) every process of every
+    # run would compile the package's source again, which no image does.
+    import compileall
+
+    import q7x2_runtime
+
+    compileall.compile_dir(Path(q7x2_runtime.__file__).parent, quiet=1)
+
     out_a, out_c = work / "ours" / "alpaca", work / "megatron" / "alpaca_text_document"
     for d in (out_a.parent, out_c.parent, work / "ours-warm", work / "ours-new"):
         shutil.rmtree(d, ignore_errors=True)
@@ -328,11 +338,11 @@ def main() -> int:
     cache, share, no_share = work / "cache", work / "share", work / "share-none"
     shutil.rmtree(share, ignore_errors=True)
     os.environ["Q7X2_SHARE_DIR"] = str(share)
-    from q7x2_runtime.preprocess.unicode_classes import record_installation
+    from q7x2_runtime.doctor.cli import record_preprocess
 
-    recorded, reason = record_installation()  # what `doctor --record` does in the image build
+    print("installation record, as `doctor --record` writes it in the image build:")
+    record_preprocess()
     del os.environ["Q7X2_SHARE_DIR"]
-    print(f"installation record (as an image build writes it): {recorded.name}: {reason or 'the classes agree'}")
     load_before = os.getloadavg()
     runs: dict[str, list[tuple[float, float]]] = {"a0": [], "a": [], "a'": [], "b": [], "c": []}
     first_doc: dict[str, list[float]] = {"a0": [], "a": [], "a'": []}

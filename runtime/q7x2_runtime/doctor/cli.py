@@ -44,7 +44,7 @@ def record(pins: Pins) -> Pins:
     return replace(pins, components=filled)
 
 
-def _record_preprocess_verdicts() -> None:
+def record_preprocess() -> None:
     """What preprocess checks or computes once per installation, done at build time so that no
     container's first preprocess pays its CPU-seconds: the fast tokenizer path's Unicode
     verdict, and transformers' lazy-import tables (see preprocess.import_structure)."""
@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.record:
         pins = record(pins)
         save_pins(pins, args.pins)
-        _record_preprocess_verdicts()
+        record_preprocess()
     findings = check(pins)
     bad = [f for f in findings if f.verdict != "ok"]
     if args.json:

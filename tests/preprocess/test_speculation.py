@@ -239,3 +239,87 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
         for item in gate.gate(iter([(Item(0), {}), None, (Item(1), {})]), None):
             written.append(item)
     assert written == []
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_command_forks_its_confirming_process_and_a_killed_run_leaves_none_behind(qwen_tokenizer, tmp_path):
+    """The command line starts the confirming process while it is bare, by fork (the child
+    shares its command line; spawned ones run multiprocessing's spawn_main); SIGKILL the
+    parent and every process it started goes by itself, with nothing left in TMPDIR and no
+    output that looks complete (a rerun removes the temporaries: the crash drill)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from q7x2_runtime.preprocess.confirming import _start_method
+
+    assert _start_method() == "spawn"  # this process has loaded numpy: never forked from here
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmpdir, out = tmp_path / "tmp", tmp_path / "out"
+    tmpdir.mkdir()
+    out.mkdir()
+    data = tmp_path / "many.parquet"  # a run of seconds, not one that may end before the kill
+    pq.write_table(pa.Table.from_pylist([{"text": f"{r['text']} {i}"} for i in range(400) for r in ROWS]), data)
+    env = {**os.environ, "Q7X2_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmpdir)}
+    argv = [sys.executable, "-m", "q7x2_runtime.cli", "preprocess", "--input", str(data),
+            "--tokenizer-name-or-path", str(qwen_tokenizer), "--output-prefix", str(out / "a"), "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        own = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        deadline = time.monotonic() + 60
+        forked: list[int] = []
+        while not forked:
+            assert proc.poll() is None and time.monotonic() < deadline, "no forked confirming process seen"
+            kids = _children(proc.pid)
+            forked = [k for k in kids if _read(f"/proc/{k}/cmdline") == own]
+            if forked:  # a child between fork and exec also shares it, for microseconds
+                time.sleep(0.3)
+                forked = [k for k in forked if _read(f"/proc/{k}/cmdline") == own]
+                kids = sorted(set(kids) | set(_children(proc.pid)))
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(map(_alive, kids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [k for k in kids if _alive(k)], "a process of the killed run is still running"
+        assert list(tmpdir.iterdir()) == []
+        assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == [], "nothing may look complete"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None

@@ -323,3 +323,25 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except OSError:
         return None
+
+
+def test_merge_shares_together_check_every_merge(qwen_tokenizer):
+    """The proof's merge check in shares (two thirds at once, a third after the engine is
+    built): whichever share a failing merge falls in, exactly that share reports it."""
+    import json as _json
+
+    from q7x2_runtime.preprocess.fast_bpe import merge_table
+    from q7x2_runtime.preprocess.merge_order import failing_merges
+    from q7x2_runtime.preprocess.parallel import WorkerPool
+    from tests.preprocess.test_engines import _break_reachability
+
+    data = _json.loads((qwen_tokenizer / "tokenizer.json").read_text())
+    _break_reachability(data)
+    merged, ranks = merge_table(data["model"])
+    (bad,) = failing_merges(merged, ranks)
+    with WorkerPool(2) as pool:
+        check = pool.merge_checker(merged, ranks, shares=3)
+        found = {mine: check(mine).get(60) for mine in ((0, 1), (2,), (0,), (1,))}
+    reported = {mine for mine, reason in found.items() if reason}
+    assert reported == {mine for mine in found if bad % 3 in mine}, (bad, found)
+    assert all("not reached by its own merge" in found[m] for m in reported)

@@ -14,11 +14,13 @@ import multiprocessing as mp
 import pickle
 import uuid
 from collections import deque
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
-from q7x2_runtime.preprocess.sources import Batch
+
+if TYPE_CHECKING:  # sources imports pyarrow: not needed to start the pool
+    from q7x2_runtime.preprocess.sources import Batch
 
 
 TICK = 0.01  # seconds between a paced stream's ticks
@@ -71,18 +73,26 @@ class WorkerPool:
 
     def check_merges(self, merged: list, ranks: dict[bytes, int], parts: int | None = None) -> list:
         """Start verifying the merge order in `parts` tasks (default: one per worker);
-        AsyncResults of reasons/None.
+        AsyncResults of reasons/None."""
+        parts = parts or self.workers
+        check = self.merge_checker(merged, ranks, parts)
+        return [check((i,)) for i in range(parts)]
+
+    def merge_checker(self, merged: list, ranks: dict[bytes, int], shares: int):
+        """A function starting, on a worker, the check of some of `shares` interleaved shares
+        of the merges (`check((0, 1))`: shares 0 and 1); each call an AsyncResult of a
+        reason or None.
 
         `merged` is in rank order (fast_bpe's condition 1), so the workers rebuild it from the
-        ranks plus each merge's left length: the task carries a few hundred kB, not the table."""
+        ranks plus each merge's left length: a task carries a few hundred kB, not the table."""
         assert self._pool is not None
+        pool = self._pool
         shared = _Shared(ranks)
         lengths = [len(m[1]) for m in merged]
         # absurdly long tokens (a left part of 256 bytes or more): send the table itself
         lefts = bytes(lengths) if max(lengths, default=0) < 256 else None
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
-        parts = parts or self.workers
-        return [self._pool.apply_async(worker.check_merges, (*payload, i, parts)) for i in range(parts)]
+        return lambda mine: pool.apply_async(worker.check_merges, (*payload, tuple(mine), shares))
 
     def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:
         """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight."""

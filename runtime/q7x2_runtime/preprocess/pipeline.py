@@ -10,19 +10,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess.engine_cache import cached_engine, choose_engine_cached
 from q7x2_runtime.preprocess.engines import HF, EngineSpec, check_tokenizer_dir, engine_choice
 from q7x2_runtime.preprocess.limits import MAX_WORKERS
 from q7x2_runtime.preprocess.prechecks import pool_checks
-from q7x2_runtime.preprocess.output import OutputSet, manifest_path, output_prefix
 from q7x2_runtime.preprocess.parallel import WorkerPool
-from q7x2_runtime.preprocess.progress import ProgressReporter
-from q7x2_runtime.preprocess.sources import Batch, SourceFile, discover, iter_batches
 from q7x2_runtime.preprocess.confirming import Confirmer, confirmer_for
 from q7x2_runtime.preprocess.speculation import Confirmation, Rejected, candidate_spec
+
+# Imported where used: a first run starts its proof before it imports pyarrow, numpy and rich
+# (the merge-order check, on the longest path to the first document, waits for the candidate).
+if TYPE_CHECKING:
+    from q7x2_runtime.preprocess.sources import Batch, SourceFile
 
 NO_EOD_WARNING = (
     "warning: --append-eod not given: documents are written without an end-of-document token, so "
@@ -89,8 +91,11 @@ def run(opts: PreprocessOptions, confirmer: Confirmer | None = None) -> Preproce
         confirmer = confirmer_for(opts.tokenizer, opts.engine, opts.workers)
     try:
         with WorkerPool(opts.workers) as pool:
+            proof = _start_proof(opts, force, pool, confirmer) if cached is None and confirmer is not None else None
+            from q7x2_runtime.preprocess.sources import discover
+
             sources = discover(opts.input, keys)
-            return _run(opts, keys, sources, pool, start, force, cached, None if cached else confirmer)
+            return _run(opts, keys, sources, pool, start, force, cached, None if cached else confirmer, proof)
     finally:
         if own and confirmer is not None:
             confirmer.close()
@@ -105,16 +110,15 @@ def _run(
     force: str | None,
     cached: EngineSpec | None,
     confirmer: Confirmer | None,
+    proof: Confirmation | None,
 ) -> PreprocessResult:
     if cached is not None:
         result = _write(opts, keys, sources, pool, start, cached, True)
         assert result is not None, "only a confirm callback rejects a run"
         return result
     if confirmer is not None:
-        candidate = candidate_spec(opts.tokenizer)
-        if candidate is not None and (candidate.spec.eos_token_id is not None or not opts.append_eod):
-            confirmation = Confirmation(opts.tokenizer, force, candidate, pool, opts.append_eod, confirmer)
-            result = _write(opts, keys, sources, pool, start, candidate.spec, False, gate=confirmation)
+        if proof is not None:
+            result = _write(opts, keys, sources, pool, start, proof.candidate, False, gate=proof)
             if result is not None:
                 return result
             # Not the engine tokenizer.json suggested (nothing was written): decide for real.
@@ -125,6 +129,15 @@ def _run(
     result = _write(opts, keys, sources, pool, start, spec, cached_now)
     assert result is not None, "only a confirm callback rejects a run"
     return result
+
+
+def _start_proof(opts: PreprocessOptions, force: str | None, pool: WorkerPool, confirmer: Confirmer) -> Confirmation | None:
+    """The engine tokenizer.json describes and its proof, started at once (the input is read
+    after); None if tokenizer.json describes no fast engine (or none --append-eod can use)."""
+    candidate = candidate_spec(opts.tokenizer)
+    if candidate is None or (candidate.spec.eos_token_id is None and opts.append_eod):
+        return None
+    return Confirmation(opts.tokenizer, force, candidate, pool, opts.append_eod, confirmer)
 
 
 def _write(
@@ -138,6 +151,9 @@ def _write(
     gate: Confirmation | None = None,
 ) -> PreprocessResult | None:
     """Tokenize everything with `spec`; None (nothing written) if the `gate`'s proof rejects it."""
+    from q7x2_runtime.preprocess.output import OutputSet, output_prefix
+    from q7x2_runtime.preprocess.progress import ProgressReporter
+
     eod = None
     if opts.append_eod:
         if spec.eos_token_id is None:
@@ -192,6 +208,8 @@ def _write(
 
 
 def _all_batches(sources: list[SourceFile], keys: list[str], batch_rows: int) -> Iterator[Batch]:
+    from q7x2_runtime.preprocess.sources import iter_batches
+
     for source in sources:
         yield from iter_batches(source, keys, batch_rows)
 
@@ -230,6 +248,8 @@ def _manifest(
     rows: int,
     seconds: float,
 ) -> dict[str, Any]:
+    from q7x2_runtime.preprocess.output import manifest_path, output_prefix
+
     return {
         "tool": "q7x2-runtime preprocess",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

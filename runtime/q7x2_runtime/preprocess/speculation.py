@@ -10,9 +10,10 @@ with a tokenizer:
   (seconds saved);
 - meanwhile the parent reads tokenizer.json into a candidate engine; the workers check the
   candidate's merge order (and, once per installation, the Unicode classes), then encode the
-  probe texts and start tokenizing with it. Until the proof is complete the pool keeps only
-  as many workers busy as leave the confirming process, whose end the first write waits
-  for, a core (`proof_budget`: one on 2 cores);
+  probe texts and start tokenizing with it. The merge check starts at once on as many
+  workers as leave the confirming process a core (`proof_budget`: one on 2 cores); the others
+  build the engine, then take the check's last shares. Batches but the first rows wait for
+  the merge check;
 - once AutoTokenizer is loaded, that process serializes the pipeline transformers actually
   built (`backend_tokenizer.to_str()`, the tokenizers library's own description of it) and
   returns everything but the BPE model as JSON, the model as a sha256 of its exact text,
@@ -34,12 +35,13 @@ Ids therefore never depend on the guess, only the time does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from q7x2_runtime.preprocess import unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
@@ -49,7 +51,9 @@ from q7x2_runtime.preprocess.confirming import (
 from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, probe_texts, tokenizer_identity
 from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape
 from q7x2_runtime.preprocess.parallel import WorkerPool
-from q7x2_runtime.preprocess.sources import Batch
+
+if TYPE_CHECKING:  # sources imports pyarrow, which the proof is started before (see pipeline)
+    from q7x2_runtime.preprocess.sources import Batch
 
 # Ids held back while the proof runs; beyond this the writer waits for the proof.
 HOLD_BYTES = 512 << 20
@@ -145,11 +149,17 @@ class Confirmation:
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
         self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
         self._budget = proof_budget(pool.workers)
-        self._merges = pool.check_merges(candidate.merged, fast.ranks, parts=self._budget)
-        # The workers the merge check leaves idle build the engine meanwhile (as `_write` will
-        # ask for it), so the probes and the first rows, which go to them, find it built.
+        # The merge check, in shares: `budget` workers start two shares each at once; the
+        # others first build the engine (as `_write` will ask for it, and the probes and the
+        # first rows find it built), then take one share each, so all end about together (on
+        # 2 cores: two thirds at once, a third after the engine). The check is on the longest
+        # path to the first document: it waits for the candidate, and shares the cores.
+        idle = pool.workers - self._budget
+        check = pool.merge_checker(candidate.merged, fast.ranks, shares=2 * self._budget + idle)
+        self._merges = [check((2 * i, 2 * i + 1)) for i in range(self._budget)]
         eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
-        pool.warm(candidate.spec, eod, tasks=pool.workers - self._budget)
+        pool.warm(candidate.spec, eod, tasks=idle)
+        self._merges += [check((2 * self._budget + j,)) for j in range(idle)]  # queued after the warm-ups
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)
@@ -219,6 +229,11 @@ class Confirmation:
         self._settled = True
         return self.verdict
 
+    @property
+    def candidate(self) -> EngineSpec:
+        """The engine being proven (ids are made with it meanwhile)."""
+        return self._candidate.spec
+
     def in_flight(self) -> int | None:
         """How many batches the pool may work on at once: while the proof runs, its budget of
         cores (see `proof_budget`); then the pool's own bound (None)."""
@@ -237,18 +252,19 @@ class Confirmation:
     def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
         """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
         again: the workers' engines encode them, for comparison with HF's ids. The first
-        batch's first FIRST_ROWS rows go alone, with the probes, to the workers the merge check
-        leaves idle (whose engines are built meanwhile); the rest waits for the merge check, so
-        the pool never runs more than the proof's budget of cores. Some ids are thus held when
-        the proof is complete, and written then."""
+        batch's first FIRST_ROWS rows go alone, with the probes (to whichever worker is free
+        first: the ones that built the engine while the others checked merges finish first);
+        the rest waits for the merge check. Some ids are thus held when the proof is
+        complete, and written then."""
         it = iter(batches)
         first = next(it, None)
         if first is None:
             return
-        yield Batch(source=first.source, first_row=-1, columns={key: list(self.probes)})
+        yield dataclasses.replace(first, first_row=-1, columns={key: list(self.probes)})
         if len(first) > FIRST_ROWS:
-            yield Batch(first.source, first.first_row, {k: v[:FIRST_ROWS] for k, v in first.columns.items()})
-            first = Batch(first.source, first.first_row + FIRST_ROWS, {k: v[FIRST_ROWS:] for k, v in first.columns.items()})
+            yield dataclasses.replace(first, columns={k: v[:FIRST_ROWS] for k, v in first.columns.items()})
+            first = dataclasses.replace(first, first_row=first.first_row + FIRST_ROWS,
+                                        columns={k: v[FIRST_ROWS:] for k, v in first.columns.items()})
         self._model_digest()  # the parent's share of the proof, while the merges are checked
         for r in self._merges:
             r.wait()

@@ -11,11 +11,12 @@ import pickle
 import threading
 import time
 from dataclasses import dataclass
-from typing import cast
-
-import numpy as np
+from typing import TYPE_CHECKING, cast
 
 from q7x2_runtime.preprocess.engines import Engine, EngineSpec, build_engine
+
+if TYPE_CHECKING:  # the engines make the arrays; the parent starts the pool before importing numpy
+    import numpy as np
 
 _engine: Engine | None = None
 _eod: int | None = None
@@ -100,9 +101,9 @@ def warm_engine(key: str, blob: bytes | None) -> int:
 
 
 def check_merges(
-    key: str, blob: bytes | None, lefts: bytes | None, merged: list | None, part: int, parts: int
+    key: str, blob: bytes | None, lefts: bytes | None, merged: list | None, mine: tuple[int, ...], shares: int
 ) -> str | None:
-    """Pool task: verify every `parts`-th merge from `part` on; the NotExact reason or None.
+    """Pool task: verify every `shares`-th merge from each of `mine` on; the NotExact reason or None.
 
     The merge table is rebuilt from the shared ranks: merges are in rank order, and `lefts`
     holds each one's left length."""
@@ -116,7 +117,7 @@ def check_merges(
             return "merge table and ranks do not correspond"
         merged = [(p, p[:n], p[n:], r) for (r, p), n in zip(pieces, lefts)]
     try:
-        check_merge_order(merged[part::parts], ranks)
+        check_merge_order([m for share in mine for m in merged[share::shares]], ranks)
     except NotExact as e:
         return str(e)
     return None

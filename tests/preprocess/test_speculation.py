@@ -262,21 +262,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_the_command_forks_its_confirming_process_and_a_killed_run_leaves_none_behind(qwen_tokenizer, tmp_path):
-    """The command line starts the confirming process while it is bare, by fork (the child
-    shares its command line; spawned ones run multiprocessing's spawn_main); SIGKILL the
-    parent and every process it started goes by itself, with nothing left in TMPDIR and no
-    output that looks complete (a rerun removes the temporaries: the crash drill)."""
+def test_a_killed_first_run_leaves_no_process_behind(qwen_tokenizer, tmp_path):
+    """SIGKILL the command's parent while its confirming process loads transformers: every
+    process it started goes by itself, with nothing left in TMPDIR and no output that looks
+    complete (a rerun removes the temporaries: the crash drill)."""
     import os
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
-    from q7x2_runtime.preprocess.confirming import _start_method
-
-    assert _start_method() == "spawn"  # this process has loaded numpy: never forked from here
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -290,18 +285,14 @@ def test_the_command_forks_its_confirming_process_and_a_killed_run_leaves_none_b
             "--tokenizer-name-or-path", str(qwen_tokenizer), "--output-prefix", str(out / "a"), "--workers", "2"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        own = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         deadline = time.monotonic() + 60
-        forked: list[int] = []
-        while not forked:
-            assert proc.poll() is None and time.monotonic() < deadline, "no forked confirming process seen"
-            kids = _children(proc.pid)
-            forked = [k for k in kids if _read(f"/proc/{k}/cmdline") == own]
-            if forked:  # a child between fork and exec also shares it, for microseconds
-                time.sleep(0.3)
-                forked = [k for k in forked if _read(f"/proc/{k}/cmdline") == own]
-                kids = sorted(set(kids) | set(_children(proc.pid)))
+        kids: list[int] = []
+        while len(kids) < 4:  # the resource tracker, the confirming process, two workers
+            assert proc.poll() is None and time.monotonic() < deadline, f"only {kids} started"
+            kids = sorted(set(kids) | set(_children(proc.pid)))
             time.sleep(0.005)
+        time.sleep(0.3)  # past fork and exec
+        kids = sorted(set(kids) | set(_children(proc.pid)))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
@@ -317,20 +308,13 @@ def test_the_command_forks_its_confirming_process_and_a_killed_run_leaves_none_b
             pass
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def test_merge_shares_together_check_every_merge(qwen_tokenizer):
-    """The proof's merge check in shares (two thirds at once, a third after the engine is
-    built): whichever share a failing merge falls in, exactly that share reports it."""
+def test_merge_parts_together_check_every_merge_and_only_once(qwen_tokenizer):
+    """The proof's merge check in parts by token length (two thirds at once, a third after the
+    engine is built): every merge length in exactly one part, costs in about the weights'
+    proportion, and a failing merge reported by the part it falls in and no other."""
     import json as _json
 
-    from q7x2_runtime.preprocess.fast_bpe import merge_table
+    from q7x2_runtime.preprocess.fast_bpe import merge_table, split_by_length
     from q7x2_runtime.preprocess.merge_order import failing_merges
     from q7x2_runtime.preprocess.parallel import WorkerPool
     from tests.preprocess.test_engines import _break_reachability
@@ -339,9 +323,14 @@ def test_merge_shares_together_check_every_merge(qwen_tokenizer):
     _break_reachability(data)
     merged, ranks = merge_table(data["model"])
     (bad,) = failing_merges(merged, ranks)
+    parts = split_by_length(merged, [2, 1])
+    lengths = {len(m[0]) for m in merged if len(m[0]) > 2}
+    assert set().union(*parts) == lengths and sum(map(len, parts)) == len(lengths)  # a partition
+    cost = [sum(len(m[0]) - 1 for m in merged if len(m[0]) in part) for part in parts]
+    assert cost[1] <= cost[0] <= 3 * cost[1], cost
     with WorkerPool(2) as pool:
-        check = pool.merge_checker(merged, ranks, shares=3)
-        found = {mine: check(mine).get(60) for mine in ((0, 1), (2,), (0,), (1,))}
-    reported = {mine for mine, reason in found.items() if reason}
-    assert reported == {mine for mine in found if bad % 3 in mine}, (bad, found)
-    assert all("not reached by its own merge" in found[m] for m in reported)
+        check = pool.merge_checker(merged, ranks)
+        found = [check(part).get(60) for part in parts]
+        everything = check(lengths | {2}).get(60)
+    assert [bool(r) for r in found] == [len(merged[bad][0]) in part for part in parts], (bad, found)
+    assert everything and all("not reached by its own merge" in r for r in found if r)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,23 +136,12 @@ def remember_decision(spec: EngineSpec, force: str | None) -> None:
     engine_cache.store(engine_cache.cache_key(spec.tokenizer_sha256, force), spec)
 
 
-def _start_method() -> str:
-    """fork while this process is still bare (one thread, no tokenizer or numpy library loaded:
-    what the command line has imported when it starts the process): the child then needs no
-    interpreter start and no imports of this package, about 0.1 s sooner at transformers.
-    Otherwise spawn, which inherits no thread pool or lock."""
-    import threading
-
-    bare = threading.active_count() == 1 and not {"tokenizers", "transformers", "numpy", "tiktoken"} & sys.modules.keys()
-    return "fork" if bare and "fork" in mp.get_all_start_methods() else "spawn"
-
-
 class Confirmer:
     """The confirming process, started before anything else so that importing transformers
     (the longest step of the proof) begins at once."""
 
     def __init__(self, tokenizer_dir: str) -> None:
-        self.process = mp.get_context(_start_method()).Pool(1)
+        self.process = mp.get_context("spawn").Pool(1)
         self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
 
     def close(self) -> None:

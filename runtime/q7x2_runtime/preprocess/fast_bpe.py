@@ -298,6 +298,24 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
     return out
 
 
+def split_by_length(merged: MergeTable, weights: list[int]) -> list[frozenset[int]]:
+    """The merges' piece lengths in len(weights) groups whose checking costs are about in
+    proportion to `weights`. Whole lengths, not interleaved slices: merge_order.failing_merges simulates
+    each length as one group, and a group cut in parts costs more than it whole (more numpy
+    calls, and small parts fall to the plain rule)."""
+    count: dict[int, int] = {}
+    for piece, _left, _right, _rank in merged:
+        if len(piece) > 2:  # two bytes always pass: no work
+            count[len(piece)] = count.get(len(piece), 0) + 1
+    groups: list[set[int]] = [set() for _ in weights]
+    load = [0] * len(weights)
+    for n in sorted(count, key=lambda n: count[n] * (n - 1), reverse=True):  # the simulation's steps
+        k = min(range(len(weights)), key=lambda k: (load[k] + count[n] * (n - 1)) / weights[k])
+        groups[k].add(n)
+        load[k] += count[n] * (n - 1)
+    return [frozenset(g) for g in groups]
+
+
 def check_merge_order(merged: MergeTable, ranks: dict[bytes, int]) -> None:
     """Condition (2) of the module docstring for every merge (merge_order does the work).
 

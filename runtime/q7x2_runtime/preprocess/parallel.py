@@ -72,27 +72,28 @@ class WorkerPool:
         return self._pool.apply_async(fn, args)
 
     def check_merges(self, merged: list, ranks: dict[bytes, int], parts: int | None = None) -> list:
-        """Start verifying the merge order in `parts` tasks (default: one per worker);
-        AsyncResults of reasons/None."""
-        parts = parts or self.workers
-        check = self.merge_checker(merged, ranks, parts)
-        return [check((i,)) for i in range(parts)]
+        """Start verifying the merge order in `parts` tasks of about equal cost (default: one
+        per worker); AsyncResults of reasons/None."""
+        from q7x2_runtime.preprocess.fast_bpe import split_by_length
 
-    def merge_checker(self, merged: list, ranks: dict[bytes, int], shares: int):
-        """A function starting, on a worker, the check of some of `shares` interleaved shares
-        of the merges (`check((0, 1))`: shares 0 and 1); each call an AsyncResult of a
-        reason or None.
+        check = self.merge_checker(merged, ranks)
+        return [check(lengths) for lengths in split_by_length(merged, [1] * (parts or self.workers))]
+
+    def merge_checker(self, merged: list, ranks: dict[bytes, int]):
+        """A function starting, on a worker, the check of the merges whose pieces have one of
+        the given lengths (merge_order.split_by_length); each call an AsyncResult of a reason
+        or None.
 
         `merged` is in rank order (fast_bpe's condition 1), so the workers rebuild it from the
         ranks plus each merge's left length: a task carries a few hundred kB, not the table."""
         assert self._pool is not None
         pool = self._pool
         shared = _Shared(ranks)
-        lengths = [len(m[1]) for m in merged]
+        lefts_of = [len(m[1]) for m in merged]
         # absurdly long tokens (a left part of 256 bytes or more): send the table itself
-        lefts = bytes(lengths) if max(lengths, default=0) < 256 else None
+        lefts = bytes(lefts_of) if max(lefts_of, default=0) < 256 else None
         payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
-        return lambda mine: pool.apply_async(worker.check_merges, (*payload, tuple(mine), shares))
+        return lambda lengths: pool.apply_async(worker.check_merges, (*payload, frozenset(lengths)))
 
     def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:
         """(batch, encoded columns) in input order; at most 2 * workers + 2 batches in flight."""

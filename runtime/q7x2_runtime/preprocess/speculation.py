@@ -49,7 +49,7 @@ from q7x2_runtime.preprocess.confirming import (
     Built, Confirmer, _derive, _describe, model_digest, remember_decision, text_sha256,
 )  # fmt: skip
 from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, probe_texts, tokenizer_identity
-from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape
+from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape, split_by_length
 from q7x2_runtime.preprocess.parallel import WorkerPool
 
 if TYPE_CHECKING:  # sources imports pyarrow, which the proof is started before (see pipeline)
@@ -149,17 +149,19 @@ class Confirmation:
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
         self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
         self._budget = proof_budget(pool.workers)
-        # The merge check, in shares: `budget` workers start two shares each at once; the
-        # others first build the engine (as `_write` will ask for it, and the probes and the
-        # first rows find it built), then take one share each, so all end about together (on
-        # 2 cores: two thirds at once, a third after the engine). The check is on the longest
-        # path to the first document: it waits for the candidate, and shares the cores.
+        # The merge check, in parts by token length: `budget` workers start a part of weight
+        # two each at once; the others first build the engine (as `_write` will ask for it,
+        # and the probes and the first rows find it built), then take a part of weight one,
+        # so all end about together (on 2 cores: two thirds at once, a third after the
+        # engine). The check is on the longest path to the first document: it waits for the
+        # candidate, and shares the cores.
         idle = pool.workers - self._budget
-        check = pool.merge_checker(candidate.merged, fast.ranks, shares=2 * self._budget + idle)
-        self._merges = [check((2 * i, 2 * i + 1)) for i in range(self._budget)]
+        check = pool.merge_checker(candidate.merged, fast.ranks)
+        parts = split_by_length(candidate.merged, [2] * self._budget + [1] * idle)
+        self._merges = [check(lengths) for lengths in parts[: self._budget]]
         eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
         pool.warm(candidate.spec, eod, tasks=idle)
-        self._merges += [check((2 * self._budget + j,)) for j in range(idle)]  # queued after the warm-ups
+        self._merges += [check(lengths) for lengths in parts[self._budget :]]  # queued after the warm-ups
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)

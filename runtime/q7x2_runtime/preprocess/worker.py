@@ -101,9 +101,10 @@ def warm_engine(key: str, blob: bytes | None) -> int:
 
 
 def check_merges(
-    key: str, blob: bytes | None, lefts: bytes | None, merged: list | None, mine: tuple[int, ...], shares: int
+    key: str, blob: bytes | None, lefts: bytes | None, merged: list | None, lengths: frozenset[int]
 ) -> str | None:
-    """Pool task: verify every `shares`-th merge from each of `mine` on; the NotExact reason or None.
+    """Pool task: verify the merges whose pieces are `lengths` bytes long; the NotExact reason
+    or None.
 
     The merge table is rebuilt from the shared ranks: merges are in rank order, and `lefts`
     holds each one's left length."""
@@ -115,9 +116,11 @@ def check_merges(
         pieces = sorted((r, p) for p, r in ranks.items() if len(p) > 1)
         if len(pieces) != len(lefts):
             return "merge table and ranks do not correspond"
-        merged = [(p, p[:n], p[n:], r) for (r, p), n in zip(pieces, lefts)]
+        merged = [(p, p[:n], p[n:], r) for (r, p), n in zip(pieces, lefts) if len(p) in lengths]
+    else:
+        merged = [m for m in merged if len(m[0]) in lengths]
     try:
-        check_merge_order([m for share in mine for m in merged[share::shares]], ranks)
+        check_merge_order(merged, ranks)
     except NotExact as e:
         return str(e)
     return None

@@ -66,6 +66,14 @@ class WorkerPool:
         """The blob to send with the next task, or None once every worker holds it."""
         return None if len(shared.holders) >= self.workers else shared.blob
 
+    def encode(self, spec: EngineSpec, eod: int | None, columns: dict[str, list[str | None]]):
+        """Encode `columns` with this engine on a worker now, outside any stream; an
+        AsyncResult of (worker pid, encoded columns)."""
+        assert self._pool is not None
+        shared = self._engine(spec, eod)
+        args = (shared.key, self._attached(shared), columns)
+        return self._pool.apply_async(worker.encode_with, args, callback=lambda result: shared.holders.add(result[0]))
+
     def submit(self, fn, *args):
         """Run a module-level function on a worker; its AsyncResult."""
         assert self._pool is not None

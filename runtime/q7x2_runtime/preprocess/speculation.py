@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # sources imports pyarrow, which the proof is started before 
 
 # Ids held back while the proof runs; beyond this the writer waits for the proof.
 HOLD_BYTES = 512 << 20
-FIRST_ROWS = 64  # rows of the first batch sent alone (see with_probes)
+FIRST_ROWS = 64  # rows of the first batch sent alone (see sequenced)
 
 
 def serialized_model(model: dict[str, Any]) -> str:
@@ -150,18 +150,20 @@ class Confirmation:
         self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
         self._budget = proof_budget(pool.workers)
         # The merge check, in parts by token length: `budget` workers start a part of weight
-        # two each at once; the others first build the engine (as `_write` will ask for it,
-        # and the probes and the first rows find it built), then take a part of weight one,
-        # so all end about together (on 2 cores: two thirds at once, a third after the
-        # engine). The check is on the longest path to the first document: it waits for the
-        # candidate, and shares the cores.
+        # two each at once; the others first build the engine (as `_write` will ask for it)
+        # and encode the probes, then take a part of weight one, so all end about together
+        # (on 2 cores: two thirds at once, a third after the engine). The check is on the
+        # longest path to the first document: it waits for the candidate, and shares the
+        # cores; the first rows go to whichever worker is free first.
         idle = pool.workers - self._budget
         check = pool.merge_checker(candidate.merged, fast.ranks)
         parts = split_by_length(candidate.merged, [2] * self._budget + [1] * idle)
         self._merges = [check(lengths) for lengths in parts[: self._budget]]
         eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
         pool.warm(candidate.spec, eod, tasks=idle)
-        self._merges += [check(lengths) for lengths in parts[self._budget :]]  # queued after the warm-ups
+        self._eod = eod
+        self._probe_ids = pool.encode(candidate.spec, eod, {"probes": list(self.probes)})
+        self._merges += [check(lengths) for lengths in parts[self._budget :]]  # queued after those
         # Once per installation, not per tokenizer: usually known already.
         self._cache_root = cache_root()
         known, self._unicode_reason = unicode_classes.cached_verdict(self._cache_root)
@@ -179,7 +181,7 @@ class Confirmation:
 
     def _ready(self) -> bool:
         self._model_digest()
-        pending = [self._built, *self._merges, *(self._unicode or [])]
+        pending = [self._built, self._probe_ids, *self._merges, *(self._unicode or [])]
         return all(r.ready() for r in pending)
 
     def _proven_by_digest(self, built: Built) -> EngineSpec | None:
@@ -212,6 +214,7 @@ class Confirmation:
         if self._settled:
             return self.verdict
         c = self._candidate
+        self._take_probes(self._probe_ids.get()[1], self._eod)
         decided = self._proven_by_digest(self._built.get())
         same = decided is not None
         if decided is None:  # derive it in full from what transformers built
@@ -251,18 +254,14 @@ class Confirmation:
         while the workers wait for their next batches. An AsyncResult to wait for."""
         return self._process.apply_async(remember_decision, (self.verdict, self._force))
 
-    def with_probes(self, batches: Iterable[Batch], key: str) -> Iterator[Batch]:
-        """`batches`, after one batch of the probe texts (column `key`) that `gate` takes out
-        again: the workers' engines encode them, for comparison with HF's ids. The first
-        batch's first FIRST_ROWS rows go alone, with the probes (to whichever worker is free
-        first: the ones that built the engine while the others checked merges finish first);
-        the rest waits for the merge check. Some ids are thus held when the proof is
-        complete, and written then."""
+    def sequenced(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """`batches`, the first batch's first FIRST_ROWS rows alone (to whichever worker ends
+        its share of the merge check first); the rest after the merge check. Some ids are
+        thus held when the proof is complete, and written then."""
         it = iter(batches)
         first = next(it, None)
         if first is None:
             return
-        yield dataclasses.replace(first, first_row=-1, columns={key: list(self.probes)})
         if len(first) > FIRST_ROWS:
             yield dataclasses.replace(first, columns={k: v[:FIRST_ROWS] for k, v in first.columns.items()})
             first = dataclasses.replace(first, first_row=first.first_row + FIRST_ROWS,
@@ -284,7 +283,7 @@ class Confirmation:
         self._fast_probe_ids = out
 
     def gate(self, stream: Iterable[tuple[Any, dict] | None], eod: int | None) -> Iterator[tuple[Any, dict]]:
-        """`stream` (`WorkerPool.paced` over `with_probes`, with this as its pacing) passed
+        """`stream` (`WorkerPool.paced` over `sequenced`, with this as its pacing) passed
         through once proven; held in memory until then. Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
@@ -292,9 +291,6 @@ class Confirmation:
             if item is None:  # a tick while the pool works: the proof may be complete now
                 if held and not self._settled and self._ready():
                     yield from self._release(held)
-                continue
-            if item[0].first_row == -1 and self._fast_probe_ids is None:
-                self._take_probes(item[1], eod)
                 continue
             if self._settled:
                 yield item

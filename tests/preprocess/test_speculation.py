@@ -207,7 +207,7 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
             self.first_row = row
 
     gate = object.__new__(Confirmation)
-    gate._settled, gate._fast_probe_ids, gate._remembering = False, [[1]], None
+    gate._settled, gate._fast_probe_ids, gate._remembering, gate._head = False, [[1]], None, None
     proof = {"ready": False, "ok": True}
     gate._ready = lambda: proof["ready"]  # type: ignore[method-assign]
 
@@ -229,16 +229,101 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
         assert [i.first_row for i, _ in written] == [0]
         yield (Item(1), {})
 
-    for item in gate.gate(stream(), None):
+    for item in gate.gate(stream()):
         written.append(item)
     assert [i.first_row for i, _ in written] == [0, 1]
 
     gate._settled, proof["ready"], proof["ok"] = False, False, False
     written.clear()
     with pytest.raises(Rejected):  # a proof that fails: nothing held is ever written
-        for item in gate.gate(iter([(Item(0), {}), None, (Item(1), {})]), None):
+        for item in gate.gate(iter([(Item(0), {}), None, (Item(1), {})])):
             written.append(item)
     assert written == []
+
+
+def test_the_first_rows_are_written_as_soon_as_transformers_has_encoded_them():
+    """The first rows' ids come from the confirming process (transformers itself) and are
+    written on the first tick after they arrive, before the proof is complete; the
+    candidate's ids still wait for it (fake proof and results: the gate's boundary)."""
+    import numpy as np
+
+    from q7x2_runtime.preprocess.speculation import Confirmation, Rejected
+
+    class Item:
+        def __init__(self, row: int, texts: list) -> None:
+            self.first_row, self.columns = row, {"text": texts}
+
+    class Result:
+        def __init__(self, value) -> None:
+            self.value, self.done = value, False
+
+        def ready(self) -> bool:
+            return self.done
+
+        def get(self):
+            assert self.done, "the gate waited for a result that was not due"
+            return self.value
+
+    def gate_for(proof_ok: bool):
+        gate = object.__new__(Confirmation)
+        gate._settled, gate._remembering, gate._eod = False, None, 7
+        head = Result({"text": [[1, 2], [3]]})
+        gate._head = (Item(0, ["a b", None, "c"]), head)
+        gate._ready = lambda: False  # type: ignore[method-assign]
+
+        def settle():
+            gate._settled = True
+            gate.verdict = object() if proof_ok else None
+            return gate.verdict
+
+        gate.settle = settle  # type: ignore[method-assign]
+        gate._remember = lambda: type("Done", (), {"wait": lambda self, t: None})()  # type: ignore[method-assign]
+        return gate, head
+
+    gate, head = gate_for(True)
+    written: list = []
+    candidate = (Item(3, ["d"]), {"text": type("Col", (), {"ids": np.zeros(2, np.int32)})()})
+
+    def stream():
+        yield None  # a tick: transformers is still loading
+        assert written == []
+        head.done = True
+        yield candidate  # the candidate's ids: held, the proof is not complete
+        assert [b.first_row for b, _ in written] == [0]
+        yield None
+
+    for item in gate.gate(stream()):
+        written.append(item)
+    first, encoded = written[0]
+    col = encoded["text"]
+    assert first.first_row == 0 and col.ids.tolist() == [1, 2, 7, 3, 7] and col.lengths.tolist() == [3, 2]
+    assert col.skipped_empty == 1 and [b.first_row for b, _ in written] == [0, 3]
+
+    gate, head = gate_for(False)
+    head.done = True
+    written.clear()
+    with pytest.raises(Rejected):  # the pipeline then removes the output, which never looked complete
+        for item in gate.gate(iter([candidate])):
+            written.append(item)
+    assert [b.first_row for b, _ in written] == [0]
+
+
+def test_a_first_run_writes_transformers_ids_of_the_first_rows_before_its_proof_settles(alpaca_parquet, real_qwen, tmp_path, monkeypatch):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from q7x2_runtime.preprocess import output, speculation
+
+    monkeypatch.setenv("Q7X2_CACHE_DIR", str(tmp_path / "cache"))
+    events: list = []
+    settle, add = speculation.Confirmation.settle, output.OutputSet.add
+    monkeypatch.setattr(speculation.Confirmation, "settle", lambda self: (events.append("settle"), settle(self))[1])
+    monkeypatch.setattr(output.OutputSet, "add", lambda self, key, ids, lengths: (events.append(len(lengths)), add(self, key, ids, lengths))[1])
+    monkeypatch.setattr(speculation, "FIRST_ROWS", 20)
+    res = run(opts(alpaca_parquet, real_qwen, tmp_path / "o" / "a", workers=2, append_eod=True))
+    assert res.manifest["tokenizer"]["engine_decision"] == "verified"
+    assert events[0] == 20 - sum(not r["text"] for r in ROWS[:20]) and events[1] == "settle"
+    hf = AutoTokenizer.from_pretrained(real_qwen)
+    assert megatron_docs(res.outputs["text"]) == expected(hf, [r["text"] for r in ROWS], hf.eos_token_id)
 
 
 def _children(pid: int) -> list[int]:

@@ -19,7 +19,8 @@ from typing import Any
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.preprocess import engine_cache
 from q7x2_runtime.preprocess.engines import (
-    EngineChecks, EngineSpec, _file_sha256, check_tokenizer_dir, choose_engine, engine_choice, load_auto_tokenizer,
+    EngineChecks, EngineSpec, HfEngine, _file_sha256, check_tokenizer_dir, choose_engine, engine_choice,
+    load_auto_tokenizer,
     tokenizer_identity,
 )  # fmt: skip
 from q7x2_runtime.preprocess.import_structure import without_torch
@@ -86,6 +87,15 @@ def _load(tokenizer_dir: str) -> None:
     without_torch()
     if tokenizer_dir not in _loaded:
         _loaded[tokenizer_dir] = load_auto_tokenizer(tokenizer_dir)
+
+
+def _encode_exactly(tokenizer_dir: str, columns: dict[str, list[str | None]]) -> dict[str, list[list[int]]]:
+    """In the confirming process: each column's ids from the tokenizer transformers built,
+    called as MindSpeed calls it (empty rows left out, as every engine leaves them). These are
+    the reference ids themselves, so the parent writes them without waiting for the proof."""
+    _load(tokenizer_dir)
+    engine = HfEngine(tokenizer_dir, _loaded[tokenizer_dir])
+    return {key: engine.encode([t for t in texts if t]) for key, texts in columns.items()}
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,9 @@ class HfEngine:
 
     name = HF
 
-    def __init__(self, tokenizer_dir: str) -> None:
-        self._tok = load_auto_tokenizer(tokenizer_dir)
+    def __init__(self, tokenizer_dir: str, loaded: object = None) -> None:
+        """`loaded`: the AutoTokenizer of `tokenizer_dir`, if this process has it already."""
+        self._tok = loaded if loaded is not None else load_auto_tokenizer(tokenizer_dir)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:

@@ -307,12 +307,13 @@ def split_by_length(merged: MergeTable, weights: list[int]) -> list[frozenset[in
     for piece, _left, _right, _rank in merged:
         if len(piece) > 2:  # two bytes always pass: no work
             count[len(piece)] = count.get(len(piece), 0) + 1
+    steps = {n: c * (n - 1) for n, c in count.items()}  # the simulation's steps per length
     groups: list[set[int]] = [set() for _ in weights]
     load = [0] * len(weights)
-    for n in sorted(count, key=lambda n: count[n] * (n - 1), reverse=True):  # the simulation's steps
-        k = min(range(len(weights)), key=lambda k: (load[k] + count[n] * (n - 1)) / weights[k])
+    for n in sorted(steps, key=steps.__getitem__, reverse=True):
+        k = min(range(len(weights)), key=lambda k: (load[k] + steps[n]) / weights[k])
         groups[k].add(n)
-        load[k] += count[n] * (n - 1)
+        load[k] += steps[n]
     return [frozenset(g) for g in groups]
 
 

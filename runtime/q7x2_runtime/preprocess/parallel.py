@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
+from q7x2_runtime.preprocess.fast_bpe import split_by_length
 
 if TYPE_CHECKING:  # sources imports pyarrow: not needed to start the pool
     from q7x2_runtime.preprocess.sources import Batch
@@ -82,8 +83,6 @@ class WorkerPool:
     def check_merges(self, merged: list, ranks: dict[bytes, int], parts: int | None = None) -> list:
         """Start verifying the merge order in `parts` tasks of about equal cost (default: one
         per worker); AsyncResults of reasons/None."""
-        from q7x2_runtime.preprocess.fast_bpe import split_by_length
-
         check = self.merge_checker(merged, ranks)
         return [check(lengths) for lengths in split_by_length(merged, [1] * (parts or self.workers))]
 

@@ -172,7 +172,7 @@ def _write(
             if gate is None:
                 stream = pool.ordered(batches, spec, eod)
             else:  # ids reach the writer only once the engine is proven
-                stream = gate.gate(pool.paced(gate.sequenced(batches), spec, eod, gate), eod)
+                stream = gate.gate(pool.paced(gate.sequenced(batches), spec, eod, gate))
             try:
                 for batch, encoded in stream:
                     docs = tokens = 0

@@ -12,9 +12,11 @@ with a tokenizer:
   candidate's merge order (and, once per installation, the Unicode classes), then encode the
   probe texts and start tokenizing with it. The merge check starts at once on as many
   workers as leave the confirming process a core (`proof_budget`: one on 2 cores); the others
-  build the engine, then take the check's last shares. Batches but the first rows wait for
-  the merge check;
-- once AutoTokenizer is loaded, that process serializes the pipeline transformers actually
+  build the engine, then take the check's last shares;
+- the first rows are not the candidate's to encode: the confirming process encodes them with
+  the tokenizer it loaded, as soon as it is loaded. Those are the reference ids, so they are
+  written at once, while the rest of the proof runs;
+- right after, that process serializes the pipeline transformers actually
   built (`backend_tokenizer.to_str()`, the tokenizers library's own description of it) and
   returns everything but the BPE model as JSON, the model as a sha256 of its exact text,
   and HF's ids of the probe texts. The parent serializes the candidate's model the way the
@@ -23,12 +25,12 @@ with a tokenizer:
   150k entries. The rest of the pipeline goes through the same checks as always. (If the
   digests differ, e.g. a tokenizer.json spelled differently from what the library writes,
   that process derives the engine from transformers' pipeline in full, as before.)
-- ids are held in memory, never written, until all of that agrees: the candidate equals the
-  engine derived from what transformers built, that model is the one whose merges the workers
-  verified, the probes and Unicode classes agree. Only then are they written (at once: the
-  pool's stream ticks while it waits), and the decision cached by the confirming process while
-  the workers go on. Otherwise nothing was written, and the run starts again with the
-  confirmed engine.
+- the candidate's ids are held in memory, never written, until all of that agrees: the
+  candidate equals the engine derived from what transformers built, that model is the one
+  whose merges the workers verified, the probes and Unicode classes agree. Only then are they
+  written (at once: the pool's stream ticks while it waits), and the decision cached by the
+  confirming process while the workers go on. Otherwise the output so far (only transformers'
+  own ids) is removed unfinished, and the run starts again with the confirmed engine.
 
 Ids therefore never depend on the guess, only the time does.
 """
@@ -46,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 from q7x2_runtime.preprocess import unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
 from q7x2_runtime.preprocess.confirming import (
-    Built, Confirmer, _derive, _describe, model_digest, remember_decision, text_sha256,
+    Built, Confirmer, _derive, _describe, _encode_exactly, model_digest, remember_decision, text_sha256,
 )  # fmt: skip
-from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, probe_texts, tokenizer_identity
+from q7x2_runtime.preprocess.engines import FAST, EngineSpec, _file_sha256, flatten, probe_texts, tokenizer_identity
 from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, fast_bpe_spec, pipeline_shape, split_by_length
 from q7x2_runtime.preprocess.parallel import WorkerPool
 
@@ -57,7 +59,7 @@ if TYPE_CHECKING:  # sources imports pyarrow, which the proof is started before 
 
 # Ids held back while the proof runs; beyond this the writer waits for the proof.
 HOLD_BYTES = 512 << 20
-FIRST_ROWS = 64  # rows of the first batch sent alone (see sequenced)
+FIRST_ROWS = 64  # rows of the first batch the confirming process encodes (see sequenced)
 
 
 def serialized_model(model: dict[str, Any]) -> str:
@@ -147,14 +149,15 @@ class Confirmation:
         fast = candidate.spec.fast
         assert fast is not None, "a candidate is always a fast-engine spec"
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
-        self._built = self._process.apply_async(_describe, (tokenizer_dir, self.probes))
+        self._built: Any = None  # the AsyncResult of _describe: queued after the first rows (see sequenced)
+        self._head: tuple[Batch, Any] | None = None  # the first rows, and transformers' ids of them
         self._budget = proof_budget(pool.workers)
         # The merge check, in parts by token length: `budget` workers start a part of weight
         # two each at once; the others first build the engine (as `_write` will ask for it)
         # and encode the probes, then take a part of weight one, so all end about together
         # (on 2 cores: two thirds at once, a third after the engine). The check is on the
-        # longest path to the first document: it waits for the candidate, and shares the
-        # cores; the first rows go to whichever worker is free first.
+        # longest path to the candidate's first ids: it waits for the candidate, and shares
+        # the cores.
         idle = pool.workers - self._budget
         check = pool.merge_checker(candidate.merged, fast.ranks)
         parts = split_by_length(candidate.merged, [2] * self._budget + [1] * idle)
@@ -179,7 +182,13 @@ class Confirmation:
             self._model_sha256 = text_sha256(serialized_model(self._candidate.model))
         return self._model_sha256
 
+    def _describing(self) -> Any:
+        if self._built is None:
+            self._built = self._process.apply_async(_describe, (self._tokenizer_dir, self.probes))
+        return self._built
+
     def _ready(self) -> bool:
+        self._describing()
         self._model_digest()
         pending = [self._built, self._probe_ids, *self._merges, *(self._unicode or [])]
         return all(r.ready() for r in pending)
@@ -189,7 +198,7 @@ class Confirmation:
         the workers verified) and the rest of its pipeline gives the candidate's shape; None
         if that does not settle it."""
         c = self._candidate
-        if built.head is None or built.model_sha256 != self._model_digest() or self._fast_probe_ids is None:
+        if built.head is None or built.model_sha256 != self._model_digest():
             return None
         try:
             fast = pipeline_shape(built.head).spec(c.spec.fast.ranks if c.spec.fast else {})
@@ -215,7 +224,7 @@ class Confirmation:
             return self.verdict
         c = self._candidate
         self._take_probes(self._probe_ids.get()[1], self._eod)
-        decided = self._proven_by_digest(self._built.get())
+        decided = self._proven_by_digest(self._describing().get())
         same = decided is not None
         if decided is None:  # derive it in full from what transformers built
             decided, digest = self._process.apply_async(_derive, (self._tokenizer_dir, self._force)).get()
@@ -255,22 +264,36 @@ class Confirmation:
         return self._process.apply_async(remember_decision, (self.verdict, self._force))
 
     def sequenced(self, batches: Iterable[Batch]) -> Iterator[Batch]:
-        """`batches`, the first batch's first FIRST_ROWS rows alone (to whichever worker ends
-        its share of the merge check first); the rest after the merge check. Some ids are
-        thus held when the proof is complete, and written then."""
+        """`batches` but the first batch's first FIRST_ROWS rows, which go to the confirming
+        process instead: encoded there by transformers' tokenizer itself as soon as it is
+        loaded, they are the reference ids and are written at once (see `gate`), long before
+        the proof is complete. What it built is described right after."""
         it = iter(batches)
         first = next(it, None)
-        if first is None:
-            return
-        if len(first) > FIRST_ROWS:
-            yield dataclasses.replace(first, columns={k: v[:FIRST_ROWS] for k, v in first.columns.items()})
-            first = dataclasses.replace(first, first_row=first.first_row + FIRST_ROWS,
-                                        columns={k: v[FIRST_ROWS:] for k, v in first.columns.items()})
-        self._model_digest()  # the parent's share of the proof, while the merges are checked
-        for r in self._merges:
-            r.wait()
-        yield first
+        if first is not None:
+            head, rest = first, None
+            if len(first) > FIRST_ROWS:
+                head = dataclasses.replace(first, columns={k: v[:FIRST_ROWS] for k, v in first.columns.items()})
+                rest = dataclasses.replace(first, first_row=first.first_row + FIRST_ROWS,
+                                           columns={k: v[FIRST_ROWS:] for k, v in first.columns.items()})
+            self._head = (head, self._process.apply_async(_encode_exactly, (self._tokenizer_dir, head.columns)))
+            self._describing()
+            if rest is not None:
+                yield rest
+        self._describing()
         yield from it
+
+    def _exact_head(self) -> tuple[Batch, dict]:
+        """The first rows with transformers' own ids (waited for if need be)."""
+        assert self._head is not None
+        batch, result = self._head
+        docs = result.get()
+        self._head = None
+        encoded = {}
+        for key, texts in batch.columns.items():
+            ids, lengths = flatten(docs[key], self._eod)
+            encoded[key] = worker.EncodedColumn(ids=ids, lengths=lengths, skipped_empty=len(texts) - len(docs[key]))
+        return batch, encoded
 
     def _take_probes(self, encoded: dict, eod: int | None) -> None:
         col = next(iter(encoded.values()))
@@ -282,14 +305,17 @@ class Confirmation:
             pos += n
         self._fast_probe_ids = out
 
-    def gate(self, stream: Iterable[tuple[Any, dict] | None], eod: int | None) -> Iterator[tuple[Any, dict]]:
+    def gate(self, stream: Iterable[tuple[Any, dict] | None]) -> Iterator[tuple[Any, dict]]:
         """`stream` (`WorkerPool.paced` over `sequenced`, with this as its pacing) passed
-        through once proven; held in memory until then. Raises Rejected."""
+        through once proven, held in memory until then; the first rows, encoded by
+        transformers itself, before it as soon as they come back. Raises Rejected."""
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
         for item in stream:
+            if self._head is not None and self._head[1].ready():
+                yield self._exact_head()
             if item is None:  # a tick while the pool works: the proof may be complete now
-                if held and not self._settled and self._ready():
+                if held and self._head is None and not self._settled and self._ready():
                     yield from self._release(held)
                 continue
             if self._settled:
@@ -297,7 +323,7 @@ class Confirmation:
                 continue
             held.append(item)
             held_bytes += sum(col.ids.nbytes for col in item[1].values())
-            if self._ready() or held_bytes >= HOLD_BYTES:
+            if (self._head is None and self._ready()) or held_bytes >= HOLD_BYTES:
                 yield from self._release(held)
         yield from self._release(held)
         # Only a finished run waits (a store takes a fraction of a second; the process may be
@@ -305,8 +331,10 @@ class Confirmation:
         (self._remembering or self._remember()).wait(60)
 
     def _release(self, held: list[tuple[Any, dict]]) -> Iterator[tuple[Any, dict]]:
-        """The held items, once the proof (waited for if need be) is complete; Rejected if it
-        fails. The first time, the decision is cached meanwhile."""
+        """The first rows if still due, then the held items once the proof (waited for if need
+        be) is complete; Rejected if it fails. The first time, the decision is cached meanwhile."""
+        if self._head is not None:
+            yield self._exact_head()
         if self.settle() is None:
             raise Rejected
         if self._remembering is None:

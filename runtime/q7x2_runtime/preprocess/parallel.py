@@ -115,7 +115,7 @@ class WorkerPool:
         bound), and while `pacing.ticking()` a wait for a result yields None every TICK s, so
         the consumer can act on what it holds meanwhile."""
         if self._pool is None:
-            worker.init(spec, eod, pool_worker=False)
+            worker.init(spec, eod)
             for batch in batches:
                 yield batch, worker.encode_columns(batch.columns)
             return

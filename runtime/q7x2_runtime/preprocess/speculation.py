@@ -315,7 +315,9 @@ class Confirmation:
             if self._head is not None and self._head[1].ready():
                 yield self._exact_head()
             if item is None:  # a tick while the pool works: the proof may be complete now
-                if held and self._head is None and not self._settled and self._ready():
+                # (checked with nothing held too: the parent's digest is then computed while
+                # it waits anyway, and a settled proof lets the pool take more batches)
+                if self._head is None and not self._settled and self._ready():
                     yield from self._release(held)
                 continue
             if self._settled:

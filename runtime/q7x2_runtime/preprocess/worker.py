@@ -18,6 +18,8 @@ from q7x2_runtime.preprocess.engines import Engine, EngineSpec, build_engine
 if TYPE_CHECKING:  # the engines make the arrays; the parent starts the pool before importing numpy
     import numpy as np
 
+WORKER_NICENESS = 5  # added to the workers' nice value (see warm_up)
+
 _engine: Engine | None = None
 _eod: int | None = None
 _engine_key: str | None = None
@@ -40,6 +42,10 @@ def warm_up() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     _exit_with_parent()
+    # The workers' work is throughput: batches, the merge check. The first rows wait for the
+    # parent (reading) and the confirming process (loading AutoTokenizer), so when all want a
+    # core those go first; a core the two leave idle still goes to the workers.
+    os.nice(WORKER_NICENESS)
     import tiktoken  # noqa: F401
     import tokenizers  # noqa: F401
 
@@ -68,10 +74,9 @@ def _receive(key: str, blob: bytes | None) -> object:
     return _shared[key]
 
 
-def init(spec: EngineSpec, eod: int | None, *, pool_worker: bool = True) -> None:
+def init(spec: EngineSpec, eod: int | None) -> None:
+    """Build the engine (a pool worker ran `warm_up` when it started)."""
     global _engine, _eod
-    if pool_worker:
-        warm_up()
     _engine = build_engine(spec)
     _eod = eod
 

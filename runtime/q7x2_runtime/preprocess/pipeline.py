@@ -22,7 +22,7 @@ from q7x2_runtime.preprocess.confirming import Confirmer, confirmer_for
 from q7x2_runtime.preprocess.speculation import Confirmation, Rejected, candidate_spec
 
 # Imported where used: a first run starts its proof before it imports pyarrow, numpy and rich
-# (the merge-order check, on the longest path to the first document, waits for the candidate).
+# (the merge-order check, on the longest path to the proof's end, waits for the candidate).
 if TYPE_CHECKING:
     from q7x2_runtime.preprocess.sources import Batch, SourceFile
 

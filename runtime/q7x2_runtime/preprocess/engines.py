@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from q7x2_runtime.errors import UserError
 from q7x2_runtime.os_errors import present, regular_file
@@ -194,7 +194,7 @@ class HfEngine:
 
     name = HF
 
-    def __init__(self, tokenizer_dir: str, loaded: object = None) -> None:
+    def __init__(self, tokenizer_dir: str, loaded: Any = None) -> None:
         """`loaded`: the AutoTokenizer of `tokenizer_dir`, if this process has it already."""
         self._tok = loaded if loaded is not None else load_auto_tokenizer(tokenizer_dir)
 

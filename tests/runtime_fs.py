@@ -124,3 +124,22 @@ def kill_when(proc: subprocess.Popen, parent: Path, delay: float, after_debris: 
         return False
     proc.wait(timeout=60)
     return proc.returncode == -signal.SIGKILL
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of a live process's children (every thread's, from /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -28,6 +28,7 @@ from q7x2_runtime.preprocess.pipeline import PreprocessOptions, run
 from tests.preprocess.conftest import edit_tokenizer
 from tests.preprocess.test_engines import HOSTILE
 from tests.preprocess.test_pipeline import megatron_docs
+from tests.runtime_fs import children
 
 
 @pytest.fixture(scope="session")
@@ -171,18 +172,6 @@ def _ours(tmpdir: Path) -> list[str]:
     return [p.name for p in tmpdir.iterdir() if p.name.startswith("q7x2") or p.suffix == ".pkl"]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 @pytest.mark.slow
 def test_a_killed_first_run_leaves_no_debris_and_no_workers(real_qwen, tmp_path):
     tmpdir = tmp_path / "tmpdir"
@@ -195,17 +184,17 @@ def test_a_killed_first_run_leaves_no_debris_and_no_workers(real_qwen, tmp_path)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + the proof
+        while len(children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + the proof
             time.sleep(0.2)
-        children = _children(proc.pid)
-        assert len(children) >= 3, "preprocess never started its workers"
+        kids = children(proc.pid)
+        assert len(kids) >= 3, "preprocess never started its workers"
         time.sleep(1.0)  # mid-proof: the engine has been sent to the workers
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
-        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        while any(Path(f"/proc/{c}").exists() for c in kids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [c for c in children if Path(f"/proc/{c}").exists()], "workers outlived their parent"
+        assert not [c for c in kids if Path(f"/proc/{c}").exists()], "workers outlived their parent"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,6 +14,7 @@ from q7x2_runtime.preprocess.confirming import split_model, text_sha256
 from q7x2_runtime.preprocess.speculation import serialized_model
 from tests.preprocess.conftest import edit_tokenizer
 from tests.preprocess.test_pipeline import ROWS, alpaca_parquet, expected, megatron_docs, opts  # noqa: F401
+from tests.runtime_fs import alive, children
 
 
 def _built_model_text(tokenizer_dir) -> tuple[dict, str]:
@@ -164,6 +165,13 @@ def test_a_confirmer_the_caller_started_proves_the_run_and_stays_the_callers(alp
     assert again.manifest["tokenizer"]["engine_decision"] == "cached"
 
 
+class _AliveProcess:
+    """A confirming process that never dies (the fake gates below have no real one)."""
+
+    def check(self) -> None:
+        return None
+
+
 class _Ticking:
     def __init__(self) -> None:
         self.on = True
@@ -208,6 +216,7 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
 
     gate = object.__new__(Confirmation)
     gate._settled, gate._fast_probe_ids, gate._remembering, gate._head = False, [[1]], None, None
+    gate._process = _AliveProcess()
     proof = {"ready": False, "ok": True}
     gate._ready = lambda: proof["ready"]  # type: ignore[method-assign]
 
@@ -267,6 +276,7 @@ def test_the_first_rows_are_written_as_soon_as_transformers_has_encoded_them():
     def gate_for(proof_ok: bool):
         gate = object.__new__(Confirmation)
         gate._settled, gate._remembering, gate._eod = False, None, 7
+        gate._process = _AliveProcess()
         head = Result({"text": [[1, 2], [3]]})
         gate._head = (Item(0, ["a b", None, "c"]), head)
         gate._ready = lambda: False  # type: ignore[method-assign]
@@ -326,27 +336,6 @@ def test_a_first_run_writes_transformers_ids_of_the_first_rows_before_its_proof_
     assert megatron_docs(res.outputs["text"]) == expected(hf, [r["text"] for r in ROWS], hf.eos_token_id)
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    from pathlib import Path
-
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_killed_first_run_leaves_no_process_behind(qwen_tokenizer, tmp_path):
     """SIGKILL the command's parent while its confirming process loads transformers: every
     process it started goes by itself, with nothing left in TMPDIR and no output that looks
@@ -374,16 +363,16 @@ def test_a_killed_first_run_leaves_no_process_behind(qwen_tokenizer, tmp_path):
         kids: list[int] = []
         while len(kids) < 4:  # the resource tracker, the confirming process, two workers
             assert proc.poll() is None and time.monotonic() < deadline, f"only {kids} started"
-            kids = sorted(set(kids) | set(_children(proc.pid)))
+            kids = sorted(set(kids) | set(children(proc.pid)))
             time.sleep(0.005)
         time.sleep(0.3)  # past fork and exec
-        kids = sorted(set(kids) | set(_children(proc.pid)))
+        kids = sorted(set(kids) | set(children(proc.pid)))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
-        while any(map(_alive, kids)) and time.monotonic() < deadline:
+        while any(map(alive, kids)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [k for k in kids if _alive(k)], "a process of the killed run is still running"
+        assert not [k for k in kids if alive(k)], "a process of the killed run is still running"
         assert list(tmpdir.iterdir()) == []
         assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == [], "nothing may look complete"
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from q7x2_runtime.preprocess.engines import (
 )  # fmt: skip
 from q7x2_runtime.preprocess.import_structure import without_torch
 from q7x2_runtime.preprocess.limits import MAX_WORKERS
+from q7x2_runtime.preprocess.watched_pool import WatchedPool
 
 
 def model_digest(model: dict[str, Any]) -> str:
@@ -151,7 +151,7 @@ class Confirmer:
     (the longest step of the proof) begins at once."""
 
     def __init__(self, tokenizer_dir: str) -> None:
-        self.process = mp.get_context("spawn").Pool(1)
+        self.process = WatchedPool(1, "the process checking the tokenizer with transformers")
         self.process.apply_async(_load, (tokenizer_dir,))  # its errors resurface in every later task
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ also verify the tokenizer's merges for the parent (see prechecks and speculation
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import pickle
 import uuid
 from collections import deque
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
 from q7x2_runtime.preprocess.fast_bpe import split_by_length
+from q7x2_runtime.preprocess.watched_pool import WatchedPool
 
 if TYPE_CHECKING:  # sources imports pyarrow: not needed to start the pool
     from q7x2_runtime.preprocess.sources import Batch
@@ -46,7 +46,8 @@ class WorkerPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         # spawn: workers must not inherit the parent's tokenizer thread pools or locks.
-        self._pool = mp.get_context("spawn").Pool(workers, initializer=worker.warm_up) if workers > 1 else None
+        # (WatchedPool: a worker that dies fails the run at once rather than hang it.)
+        self._pool = WatchedPool(workers, "a tokenizer worker process", initializer=worker.warm_up) if workers > 1 else None
         self._engines: dict[tuple[int, int | None], tuple[EngineSpec, _Shared]] = {}
 
     def _engine(self, spec: EngineSpec, eod: int | None) -> _Shared:
@@ -119,6 +120,7 @@ class WorkerPool:
             for batch in batches:
                 yield batch, worker.encode_columns(batch.columns)
             return
+        pool = self._pool
         shared = self._engine(spec, eod)
         window: deque = deque()
 
@@ -126,6 +128,7 @@ class WorkerPool:
             done, result = window.popleft()
             while pacing is not None and pacing.ticking() and not result.ready():
                 result.wait(TICK)
+                pool.check()  # a lost task is never ready
                 yield None
             pid, encoded = result.get()
             shared.holders.add(pid)
@@ -133,7 +136,7 @@ class WorkerPool:
 
         for batch in batches:
             args = (shared.key, self._attached(shared), batch.columns)
-            window.append((batch, self._pool.apply_async(worker.encode_with, args)))
+            window.append((batch, pool.apply_async(worker.encode_with, args)))
             bound = (pacing.in_flight() if pacing else None) or 2 * self.workers + 2
             while len(window) >= bound:
                 yield from _results()

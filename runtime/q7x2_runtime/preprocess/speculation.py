@@ -312,6 +312,7 @@ class Confirmation:
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
         for item in stream:
+            self._process.check()  # its tasks are waited for by ready(), which a lost one never is
             if self._head is not None and self._head[1].ready():
                 yield self._exact_head()
             if item is None:  # a tick while the pool works: the proof may be complete now

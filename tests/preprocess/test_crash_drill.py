@@ -78,6 +78,9 @@ def test_killed_preprocess_leaves_nothing_complete_and_a_rerun_equals_a_clean_ru
         after_debris = rng.random() < 0.6
         delay = rng.uniform(0, 0.2) if after_debris else rng.uniform(0, duration)
         if not kill_when(start_cli(*argv, env=env), out, delay, after_debris, timeout=900):
+            # It finished first: start the next from an empty directory too, or its kill would
+            # find this run's complete dataset beside its own fresh temporaries.
+            remove_outputs(out)
             continue
         killed += 1
         if (out / "alpaca_text_document.idx").exists():  # killed after the last rename: complete

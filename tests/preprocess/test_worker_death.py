@@ -18,7 +18,7 @@ import pytest
 
 from q7x2_runtime.preprocess.watched_pool import ProcessDied, WatchedPool
 from q7x2_runtime.preprocess.worker import WORKER_NICENESS
-from tests.runtime_fs import alive, children, debris_in, one_error_line
+from tests.runtime_fs import alive, children, debris_in, one_error_line, proc_stat
 
 
 def test_a_result_whose_process_was_killed_raises_naming_it_and_the_signal():
@@ -58,17 +58,13 @@ def test_an_exit_status_is_named_and_a_wait_returns_once_a_process_is_dead():
 # --- real runs ---------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def _workers(pid: int) -> list[int]:
     """The run's tokenizer workers: the children that lowered their priority (worker.warm_up)."""
-    mine = int(_stat(os.getpid())[16])
+    mine = int(proc_stat(os.getpid())[16])
     found = []
     for kid in children(pid):
         try:
-            if int(_stat(kid)[16]) == min(19, mine + WORKER_NICENESS):
+            if int(proc_stat(kid)[16]) == min(19, mine + WORKER_NICENESS):
                 found.append(kid)
         except OSError:
             pass

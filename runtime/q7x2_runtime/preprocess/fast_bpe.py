@@ -327,4 +327,9 @@ def check_merge_order(merged: MergeTable, ranks: dict[bytes, int]) -> None:
 
     bad = failing_merges(merged, ranks)
     if bad:
-        raise NotExact(f"token {merged[bad[0]][3]} is not reached by its own merge under rank order")
+        raise NotExact(unreached(merged[bad[0]][3]))
+
+
+def unreached(rank: int) -> str:
+    """The NotExact reason for a merge that fails condition (2)."""
+    return f"token {rank} is not reached by its own merge under rank order"

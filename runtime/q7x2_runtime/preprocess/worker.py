@@ -111,21 +111,20 @@ def check_merges(
     """Pool task: verify the merges whose pieces are `lengths` bytes long; the NotExact reason
     or None.
 
-    The merge table is rebuilt from the shared ranks: merges are in rank order, and `lefts`
-    holds each one's left length."""
-    from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order
+    The merge table is the shared ranks (merges are in rank order) plus `lefts`, each merge's
+    left length; or, for absurdly long tokens, the table itself."""
+    from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order, unreached
+    from q7x2_runtime.preprocess.merge_order import failing_ranks
 
     ranks = cast(dict[bytes, int], _receive(key, blob))
     if merged is None:
         assert lefts is not None, "the parent sends either the table or each merge's left length"
-        pieces = sorted((r, p) for p, r in ranks.items() if len(p) > 1)
-        if len(pieces) != len(lefts):
+        bad = failing_ranks(ranks, lefts, lengths)
+        if bad is None:
             return "merge table and ranks do not correspond"
-        merged = [(p, p[:n], p[n:], r) for (r, p), n in zip(pieces, lefts) if len(p) in lengths]
-    else:
-        merged = [m for m in merged if len(m[0]) in lengths]
+        return unreached(bad[0]) if bad else None
     try:
-        check_merge_order(merged, ranks)
+        check_merge_order([m for m in merged if len(m[0]) in lengths], ranks)
     except NotExact as e:
         return str(e)
     return None

@@ -10,17 +10,17 @@ import pytest
 
 from q7x2_runtime.preprocess.fast_bpe import GPT2_PATTERN, QWEN2_PATTERN
 from q7x2_runtime.preprocess.pipeline import run
-from q7x2_runtime.preprocess.confirming import split_model, text_sha256
+from q7x2_runtime.preprocess.confirming import pretty_model_sha256, split_model, text_sha256
 from q7x2_runtime.preprocess.speculation import serialized_model
 from tests.preprocess.conftest import edit_tokenizer
 from tests.preprocess.test_pipeline import ROWS, alpaca_parquet, expected, megatron_docs, opts  # noqa: F401
 from tests.runtime_fs import alive, children
 
 
-def _built_model_text(tokenizer_dir) -> tuple[dict, str]:
+def _built_model_text(tokenizer_dir, pretty: bool = False) -> tuple[dict, str]:
     from transformers import AutoTokenizer
 
-    parts = split_model(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer.to_str())
+    parts = split_model(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer.to_str(pretty=pretty))
     assert parts is not None
     return parts
 
@@ -44,13 +44,22 @@ def test_a_model_that_is_not_last_cannot_pass_for_a_model():
     "text",
     [
         '{"version":"1.0","version":"2.0","model":{}}',  # a duplicate member
-        '{ "version":"1.0","model":{}}',  # not the library's compact spelling
+        '{"version" "1.0","model":{}}',  # no colon
+        '{"version":"1.0" "model":{}}',  # no comma
+        '{"version":"1.0","model": }',  # no model text
         '{"version":"1.0"}',  # no model
         '["model",{}]',
     ],
 )
 def test_split_model_refuses_any_other_shape(text):
     assert split_model(text) is None
+
+
+def test_split_model_reads_the_pretty_spelling_too():
+    text = '{\n  "version": "1.0",\n  "model": {\n    "type": "BPE",\n    "vocab": {"a": 0}\n  }\n}'
+    head, model = split_model(text)
+    assert head == {"version": "1.0"} and model == '{\n    "type": "BPE",\n    "vocab": {"a": 0}\n  }'
+    assert json.loads(model) == json.loads(text)["model"]
 
 
 def test_serialized_model_is_the_librarys_own_text(qwen_tokenizer):
@@ -60,6 +69,21 @@ def test_serialized_model_is_the_librarys_own_text(qwen_tokenizer):
     head, text = split_model(Tokenizer.from_file(str(qwen_tokenizer / "tokenizer.json")).to_str())
     assert serialized_model(model) == text
     assert "model" not in head and head["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_PATTERN
+
+
+def test_a_file_saved_by_the_library_is_digested_in_its_own_bytes(qwen_tokenizer, tmp_path):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(qwen_tokenizer / "tokenizer.json"))
+    tok.save(str(tmp_path / "pretty.json"))
+    tok.save(str(tmp_path / "compact.json"), pretty=False)
+    _, text = split_model(tok.to_str(pretty=True))
+    assert pretty_model_sha256((tmp_path / "pretty.json").read_bytes()) == text_sha256(text)
+    assert pretty_model_sha256((tmp_path / "compact.json").read_bytes()) is None  # serialized_model's case
+    # Anything after the model, or a different model, changes the digest: the full derivation.
+    raw = (tmp_path / "pretty.json").read_bytes()
+    assert pretty_model_sha256(raw[:-2] + b',\n  "extra": 1\n}') != text_sha256(text)
+    assert pretty_model_sha256(raw.replace(b'"type": "BPE"', b'"type": "BPE", "dropout": 0.1', 1)) != text_sha256(text)
 
 
 def _respelled(data):
@@ -116,6 +140,9 @@ def test_the_real_qwen_model_is_proven_by_its_digest():
         real = qwen_tokenizer_dir()
     except AssetUnavailable as e:
         pytest.skip(str(e))
+    # It is saved pretty, so the parent hashes the model's text in the file itself.
+    _, built = _built_model_text(real, pretty=True)
+    assert pretty_model_sha256((real / "tokenizer.json").read_bytes()) == text_sha256(built)
     model = json.loads((real / "tokenizer.json").read_text())["model"]
     _, built = _built_model_text(real)
     assert text_sha256(serialized_model(model)) == text_sha256(built)

@@ -40,33 +40,75 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_JSON_SPACE = " \t\n\r"
+
+
 def split_model(serialized: str) -> tuple[dict[str, Any], str] | None:
-    """(every member before "model", parsed; the text from the model's value to the closing
-    brace) of a tokenizer serialized as compact JSON, as `Tokenizer.to_str()` writes it (model
-    last); None if the members before "model" are not of that shape.
+    """(every member before "model", parsed; the text of the model's value) of a tokenizer
+    serialized as the tokenizers library writes it, compact or pretty (model last); None if
+    the members before "model" are not of that shape. See `model_span`."""
+    span = model_span(serialized)
+    return None if span is None else (span[0], serialized[span[1] : span[2]])
+
+
+def model_span(serialized: str) -> tuple[dict[str, Any], int, int] | None:
+    """(every member before "model", parsed; where the text from the model's value to the
+    closing brace, whitespace around it left out, starts and ends); None if the members before
+    "model" are not of that shape.
 
     Only the small members are parsed, not the model's 150k entries. The text is the model's
-    value exactly when "model" is last; the caller's check (its digest equals that of a
-    `serialized_model`, one JSON object) establishes that, and otherwise fails."""
+    value exactly when "model" is last; the caller's check (its digest equals that of the
+    library's own serialization of a model, one JSON value) establishes that, and otherwise
+    fails."""
     decoder = json.JSONDecoder()
-    if not serialized.startswith("{") or not serialized.endswith("}"):
+    end = len(serialized.rstrip(_JSON_SPACE)) - 1
+    if not serialized.startswith("{") or end < 1 or serialized[end] != "}":
         return None
+
+    def skip(pos: int) -> int:
+        while serialized[pos] in _JSON_SPACE:
+            pos += 1
+        return pos
+
     head: dict[str, Any] = {}
     pos = 1
     try:
         while True:
-            key, pos = decoder.raw_decode(serialized, pos)
+            key, pos = decoder.raw_decode(serialized, skip(pos))
+            pos = skip(pos)
             if not isinstance(key, str) or key in head or serialized[pos] != ":":
                 return None
-            pos += 1
+            pos = skip(pos + 1)
             if key == "model":  # the rest up to the closing brace is the model's text
-                return head, serialized[pos:-1]
+                stop = len(serialized[:end].rstrip(_JSON_SPACE))
+                return (head, pos, stop) if pos < stop else None
             head[key], pos = decoder.raw_decode(serialized, pos)
+            pos = skip(pos)
             if serialized[pos] != ",":
                 return None
             pos += 1
     except (ValueError, IndexError):
         return None
+
+
+def pretty_model_sha256(raw: bytes) -> str | None:
+    """For a tokenizer.json spelled pretty, as `Tokenizer.save` writes it: the sha256 of its
+    model's text (`model_span`), hashed in place in its bytes (~30 ms for the Qwen tokenizer,
+    where serializing the parsed model again takes 0.2 s). None if it is spelled otherwise or
+    its members are not of that shape."""
+    if not raw.startswith(b"{\n"):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    span = model_span(text)
+    if span is None:
+        return None
+    _, start, stop = span
+    head_bytes = len(text[:start].encode("utf-8"))
+    tail_bytes = len(text[stop:].encode("utf-8"))  # whitespace and the closing brace
+    return hashlib.sha256(memoryview(raw)[head_bytes : len(raw) - tail_bytes]).hexdigest()
 
 
 class _ModelRecorder:
@@ -111,15 +153,16 @@ class Built:
     tokenizer_json_sha256: str | None
 
 
-def _describe(tokenizer_dir: str, probes: list[str]) -> Built:
+def _describe(tokenizer_dir: str, probes: list[str], pretty: bool) -> Built:
     """In the confirming process: the pipeline transformers built, as the tokenizers library
-    serializes it, with the model reduced to a digest (see the module doc)."""
+    serializes it (pretty or compact, as tokenizer.json is spelled), with the model reduced to
+    a digest (see speculation)."""
     _load(tokenizer_dir)
     tok = _loaded[tokenizer_dir]
     backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
     parts = None
     if backend is not None and not getattr(tok, "split_special_tokens", False):
-        parts = split_model(backend.to_str())
+        parts = split_model(backend.to_str(pretty=pretty))
     return Built(
         head=parts[0] if parts else None,
         model_sha256=text_sha256(parts[1]) if parts else None,

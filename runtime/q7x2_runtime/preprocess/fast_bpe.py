@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Callable, cast
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, cast, overload
 
 from q7x2_runtime.preprocess.bytelevel import byte_to_char
 
@@ -60,10 +61,48 @@ class FastBpeSpec:
     normalized_added_tokens: dict[str, int] = field(repr=False)  # then out of normalized pieces
 
 
-# (piece, left, right, rank) per merge, in merge order
-MergeTable = list[tuple[bytes, bytes, bytes, int]]
+Merge = tuple[bytes, bytes, bytes, int]  # (piece, left, right, rank)
+
+
+class MergeTable(Sequence[Merge]):
+    """The merges in merge order, (piece, left, right, rank) each, kept as columns: a merge's
+    tuple is only made when asked for (150k tuples cost the parent 0.1 s it need not spend:
+    the workers check the merges, and it only needs their lengths)."""
+
+    def __init__(self, pieces: list[bytes], left_lengths: list[int], ranks: list[int]) -> None:
+        self.pieces, self.left_lengths, self.ranks = pieces, left_lengths, ranks
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    @overload
+    def __getitem__(self, i: int) -> Merge: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Merge]: ...
+
+    def __getitem__(self, i: int | slice) -> Merge | list[Merge]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return _merge(self.pieces[i], self.left_lengths[i], self.ranks[i])
+
+    def __iter__(self) -> Iterator[Merge]:
+        return map(_merge, self.pieces, self.left_lengths, self.ranks)
+
+
+def _merge(piece: bytes, left_length: int, rank: int) -> Merge:
+    return piece, piece[:left_length], piece[left_length:], rank
+
+
+def piece_lengths(merged: Sequence[Merge]) -> list[int]:
+    return list(map(len, merged.pieces)) if isinstance(merged, MergeTable) else [len(m[0]) for m in merged]
+
+
+def left_lengths(merged: Sequence[Merge]) -> list[int]:
+    return merged.left_lengths if isinstance(merged, MergeTable) else [len(m[1]) for m in merged]
+
 # Verifies condition (2) for a model; raises NotExact. Lets the caller run it elsewhere.
-MergeOrderCheck = Callable[[dict[str, Any], MergeTable, dict[bytes, int]], None]
+MergeOrderCheck = Callable[[dict[str, Any], Sequence[Merge], dict[bytes, int]], None]
 
 
 def fast_bpe_spec(tokenizer_json: dict[str, Any], merge_order: MergeOrderCheck | None = None) -> FastBpeSpec:
@@ -189,7 +228,7 @@ def _check_added_tokens(added: list[dict[str, Any]], nfc: bool) -> tuple[dict[st
     return raw, normalized
 
 
-def _local_merge_order(model: dict[str, Any], merged: MergeTable, ranks: dict[bytes, int]) -> None:
+def _local_merge_order(model: dict[str, Any], merged: Sequence[Merge], ranks: dict[bytes, int]) -> None:
     check_merge_order(merged, ranks)
 
 
@@ -212,10 +251,9 @@ def merge_table(model: dict[str, Any]) -> tuple[MergeTable, dict[bytes, int]]:
             raise NotExact(f"byte {b:#04x} has no vocabulary entry")
         ranks[bytes([b])] = vocab[ch]
 
-    spelled = _vocab_bytes(vocab)
-    merged = _merges_at_once(merges, vocab, spelled, ranks)
+    merged = _merges_at_once(merges, vocab, ranks)
     if merged is None:  # some merge breaks a rule: find which, one by one
-        merged = _merges_one_by_one(merges, vocab, spelled, ranks)
+        merged = _merges_one_by_one(merges, vocab, _vocab_bytes(vocab), ranks)
 
     extras = len(vocab) - len(ranks)
     if extras and model.get("ignore_merges"):
@@ -224,40 +262,53 @@ def merge_table(model: dict[str, Any]) -> tuple[MergeTable, dict[bytes, int]]:
     return merged, ranks
 
 
-def _merges_at_once(
-    merges: list, vocab: dict[str, int], spelled: dict[str, bytes], ranks: dict[bytes, int]
-) -> MergeTable | None:
+def _merges_at_once(merges: list, vocab: dict[str, int], ranks: dict[bytes, int]) -> MergeTable | None:
     """The merge table with every rule of `_merges_one_by_one` checked over whole columns
-    (C loops, ~0.15 s for 150k merges); None if any rule fails. Fills `ranks`."""
+    (C loops, ~0.15 s for 150k merges); None if any rule fails. Fills `ranks`.
+
+    A byte-level spelled string has one character per byte, so a merge's piece is its
+    result's spelling and its left part is as many bytes long as the left string is long."""
     pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
-    if any(len(p) != 2 for p in pairs):
+    try:
+        if set(map(len, pairs)) - {2}:
+            return None
+        lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
+        results = list(map(str.__add__, lefts, rights))
+    except TypeError:  # not pairs of strings: the one-by-one path says what
         return None
-    lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
-    maybe_rids = list(map(vocab.get, map(str.__add__, lefts, rights)))
-    maybe_lb, maybe_rb = list(map(spelled.get, lefts)), list(map(spelled.get, rights))
-    if None in maybe_rids or None in maybe_lb or None in maybe_rb:  # spelled entries are vocabulary entries
+    maybe_rids = list(map(vocab.get, results))
+    if None in maybe_rids or None in map(vocab.get, lefts) or None in map(vocab.get, rights):
+        return None  # refers to tokens outside the vocabulary
+    joined = "".join(results)
+    if _stray().search(joined):  # a part is not byte-level spelled
         return None
     rids = cast(list[int], maybe_rids)
-    lb, rb = cast(list[bytes], maybe_lb), cast(list[bytes], maybe_rb)
     if any(map(int.__le__, rids[1:], rids[:-1])):
         return None
-    pieces = list(map(bytes.__add__, lb, rb))
+    data = joined.translate(_to_latin1()).encode("latin-1")
+    ends = list(accumulate(map(len, results)))
+    pieces = list(map(data.__getitem__, map(slice, [0, *ends[:-1]], ends)))
     before = len(ranks)
     ranks.update(zip(pieces, rids))
     if len(ranks) != before + len(pieces):  # two merges produce one token
         for piece in pieces:
             ranks.pop(piece, None)
         return None
-    return list(zip(pieces, lb, rb, rids))
+    return MergeTable(pieces, list(map(len, lefts)), rids)
 
 
 def _merges_one_by_one(
     merges: list, vocab: dict[str, int], spelled: dict[str, bytes], ranks: dict[bytes, int]
 ) -> MergeTable:
-    merged: MergeTable = []
+    pieces: list[bytes] = []
+    left_lengths: list[int] = []
+    rids: list[int] = []
     last_id = -1
     for m in merges:
-        left, right = m.split(" ", 1) if isinstance(m, str) else m
+        pair = m.split(" ", 1) if isinstance(m, str) else m
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise NotExact(f"merge {m!r} is not a pair of tokens")
+        left, right = pair
         result = left + right
         rid = vocab.get(result)
         if rid is None or left not in vocab or right not in vocab:
@@ -272,21 +323,32 @@ def _merges_one_by_one(
         if piece in ranks:
             raise NotExact(f"two merges produce {result!r}")
         ranks[piece] = rid
-        merged.append((piece, lb, rb, rid))
-    return merged
+        pieces.append(piece)
+        left_lengths.append(len(lb))
+        rids.append(rid)
+    return MergeTable(pieces, left_lengths, rids)
+
+
+def _stray() -> re.Pattern[str]:
+    """A character outside the byte-level alphabet."""
+    return re.compile(f"[^{re.escape(''.join(byte_to_char().values()))}]")
+
+
+def _to_latin1() -> dict[int, int]:
+    """Byte-level characters to the latin-1 characters of their bytes."""
+    table = byte_to_char()
+    return str.maketrans("".join(table.values()), "".join(map(chr, table)))
 
 
 def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
     """The bytes of every byte-level spelled vocabulary entry (others, e.g. special tokens
     kept in the vocabulary, are left out: no merge may use them)."""
-    alphabet = "".join(byte_to_char().values())
-    stray = re.compile(f"[^{re.escape(alphabet)}]")
-    to_latin1 = str.maketrans({c: chr(b) for b, c in byte_to_char().items()})
+    stray, to_latin1 = _stray(), _to_latin1()
     tokens = list(vocab)
     joined = "".join(tokens)
     if not stray.search(joined):
         # Every entry is byte-level spelled (one character per byte): translate all of them
-        # in one call and cut the bytes at the entries' lengths (150k entries: ~0.1 s, not 1 s).
+        # in one call and cut the bytes at the entries' lengths.
         data = joined.translate(to_latin1).encode("latin-1")
         ends = list(accumulate(map(len, tokens)))
         return dict(zip(tokens, map(data.__getitem__, map(slice, [0, *ends[:-1]], ends))))
@@ -298,15 +360,15 @@ def _vocab_bytes(vocab: dict[str, int]) -> dict[str, bytes]:
     return out
 
 
-def split_by_length(merged: MergeTable, weights: list[int]) -> list[frozenset[int]]:
+def split_by_length(merged: Sequence[Merge], weights: list[int]) -> list[frozenset[int]]:
     """The merges' piece lengths in len(weights) groups whose checking costs are about in
     proportion to `weights`. Whole lengths, not interleaved slices: merge_order.failing_merges simulates
     each length as one group, and a group cut in parts costs more than it whole (more numpy
     calls, and small parts fall to the plain rule)."""
     count: dict[int, int] = {}
-    for piece, _left, _right, _rank in merged:
-        if len(piece) > 2:  # two bytes always pass: no work
-            count[len(piece)] = count.get(len(piece), 0) + 1
+    for n in piece_lengths(merged):
+        if n > 2:  # two bytes always pass: no work
+            count[n] = count.get(n, 0) + 1
     steps = {n: c * (n - 1) for n, c in count.items()}  # the simulation's steps per length
     groups: list[set[int]] = [set() for _ in weights]
     load = [0] * len(weights)
@@ -317,7 +379,7 @@ def split_by_length(merged: MergeTable, weights: list[int]) -> list[frozenset[in
     return [frozenset(g) for g in groups]
 
 
-def check_merge_order(merged: MergeTable, ranks: dict[bytes, int]) -> None:
+def check_merge_order(merged: Sequence[Merge], ranks: dict[bytes, int]) -> None:
     """Condition (2) of the module docstring for every merge (merge_order does the work).
 
     A cheaper sufficient test (no pair of a's trailing and b's leading parts ranks below t)

@@ -16,12 +16,13 @@ looked up in numpy (`SpanIndex`, exact); a dict lookup per span was two thirds o
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-# (piece, left, right, rank) per merge, as fast_bpe's MergeTable
-Merge = tuple[bytes, bytes, bytes, int]
+from q7x2_runtime.preprocess.fast_bpe import Merge
+
 
 _NONE = np.iinfo(np.int64).max  # the rank of a byte string that is no token
 _ROWS_FOR_NUMPY = 64
@@ -56,7 +57,7 @@ def merges_to(piece: bytes, left: bytes, limit: int, ranks: dict[bytes, int]) ->
     return parts[0] == left
 
 
-def failing_merges(merged: list[Merge], ranks: dict[bytes, int], rows_for_numpy: int = _ROWS_FOR_NUMPY) -> list[int]:
+def failing_merges(merged: Sequence[Merge], ranks: dict[bytes, int], rows_for_numpy: int = _ROWS_FOR_NUMPY) -> list[int]:
     """Indices (ascending) of the merges in `merged` for which `merges_to` is False."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (piece, _left, _right, _rank) in enumerate(merged):

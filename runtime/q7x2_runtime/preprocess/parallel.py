@@ -13,11 +13,12 @@ from __future__ import annotations
 import pickle
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Iterator, Protocol
 
 from q7x2_runtime.preprocess import worker
 from q7x2_runtime.preprocess.engines import EngineSpec
-from q7x2_runtime.preprocess.fast_bpe import split_by_length
+from q7x2_runtime.preprocess.fast_bpe import Merge, left_lengths, split_by_length
 from q7x2_runtime.preprocess.watched_pool import WatchedPool
 
 if TYPE_CHECKING:  # sources imports pyarrow: not needed to start the pool
@@ -81,13 +82,13 @@ class WorkerPool:
         assert self._pool is not None
         return self._pool.apply_async(fn, args)
 
-    def check_merges(self, merged: list, ranks: dict[bytes, int], parts: int | None = None) -> list:
+    def check_merges(self, merged: Sequence[Merge], ranks: dict[bytes, int], parts: int | None = None) -> list:
         """Start verifying the merge order in `parts` tasks of about equal cost (default: one
         per worker); AsyncResults of reasons/None."""
         check = self.merge_checker(merged, ranks)
         return [check(lengths) for lengths in split_by_length(merged, [1] * (parts or self.workers))]
 
-    def merge_checker(self, merged: list, ranks: dict[bytes, int]):
+    def merge_checker(self, merged: Sequence[Merge], ranks: dict[bytes, int]):
         """A function starting, on a worker, the check of the merges whose pieces have one of
         the given lengths (merge_order.split_by_length); each call an AsyncResult of a reason
         or None.
@@ -97,10 +98,10 @@ class WorkerPool:
         assert self._pool is not None
         pool = self._pool
         shared = _Shared(ranks)
-        lefts_of = [len(m[1]) for m in merged]
+        lefts_of = left_lengths(merged)
         # absurdly long tokens (a left part of 256 bytes or more): send the table itself
         lefts = bytes(lefts_of) if max(lefts_of, default=0) < 256 else None
-        payload = (shared.key, shared.blob, lefts, None if lefts is not None else merged)
+        payload = (shared.key, shared.blob, lefts, None if lefts is not None else list(merged))
         return lambda lengths: pool.apply_async(worker.check_merges, (*payload, frozenset(lengths)))
 
     def ordered(self, batches: Iterator[Batch], spec: EngineSpec, eod: int | None) -> Iterator[tuple[Batch, dict]]:

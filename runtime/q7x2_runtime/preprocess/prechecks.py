@@ -11,13 +11,14 @@ locally on the model that is really used.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from q7x2_runtime.preprocess import unicode_classes, worker
 from q7x2_runtime.preprocess.cache import cache_root
 from q7x2_runtime.preprocess.engines import EngineChecks
-from q7x2_runtime.preprocess.fast_bpe import MergeTable, NotExact, check_merge_order, merge_table
+from q7x2_runtime.preprocess.fast_bpe import Merge, NotExact, check_merge_order, merge_table
 from q7x2_runtime.preprocess.parallel import WorkerPool
 
 
@@ -42,7 +43,7 @@ class MergePrecheck:
         self._model = _canonical(model)
         self._pending = pool.check_merges(merged, ranks)
 
-    def __call__(self, model: dict[str, Any], merged: MergeTable, ranks: dict[bytes, int]) -> None:
+    def __call__(self, model: dict[str, Any], merged: Sequence[Merge], ranks: dict[bytes, int]) -> None:
         if self._pending is not None and self._model == _canonical(model):
             for reason in (r.get() for r in self._pending):
                 if reason is not None:

@@ -88,16 +88,21 @@ class WorkerPool:
         check = self.merge_checker(merged, ranks)
         return [check(lengths) for lengths in split_by_length(merged, [1] * (parts or self.workers))]
 
-    def merge_checker(self, merged: Sequence[Merge], ranks: dict[bytes, int]):
+    def merge_checker(self, merged: Sequence[Merge], ranks: dict[bytes, int], engine: tuple[EngineSpec, int | None] | None = None):
         """A function starting, on a worker, the check of the merges whose pieces have one of
         the given lengths (merge_order.split_by_length); each call an AsyncResult of a reason
         or None.
 
         `merged` is in rank order (fast_bpe's condition 1), so the workers rebuild it from the
-        ranks plus each merge's left length: a task carries a few hundred kB, not the table."""
+        ranks plus each merge's left length: a task carries a few hundred kB, not the table.
+        With the `engine` (spec, eod) whose ranks these are, the ranks travel as that engine's
+        pickle, which the workers need anyway: pickled once, unpickled once per worker."""
         assert self._pool is not None
         pool = self._pool
-        shared = _Shared(ranks)
+        if engine is not None and engine[0].fast is not None and engine[0].fast.ranks is ranks:
+            shared = self._engine(*engine)
+        else:
+            shared = _Shared(ranks)
         lefts_of = left_lengths(merged)
         # absurdly long tokens (a left part of 256 bytes or more): send the table itself
         lefts = bytes(lefts_of) if max(lefts_of, default=0) < 256 else None

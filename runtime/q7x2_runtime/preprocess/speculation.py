@@ -168,10 +168,10 @@ class Confirmation:
         # longest path to the candidate's first ids: it waits for the candidate, and shares
         # the cores.
         idle = pool.workers - self._budget
-        check = pool.merge_checker(candidate.merged, fast.ranks)
+        eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
+        check = pool.merge_checker(candidate.merged, fast.ranks, engine=(candidate.spec, eod))
         parts = split_by_length(candidate.merged, [2] * self._budget + [1] * idle)
         self._merges = [check(lengths) for lengths in parts[: self._budget]]
-        eod = int(candidate.spec.eos_token_id) if need_eos and candidate.spec.eos_token_id is not None else None
         pool.warm(candidate.spec, eod, tasks=idle)
         self._eod = eod
         self._probe_ids = pool.encode(candidate.spec, eod, {"probes": list(self.probes)})

@@ -111,12 +111,19 @@ def check_merges(
     """Pool task: verify the merges whose pieces are `lengths` bytes long; the NotExact reason
     or None.
 
-    The merge table is the shared ranks (merges are in rank order) plus `lefts`, each merge's
-    left length; or, for absurdly long tokens, the table itself."""
+    The merge table is the shared ranks (merges are in rank order; shared alone or as the
+    engine's spec) plus `lefts`, each merge's left length; or, for absurdly long tokens, the
+    table itself."""
     from q7x2_runtime.preprocess.fast_bpe import NotExact, check_merge_order, unreached
     from q7x2_runtime.preprocess.merge_order import failing_ranks
 
-    ranks = cast(dict[bytes, int], _receive(key, blob))
+    shared = _receive(key, blob)  # the ranks, or the (spec, eod) of the engine they are of
+    if isinstance(shared, tuple):
+        fast = cast(EngineSpec, shared[0]).fast
+        assert fast is not None, "only a fast engine's ranks are checked"
+        ranks = fast.ranks
+    else:
+        ranks = cast(dict[bytes, int], shared)
     if merged is None:
         assert lefts is not None, "the parent sends either the table or each merge's left length"
         bad = failing_ranks(ranks, lefts, lengths)

@@ -91,17 +91,18 @@ def model_span(serialized: str) -> tuple[dict[str, Any], int, int] | None:
         return None
 
 
-def pretty_model_sha256(raw: bytes) -> str | None:
+def pretty_model_sha256(raw: bytes, text: str | None = None) -> str | None:
     """For a tokenizer.json spelled pretty, as `Tokenizer.save` writes it: the sha256 of its
     model's text (`model_span`), hashed in place in its bytes (~30 ms for the Qwen tokenizer,
     where serializing the parsed model again takes 0.2 s). None if it is spelled otherwise or
-    its members are not of that shape."""
+    its members are not of that shape. `text`: the bytes decoded, if the caller has them."""
     if not raw.startswith(b"{\n"):
         return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    if text is None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     span = model_span(text)
     if span is None:
         return None

@@ -73,7 +73,9 @@ def failing_merges(merged: Sequence[Merge], ranks: dict[bytes, int], rows_for_nu
     return _failing(groups, ranks, lambda: SpanIndex.of(ranks), rows_for_numpy)
 
 
-def failing_ranks(ranks: dict[bytes, int], lefts: bytes, lengths: frozenset[int]) -> list[int] | None:
+def failing_ranks(
+    ranks: dict[bytes, int], lefts: bytes, lengths: frozenset[int], rows_for_numpy: int = _ROWS_FOR_NUMPY
+) -> list[int] | None:
     """The ranks (ascending) of the merges whose pieces are `lengths` bytes long and fail
     `merges_to`, the table given as the ranks alone plus each merge's left length (`lefts`, one
     byte per merge in rank order: fast_bpe's condition 1 puts merges in rank order). None if
@@ -95,7 +97,7 @@ def failing_ranks(ranks: dict[bytes, int], lefts: bytes, lengths: frozenset[int]
             rows = multi[idx]
             byte = blob[offsets[rows][:, None] + np.arange(n)]
             groups.append(_Group(values[rows], byte, values[rows], left_len[idx]))
-    return _failing(groups, ranks, lambda: SpanIndex.from_columns(blob, offsets, lens, values), _ROWS_FOR_NUMPY)
+    return _failing(groups, ranks, lambda: SpanIndex.from_columns(blob, lens, values), rows_for_numpy)
 
 
 @dataclass(frozen=True)
@@ -171,17 +173,21 @@ class SpanIndex:
         keys = list(ranks)
         lens = np.fromiter(map(len, keys), np.int64, len(keys))
         values = np.fromiter(ranks.values(), np.int64, len(keys))
-        return cls.from_columns(np.frombuffer(b"".join(keys), np.uint8), np.cumsum(lens) - lens, lens, values)
+        return cls.from_columns(np.frombuffer(b"".join(keys), np.uint8), lens, values)
 
     @classmethod
-    def from_columns(cls, blob: np.ndarray, offsets: np.ndarray, lens: np.ndarray, values: np.ndarray) -> SpanIndex | None:
-        """From every token's bytes (at offsets[i] in blob, lens[i] long) and rank."""
-        sel = np.nonzero((lens >= 2) & (lens <= _SPAN_BYTES))[0]
+    def from_columns(cls, blob: np.ndarray, lens: np.ndarray, values: np.ndarray) -> SpanIndex | None:
+        """From every token's bytes (`blob`: back to back, lens[i] each) and rank."""
+        kept = (lens >= 2) & (lens <= _SPAN_BYTES)
+        sel = np.nonzero(kept)[0]
         if not sel.size:
             return None
-        col = np.arange(_SPAN_BYTES)
-        at = np.minimum(offsets[sel][:, None] + col, len(blob) - 1)
-        padded = np.where(col < lens[sel][:, None], blob[at], 0).astype(np.uint8)
+        # each kept token's bytes into its zero-padded row: one scatter of the kept bytes
+        n = lens[sel]
+        row = np.repeat(np.arange(len(sel)), n)
+        column = np.arange(len(row)) - np.repeat(np.cumsum(n) - n, n)
+        padded = np.zeros((len(sel), _SPAN_BYTES), np.uint8)
+        padded[row, column] = blob[np.repeat(kept, lens)]
         words = padded.view(">u8").astype(np.uint64)  # (tokens, 2)
         lengths = lens[sel].astype(np.uint64)
         hashes = _mix(words[:, 0], words[:, 1], lengths)

@@ -108,7 +108,8 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
 
     try:
         raw = (root / "tokenizer.json").read_bytes()
-        data = json.loads(raw)
+        text = raw.decode("utf-8")  # once, for the parse and the digest
+        data = json.loads(text)
         fast = fast_bpe_spec(data, merge_order=keep_table)
         config_path = root / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
@@ -127,7 +128,7 @@ def candidate_spec(tokenizer_dir: str) -> Candidate | None:
         tokenizer_sha256=tokenizer_identity(tokenizer_dir),
         tokenizer_json_sha256=_file_sha256(root / "tokenizer.json"),
     )
-    return Candidate(spec=spec, merged=table[0], model=data["model"], pretty_model_sha256=pretty_model_sha256(raw))
+    return Candidate(spec=spec, merged=table[0], model=data["model"], pretty_model_sha256=pretty_model_sha256(raw, text))
 
 
 def proof_budget(workers: int) -> int:

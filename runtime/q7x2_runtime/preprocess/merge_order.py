@@ -70,7 +70,7 @@ def failing_merges(merged: Sequence[Merge], ranks: dict[bytes, int], rows_for_nu
         limit = np.fromiter((g[3] for g in group), np.int64, len(group))
         left_len = np.fromiter((len(g[1]) for g in group), np.int64, len(group))
         groups.append(_Group(np.asarray(idx, np.int64), byte, limit, left_len))
-    return _failing(groups, ranks, lambda: SpanIndex.of(ranks), rows_for_numpy)
+    return _failing(groups, ranks, _pair_ranks(ranks), lambda: SpanIndex.of(ranks), rows_for_numpy)
 
 
 def failing_ranks(
@@ -97,7 +97,10 @@ def failing_ranks(
             rows = multi[idx]
             byte = blob[offsets[rows][:, None] + np.arange(n)]
             groups.append(_Group(values[rows], byte, values[rows], left_len[idx]))
-    return _failing(groups, ranks, lambda: SpanIndex.from_columns(blob, lens, values), rows_for_numpy)
+    two = np.nonzero(lens == 2)[0]
+    pair_rank = np.full((256, 256), _NONE, np.int64)
+    pair_rank[blob[offsets[two]], blob[offsets[two] + 1]] = values[two]
+    return _failing(groups, ranks, pair_rank, lambda: SpanIndex.from_columns(blob, lens, values), rows_for_numpy)
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ class _Group:
     left_len: np.ndarray
 
 
-def _failing(groups: list[_Group], ranks: dict[bytes, int], make_index, rows_for_numpy: int) -> list[int]:
-    pair_rank = _pair_ranks(ranks)
+def _failing(groups: list[_Group], ranks: dict[bytes, int], pair_rank: np.ndarray, make_index, rows_for_numpy: int) -> list[int]:
+    """The merges of `groups` failing `merges_to` (`pair_rank`: `_pair_ranks(ranks)`)."""
     numpy_groups = [g for g in groups if len(g.idx) >= rows_for_numpy]
     index = make_index() if any(g.byte.shape[1] <= _SPAN_BYTES + 1 for g in numpy_groups) else None
     bad: list[int] = []

@@ -55,6 +55,31 @@ def test_an_exit_status_is_named_and_a_wait_returns_once_a_process_is_dead():
         pool.join()
 
 
+def test_stopping_a_pool_whose_process_died_holding_a_queue_lock_does_not_hang():
+    # A worker killed while sending its result holds the result queue's write lock forever,
+    # and Pool.terminate needs it for its sentinel (a hang about once in 13 real kills). The
+    # lock is taken here instead, by a party that never gives it back, then a process dies.
+    import threading
+
+    pool = WatchedPool(2, "a test process")
+    outqueue = pool._pool._outqueue  # type: ignore[attr-defined]
+    assert outqueue._wlock.acquire(timeout=5)
+    lost = pool.apply_async(signal.raise_signal, (signal.SIGKILL,))
+    with pytest.raises(ProcessDied):
+        lost.get()
+    stopped = threading.Event()
+
+    def stop() -> None:
+        pool.terminate()
+        pool.join()
+        stopped.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert stopped.wait(20), "terminate hung on the lock the dead process held"
+    assert not [p for p in pool._seen.values() if p.exitcode is None]  # every process stopped
+    assert not multiprocessing.active_children()
+
+
 # --- real runs ---------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
+from multiprocessing import pool as mp_pool
 from multiprocessing.pool import AsyncResult
 from typing import Any, Callable
 
@@ -53,6 +54,7 @@ class WatchedPool:
         # Every process the pool has run, by pid. A replacement is seen at the next look: a
         # process that started and died between two looks replaced one already seen dead.
         self._seen: dict[int, Any] = {}
+        self._abandoned = False
         self._look()
 
     def _look(self) -> None:
@@ -83,10 +85,44 @@ class WatchedPool:
         return Watched(self._pool.apply_async(fn, args, callback=callback), self)
 
     def terminate(self) -> None:
-        self._pool.terminate()
+        """Stop every process of the pool (`Pool.terminate`, or `_abandon` after a death)."""
+        if self._abandoned:
+            return
+        if self.dead() is None:
+            self._pool.terminate()
+        else:
+            self._abandon()
 
     def join(self) -> None:
-        self._pool.join()
+        if not self._abandoned:
+            self._pool.join()
+
+    def _abandon(self) -> None:
+        """Stop the processes ourselves and leave the pool's threads (daemons) to the end of
+        the interpreter: after a process died, Pool.terminate can wait forever. A process killed
+        while sending its result holds the result queue's write lock, which terminate needs for
+        its sentinel, and leaves a half-sent message the result thread never finishes reading;
+        one killed while reading a task holds the task queue's read lock, which terminate takes
+        first. (Seen about once in 13 kills of a worker in the middle of a run.)"""
+        pool = self._pool
+        # Pool's own attributes, as in _look: no replacement processes from the worker
+        # thread's next round, no warning from Pool.__del__, and no terminate at interpreter
+        # exit either (multiprocessing runs it from atexit, where it would hang the same way).
+        pool._state = mp_pool.TERMINATE  # type: ignore[attr-defined]
+        pool._worker_handler._state = mp_pool.TERMINATE  # type: ignore[attr-defined]
+        pool._terminate.cancel()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while True:
+            self._look()
+            alive = [p for p in self._seen.values() if p.exitcode is None]
+            for process in alive:
+                process.kill()
+            for process in alive:
+                process.join(1)
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.15)  # a replacement the worker thread's round in progress may start
+        self._abandoned = True
 
 
 class Watched:

@@ -38,7 +38,7 @@ def _rule_code() -> bytes:
     """The module files themselves: a changed rule must not reuse an old verdict (read once
     per process: an installed module does not change under a running one)."""
     here = Path(__file__).parent
-    return b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py", "unicode_classes.py"))
+    return b"".join((here / name).read_bytes() for name in ("fast_bpe.py", "engines.py", "bytelevel.py", "unicode_classes.py", "nfc_inert.py", "nfc_inert_ranges.py"))
 
 
 def cache_key(tokenizer_sha256: str, force: str | None) -> str:

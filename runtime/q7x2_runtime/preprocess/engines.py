@@ -9,6 +9,7 @@ resulting `EngineSpec` and build their engine from it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -122,8 +123,10 @@ class FastBpeEngine:
         )
         self._encode = self._encoding.encode_ordinary
         self._encode_buffer = self._encoding._core_bpe.encode_to_tiktoken_buffer
-        # HF's own NFC, so normalization follows the same Unicode tables as HF.
+        # HF's own NFC, so normalization follows the same Unicode tables as HF; skipped for
+        # text NFC provably leaves alone (nfc_inert: most non-ASCII text, at a tenth of the cost).
         self._nfc = normalizers.NFC().normalize_str if spec.nfc else None
+        self._needs_nfc = _needs_nfc() if spec.nfc else None
         self._added = {**spec.added_tokens, **spec.normalized_added_tokens}
         self._raw_re = _alternation(spec.added_tokens)
         self._normalized_re = _alternation(spec.normalized_added_tokens)
@@ -133,9 +136,13 @@ class FastBpeEngine:
         tokens, then BPE what remains."""
         return self._split(text, self._raw_re, self._normalized_piece)
 
+    def _normalized(self, text: str) -> str:
+        if self._nfc is None or self._needs_nfc is None or text.isascii() or not self._needs_nfc(text):
+            return text
+        return self._nfc(text)
+
     def _normalized_piece(self, text: str) -> list[int]:
-        if self._nfc is not None and not text.isascii():
-            text = self._nfc(text)
+        text = self._normalized(text)
         return self._split(text, self._normalized_re, self._encode)
 
     def _split(self, text: str, added_re: re.Pattern | None, inner) -> list[int]:
@@ -160,7 +167,7 @@ class FastBpeEngine:
         import numpy as np
 
         if self._raw_re is None or not self._raw_re.search(text):
-            piece = self._nfc(text) if self._nfc is not None and not text.isascii() else text
+            piece = self._normalized(text)
             if self._normalized_re is None or not self._normalized_re.search(piece):
                 try:
                     return np.frombuffer(self._encode_buffer(piece, _NONE_ALLOWED), dtype=np.uint32)
@@ -180,6 +187,15 @@ class FastBpeEngine:
             lengths += 1
         ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
         return ids.view(np.int32), lengths
+
+
+@functools.cache
+def _needs_nfc() -> Callable[[str], re.Match | None]:
+    """Finds a character NFC may change (nfc_inert); compiled once per process."""
+    from q7x2_runtime.preprocess.nfc_inert import needs_nfc_search
+    from q7x2_runtime.preprocess.nfc_inert_ranges import INERT_RANGES
+
+    return needs_nfc_search(list(INERT_RANGES))
 
 
 def _alternation(tokens: dict[str, int]) -> re.Pattern | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import re
 import stat
@@ -166,27 +167,37 @@ class FastBpeEngine:
         """`encode_one` as a uint32 array, built without a list for text with no added token."""
         import numpy as np
 
+        return np.frombuffer(self._buffer(text), dtype=np.uint32)
+
+    def _buffer(self, text: str) -> memoryview:
+        """`encode_one`'s ids as uint32 in native byte order."""
         if self._raw_re is None or not self._raw_re.search(text):
             piece = self._normalized(text)
             if self._normalized_re is None or not self._normalized_re.search(piece):
                 try:
-                    return np.frombuffer(self._encode_buffer(piece, _NONE_ALLOWED), dtype=np.uint32)
+                    return memoryview(self._encode_buffer(piece, _NONE_ALLOWED))
                 except UnicodeEncodeError:
                     pass  # lone surrogates: encode_ordinary's own replacement below
         # From the raw text: raw added tokens are matched before normalization, never after.
-        return np.array(self.encode_one(text), dtype=np.uint32)
+        return memoryview(array("I", self.encode_one(text)))
 
     def encode_flat(self, texts: list[str], eod: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The documents' ids back to back (each followed by `eod`, if given) and their lengths:
+        the ids buffers joined in one call, not one array per document concatenated."""
         import numpy as np
 
-        parts = list(map(self.encode_array, texts))
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-        if eod is not None:
-            tail = np.array([eod], dtype=np.uint32)
-            parts = [piece for part in parts for piece in (part, tail)]
+        parts = list(map(self._buffer, texts))
+        lengths = np.fromiter(map(_NBYTES, parts), dtype=np.int64, count=len(parts)) // 4
+        if eod is not None and parts:
+            end = array("I", [eod]).tobytes()
+            data = end.join(parts) + end
             lengths += 1
-        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-        return ids.view(np.int32), lengths
+        else:
+            data = b"".join(parts)
+        return np.frombuffer(data, dtype=np.int32), lengths
+
+
+_NBYTES = operator.attrgetter("nbytes")
 
 
 @functools.cache

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import tempfile
-from importlib import metadata
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +41,8 @@ def _rule_code() -> bytes:
 
 
 def cache_key(tokenizer_sha256: str, force: str | None) -> str:
+    from importlib import metadata  # 25 ms of imports: only once a decision may be stored or read
+
     versions = []
     for lib in _LIBRARIES:
         try:
@@ -131,16 +132,30 @@ def _remove_dead_temporaries(d: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _holds_decisions(d: Path | None) -> bool:
+    """Could `d` hold any decision? In a new container it does not even exist: then no key
+    (a hash of the tokenizer files, the libraries' versions) is computed to look one up."""
+    try:
+        return d is not None and any(d.glob("*.json"))
+    except OSError:
+        return True  # let the lookup itself say what is wrong
+
+
 def has_decision(tokenizer_dir: str, force: str | None = None) -> bool:
     """Is a decision stored for this tokenizer (without reading it)?"""
     d = cache_dir()
-    return d is not None and (d / f"{cache_key(tokenizer_identity(tokenizer_dir), force)}.json").is_file()
+    if not _holds_decisions(d):
+        return False
+    assert d is not None
+    return (d / f"{cache_key(tokenizer_identity(tokenizer_dir), force)}.json").is_file()
 
 
 def cached_engine(tokenizer_dir: str, force: str | None = None) -> EngineSpec | None:
     """The remembered decision for this tokenizer, or None."""
     if not Path(tokenizer_dir).is_dir():
         raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
+    if not _holds_decisions(cache_dir()):
+        return None
     return load(cache_key(tokenizer_identity(tokenizer_dir), force), tokenizer_dir)
 
 

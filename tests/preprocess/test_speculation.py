@@ -192,6 +192,25 @@ def test_a_confirmer_the_caller_started_proves_the_run_and_stays_the_callers(alp
     assert again.manifest["tokenizer"]["engine_decision"] == "cached"
 
 
+class _Done:
+    """A finished task of the confirming process (its stored decision)."""
+
+    def ready(self) -> bool:
+        return True
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+
+class _Confirmer:
+    """The fake gates' confirming process owner: counts the closes."""
+
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
 class _AliveProcess:
     """A confirming process that never dies (the fake gates below have no real one)."""
 
@@ -243,7 +262,7 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
 
     gate = object.__new__(Confirmation)
     gate._settled, gate._fast_probe_ids, gate._remembering, gate._head = False, [[1]], None, None
-    gate._process = _AliveProcess()
+    gate._process, gate._confirmer, gate._let_go = _AliveProcess(), _Confirmer(), False
     proof = {"ready": False, "ok": True}
     gate._ready = lambda: proof["ready"]  # type: ignore[method-assign]
 
@@ -253,7 +272,7 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
         return gate.verdict
 
     gate.settle = settle  # type: ignore[method-assign]
-    gate._remember = lambda: type("Done", (), {"wait": lambda self, t: None})()  # type: ignore[method-assign]
+    gate._remember = _Done  # type: ignore[method-assign]
     written: list = []
 
     def stream():
@@ -268,6 +287,9 @@ def test_held_ids_are_released_on_a_tick_once_the_proof_is_complete():
     for item in gate.gate(stream()):
         written.append(item)
     assert [i.first_row for i, _ in written] == [0, 1]
+    # Once the decision is stored the confirming process is stopped, mid-run, and only once.
+    assert gate._confirmer.closed == 1 and gate._let_go
+    gate._let_go, gate._remembering = False, None
 
     gate._settled, proof["ready"], proof["ok"] = False, False, False
     written.clear()
@@ -303,7 +325,7 @@ def test_the_first_rows_are_written_as_soon_as_transformers_has_encoded_them():
     def gate_for(proof_ok: bool):
         gate = object.__new__(Confirmation)
         gate._settled, gate._remembering, gate._eod = False, None, 7
-        gate._process = _AliveProcess()
+        gate._process, gate._confirmer, gate._let_go = _AliveProcess(), _Confirmer(), False
         head = Result({"text": [[1, 2], [3]]})
         gate._head = (Item(0, ["a b", None, "c"]), head)
         gate._ready = lambda: False  # type: ignore[method-assign]
@@ -314,7 +336,7 @@ def test_the_first_rows_are_written_as_soon_as_transformers_has_encoded_them():
             return gate.verdict
 
         gate.settle = settle  # type: ignore[method-assign]
-        gate._remember = lambda: type("Done", (), {"wait": lambda self, t: None})()  # type: ignore[method-assign]
+        gate._remember = _Done  # type: ignore[method-assign]
         return gate, head
 
     gate, head = gate_for(True)

@@ -203,6 +203,23 @@ def test_a_first_run_whose_confirming_process_is_killed_fails_at_once_in_one_lin
         _stop(proc)
 
 
+@pytest.mark.slow
+def test_the_confirming_process_is_stopped_mid_run_once_its_work_is_done(real_qwen, long_parquet, tmp_path):
+    # Its transformers and tokenizer (a few hundred MB) are not kept for the rest of the run.
+    proc, out, tmpdir = _start(_argv(long_parquet, real_qwen, tmp_path / "out"), tmp_path)
+    try:
+        seen = gone_while_tokenizing = False
+        while proc.poll() is None:
+            confirming, workers = _confirming(proc.pid), _workers(proc.pid)
+            seen = seen or bool(confirming)
+            gone_while_tokenizing = gone_while_tokenizing or (seen and not confirming and len(workers) == 2)
+            time.sleep(0.005)
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        assert seen and gone_while_tokenizing
+    finally:
+        _stop(proc)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -155,7 +155,9 @@ class Confirmation:
         self._force = force
         self._candidate = candidate
         self._need_eos = need_eos
+        self._confirmer = confirmer
         self._process = confirmer.process
+        self._let_go = False  # the process was stopped once its work was done (see gate)
         fast = candidate.spec.fast
         assert fast is not None, "a candidate is always a fast-engine spec"
         self.probes = [t for t in probe_texts({**fast.added_tokens, **fast.normalized_added_tokens}) if t]
@@ -324,7 +326,8 @@ class Confirmation:
         held: list[tuple[Any, dict]] = []
         held_bytes = 0
         for item in stream:
-            self._process.check()  # its tasks are waited for by ready(), which a lost one never is
+            if not self._let_go:
+                self._process.check()  # its tasks are waited for by ready(), which a lost one never is
             if self._head is not None and self._head[1].ready():
                 yield self._exact_head()
             if item is None:  # a tick while the pool works: the proof may be complete now
@@ -334,6 +337,11 @@ class Confirmation:
                     yield from self._release(held)
                 continue
             if self._settled:
+                if not self._let_go and self._remembering is not None and self._remembering.ready():
+                    # Its last task is done: stopped now, its memory (transformers and the
+                    # tokenizer, a few hundred MB) and its shutdown are off the end of the run.
+                    self._confirmer.close()
+                    self._let_go = True
                 yield item
                 continue
             held.append(item)

@@ -55,6 +55,7 @@ class WatchedPool:
         # process that started and died between two looks replaced one already seen dead.
         self._seen: dict[int, Any] = {}
         self._abandoned = False
+        self._stopped = False
         self._look()
 
     def _look(self) -> None:
@@ -85,17 +86,19 @@ class WatchedPool:
         return Watched(self._pool.apply_async(fn, args, callback=callback), self)
 
     def terminate(self) -> None:
-        """Stop every process of the pool (`Pool.terminate`, or `_abandon` after a death)."""
-        if self._abandoned:
+        """Stop every process of the pool (`Pool.terminate`, or `_abandon` after a death);
+        again is harmless."""
+        if self._stopped:
             return
         if self.dead() is None:
             self._pool.terminate()
         else:
             self._abandon()
+        self._stopped = True
 
     def join(self) -> None:
         if not self._abandoned:
-            self._pool.join()
+            self._pool.join()  # again is harmless (Pool's own)
 
     def _abandon(self) -> None:
         """Stop the processes ourselves and leave the pool's threads (daemons) to the end of

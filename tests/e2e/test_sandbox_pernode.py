@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 # The sample trains a few iterations/s: 120 leaves the test half a minute or more to stop the job
 # after its first replicated save (10) and before it ends.
-TRAIN_ITERS = 120
+# Long enough that the job is still training when part 3 stops it (120 finished first on a fast machine).
+TRAIN_ITERS = 360
 TRACKER = "latest_checkpointed_iteration.txt"
 
 

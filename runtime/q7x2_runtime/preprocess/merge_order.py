@@ -80,10 +80,7 @@ def failing_ranks(
     `merges_to`, the table given as the ranks alone plus each merge's left length (`lefts`, one
     byte per merge in rank order: fast_bpe's condition 1 puts merges in rank order). None if
     `lefts` does not fit the ranks. Built from whole columns: no Python object per merge."""
-    keys = list(ranks)
-    lens = np.fromiter(map(len, keys), np.int64, len(keys))
-    values = np.fromiter(ranks.values(), np.int64, len(keys))
-    blob = np.frombuffer(b"".join(keys), np.uint8)
+    blob, lens, values = _columns(ranks)
     offsets = np.cumsum(lens) - lens
     multi = np.nonzero(lens > 1)[0]
     multi = multi[np.argsort(values[multi], kind="stable")]  # the merges, in rank order
@@ -101,6 +98,14 @@ def failing_ranks(
     pair_rank = np.full((256, 256), _NONE, np.int64)
     pair_rank[blob[offsets[two]], blob[offsets[two] + 1]] = values[two]
     return _failing(groups, ranks, pair_rank, lambda: SpanIndex.from_columns(blob, lens, values), rows_for_numpy)
+
+
+def _columns(ranks: dict[bytes, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tokens' bytes back to back, each one's length and its rank, in the dict's order."""
+    keys = list(ranks)
+    lens = np.fromiter(map(len, keys), np.int64, len(keys))
+    values = np.fromiter(ranks.values(), np.int64, len(keys))
+    return np.frombuffer(b"".join(keys), np.uint8), lens, values
 
 
 @dataclass(frozen=True)
@@ -173,10 +178,7 @@ class SpanIndex:
 
     @classmethod
     def of(cls, ranks: dict[bytes, int]) -> SpanIndex | None:
-        keys = list(ranks)
-        lens = np.fromiter(map(len, keys), np.int64, len(keys))
-        values = np.fromiter(ranks.values(), np.int64, len(keys))
-        return cls.from_columns(np.frombuffer(b"".join(keys), np.uint8), lens, values)
+        return cls.from_columns(*_columns(ranks))
 
     @classmethod
     def from_columns(cls, blob: np.ndarray, lens: np.ndarray, values: np.ndarray) -> SpanIndex | None:
